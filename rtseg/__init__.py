@@ -1,0 +1,34 @@
+"""rtseg: real-time video instance segmentation (YOLACT / YOLACT++, SOLOv2, CenterMask).
+
+Import cost is kept low: torch-, zmq- and OpenCV-heavy modules load when first used.
+"""
+
+from rtseg.errors import CheckpointError, ConfigError, PublishError, RtsegError, SourceError
+from rtseg.structures import Frame, Instances
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Frame",
+    "Instances",
+    "RtsegError",
+    "SourceError",
+    "CheckpointError",
+    "ConfigError",
+    "PublishError",
+    "Segmenter",
+    "subscribe",
+    "__version__",
+]
+
+
+def __getattr__(name: str):  # lazy re-exports, so `import rtseg` does not import torch or zmq
+    if name == "Segmenter":
+        from rtseg.segmenter import Segmenter
+
+        return Segmenter
+    if name == "subscribe":
+        from rtseg.publish import subscribe
+
+        return subscribe
+    raise AttributeError(f"module 'rtseg' has no attribute {name!r}")

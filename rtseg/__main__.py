@@ -1,0 +1,5 @@
+import sys
+
+from rtseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: class lists, and (later) datasets and the synthetic COCO-format generator."""

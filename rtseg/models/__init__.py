@@ -1,0 +1,65 @@
+"""The model variants rtseg knows, by name: a plain dict, no registry magic.
+
+Official variants keep upstream's names, input sizes and layer shapes exactly
+(dbolya/yolact ``data/config.py``); the ``*_resnet18_*`` variants are rtseg's own small
+models for real-time use on a CPU, trained on the synthetic shapes set.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from rtseg.data.coco_classes import COCO_CLASSES
+from rtseg.errors import ConfigError
+from rtseg.models.yolact import YolactConfig
+
+SYNTHETIC_CLASSES = ("circle", "square", "triangle", "star", "ring")
+
+# file names from dbolya/yolact README.md (re-hosted on Hugging Face; cannot be fetched at run time)
+_HF = "official checkpoint {name}_54_800000.pth (dbolya/yolact README): pass --weights PATH"
+_R101 = dict(backbone_depth=101)
+# YOLACT++ anchors: 3 scales per level, 2^(j/3) apart (yolact_plus_base_config)
+_PLUS_SCALES = tuple(tuple(i * 2 ** (j / 3.0) for j in range(3)) for i in (24, 48, 96, 192, 384))
+_PLUS = dict(use_maskiou=True, rescore_mask=True, use_square_anchors=False, pred_scales=_PLUS_SCALES)
+
+
+def _scaled(size: int) -> tuple[tuple[float, ...], ...]:
+    """Anchor scales of yolact_base rescaled to another input size, as upstream's
+    ``yolact_im400`` / ``yolact_im700`` configs do: ``int(s / 550 * size)``."""
+    return tuple((int(s / 550 * size),) for s in (24, 48, 96, 192, 384))
+
+
+MODELS: dict[str, YolactConfig] = {
+    cfg.name: cfg
+    for cfg in (
+        YolactConfig(name="yolact_base", class_names=COCO_CLASSES, **_R101,
+                     weights_source=_HF.format(name="yolact_base")),
+        YolactConfig(name="yolact_im400", class_names=COCO_CLASSES, **_R101, max_size=400,
+                     pred_scales=_scaled(400), weights_source="no official weights released; train or fine-tune"),
+        YolactConfig(name="yolact_im700", class_names=COCO_CLASSES, **_R101, max_size=700,
+                     pred_scales=_scaled(700), weights_source=_HF.format(name="yolact_im700")),
+        YolactConfig(name="yolact_resnet50", class_names=COCO_CLASSES, backbone_depth=50,
+                     weights_source=_HF.format(name="yolact_resnet50")),
+        YolactConfig(name="yolact_plus_base", class_names=COCO_CLASSES, **_R101, dcn_layers=(0, 4, 23, 3),
+                     dcn_interval=3, **_PLUS, weights_source=_HF.format(name="yolact_plus_base")),
+        YolactConfig(name="yolact_plus_resnet50", class_names=COCO_CLASSES, backbone_depth=50,
+                     dcn_layers=(0, 4, 6, 3), **_PLUS, weights_source=_HF.format(name="yolact_plus_resnet50")),
+        # rtseg's own real-time CPU model: R-18, 384 px, 128-channel FPN / protonet
+        YolactConfig(name="yolact_resnet18_384", class_names=SYNTHETIC_CLASSES, backbone_depth=18, max_size=384,
+                     fpn_features=128, proto_channels=128, pred_scales=_scaled(384),
+                     weights_source="built in (trained on rtseg's synthetic shapes)"),
+    )
+}
+
+#: what ``rtseg run`` uses when no --model is given
+DEFAULT_MODEL = "yolact_resnet18_384"
+
+
+def get_config(name: str) -> YolactConfig:
+    """The config of a model variant; unknown names raise :class:`ConfigError` with suggestions."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, MODELS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(MODELS)}"
+        raise ConfigError(f"unknown model '{name}'{hint} (see 'rtseg models')") from None
