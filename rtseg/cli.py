@@ -1,0 +1,198 @@
+"""The ``rtseg`` command line: ``run``, ``subscribe``, ``models``.
+
+User errors (missing file, bad URL, wrong checkpoint, unknown model, busy port) end with one
+line on stderr and a non-zero exit code (see :mod:`rtseg.errors`); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from rtseg.errors import RtsegError
+
+log = logging.getLogger("rtseg")
+
+EXIT_INTERRUPTED = 130
+
+RUN_EXAMPLES = """\
+examples:
+  rtseg run --max-frames 200 --record demo.mp4
+      built-in model on the synthetic video, rendered to demo.mp4
+  rtseg run --source video.mp4 --model yolact_resnet50 --weights yolact_resnet50_54_800000.pth \\
+            --publish tcp://127.0.0.1:5555
+      every frame of a file through the official YOLACT R-50, published over ZeroMQ
+  rtseg run --source rtsp://camera.local:8554/stream --display
+      newest frame of an RTSP camera, shown in a window (q or Esc quits)
+  rtseg run --source 0 --publish tcp://*:5555
+      webcam 0, published on all interfaces (reachable from the network)
+"""
+
+SUBSCRIBE_EXAMPLES = """\
+examples:
+  rtseg subscribe tcp://127.0.0.1:5555
+      print one line per frame as it arrives (Ctrl-C to stop)
+  rtseg subscribe tcp://127.0.0.1:5555 --count 100 --save out/
+      save 100 messages as JSON (COCO RLE masks) in out/
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rtseg.models import DEFAULT_MODEL
+    from rtseg.segmenter import DEFAULT_SCORE_THRESHOLD
+
+    parser = argparse.ArgumentParser(prog="rtseg", description="Real-time video instance segmentation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="segment a video source, render and publish the results",
+                         epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--source", default="synthetic",
+                     help="webcam index (0), rtsp:// or http(s):// URL, video file, image, folder of images, "
+                          "or 'synthetic' (default)")
+    run.add_argument("--model", default=DEFAULT_MODEL, help=f"model variant (default {DEFAULT_MODEL}; see 'rtseg models')")
+    run.add_argument("--weights", help="weights file (default: the built-in weights of the model, if any)")
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    run.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
+                     help=f"drop detections scoring at or below this (default {DEFAULT_SCORE_THRESHOLD})")
+    run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
+    run.add_argument("--publish", metavar="ENDPOINT",
+                     help="publish results on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5555")
+    run.add_argument("--topic", default="rtseg", help="ZeroMQ topic of published messages (default rtseg)")
+    run.add_argument("--record", metavar="FILE", help="write the rendered video to FILE (.mp4 or .avi)")
+    run.add_argument("--display", action="store_true", help="show the rendered video in a window")
+    run.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
+    run.add_argument("--open-timeout", type=_positive_float, default=10.0, help="seconds to open the source (default 10)")
+    run.add_argument("--read-timeout", type=_positive_float, default=5.0,
+                     help="seconds without a frame before a live source is reopened (default 5)")
+    run.add_argument("--loop", action="store_true", help="restart a video file or image folder at its end")
+    run.add_argument("--summary-json", metavar="FILE", help="also write the end-of-run summary as JSON")
+
+    subp = sub.add_parser("subscribe", help="receive and print (or save) published results",
+                          epilog=SUBSCRIBE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subp.add_argument("endpoint", help="ZeroMQ endpoint to connect to, e.g. tcp://127.0.0.1:5555")
+    subp.add_argument("--topic", default="rtseg", help="topic prefix to subscribe to (default rtseg)")
+    subp.add_argument("--count", type=_positive_int, help="exit after this many messages")
+    subp.add_argument("--timeout", type=_positive_float, help="exit when no message arrives for this many seconds")
+    subp.add_argument("--save", metavar="DIR", help="write each message as JSON (COCO RLE masks) into DIR")
+
+    sub.add_parser("models", help="list the model variants, their input sizes and where weights come from")
+    return parser
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from rtseg.models import DEFAULT_MODEL, MODELS
+
+    rows = [("name", "input", "classes", "weights")]
+    for name, cfg in MODELS.items():
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        rows.append((name + mark, f"{cfg.max_size}x{cfg.max_size}", str(len(cfg.class_names)), cfg.weights_source))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rtseg.pipeline import Pipeline
+    from rtseg.render import VideoRecorder, Window
+    from rtseg.segmenter import Segmenter, configure_threads
+    from rtseg.sources import open_source
+
+    configure_threads(args.threads)
+    recorder = VideoRecorder(args.record) if args.record else None  # validate paths before slow work
+    segmenter = Segmenter(args.model, weights=args.weights, device=args.device, score_threshold=args.score_threshold)
+    log.info("model %s (%s) on %s, input %dx%d", args.model, segmenter.weights_origin, segmenter.device,
+             *segmenter.input_size)
+    publisher = None
+    if args.publish:
+        from rtseg.publish import Publisher
+
+        publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode())
+    source = open_source(args.source, open_timeout=args.open_timeout, read_timeout=args.read_timeout, loop=args.loop)
+    if recorder is not None:
+        fps = getattr(source, "fps", None)
+        if fps:
+            recorder.fps = float(fps)
+    window = Window() if args.display else None
+    pipeline = Pipeline(source, segmenter, publisher=publisher, recorder=recorder, window=window,
+                        max_frames=args.max_frames)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
+    try:
+        summary = pipeline.run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if recorder is not None:
+            recorder.close()
+        if window is not None:
+            window.close()
+        if publisher is not None:
+            publisher.close()
+    print(summary.format())
+    if recorder is not None:
+        print(f"wrote {recorder.frames_written} frames to {args.record}")
+    if args.summary_json:
+        from dataclasses import asdict
+
+        with open(args.summary_json, "w") as f:
+            json.dump(asdict(summary), f, indent=2)
+    return EXIT_INTERRUPTED if summary.stopped_by.startswith("interrupted") else 0
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from rtseg.publish import run_subscriber
+
+    return run_subscriber(args.endpoint, topic=args.topic.encode(), count=args.count, timeout=args.timeout,
+                          save_dir=args.save)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="rtseg: %(levelname)s: %(message)s", stream=sys.stderr)
+    commands = {"run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models}
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return commands[args.command](args)
+    except RtsegError as exc:
+        print(f"rtseg: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rtseg: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The threaded pipeline: capture -> inference -> render -> publish.
+
+Four threads joined by bounded queues, so every stage works on a different frame at once
+and the slow one (inference) sets the pace instead of the sum of all of them::
+
+    capture ──q_infer──► inference ──q_render──► render ──q_publish──► publish
+
+Overflow policy
+    * ``q_infer`` for a **live** source (webcam, RTSP) holds one frame and a new frame
+      replaces an unprocessed one (counted as ``dropped_stale``): results are always about
+      the newest image and latency cannot build up. The source itself already keeps only
+      its newest frame, so the camera is never blocked.
+    * for **files, image folders and the synthetic source** every queue blocks the stage
+      before it (back-pressure): every frame is processed, in order, none lost.
+    * ``q_render`` and ``q_publish`` always block: a frame accepted by inference is never
+      dropped. The publisher itself never blocks (ZeroMQ high-water mark; messages a slow
+      subscriber cannot take are dropped and counted by the publisher).
+
+Shutdown: end of input, ``max_frames``, or :meth:`Pipeline.stop` (Ctrl-C, SIGTERM) makes
+capture push a sentinel that flows through every queue; each stage finishes the frames it
+has already accepted and exits when the sentinel arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from rtseg.render import render as draw
+from rtseg.structures import Frame
+
+log = logging.getLogger("rtseg.pipeline")
+
+_END = object()  # sentinel that ends every stage
+
+#: per-stage latency samples kept for the summary (the most recent ones; bounds memory on long runs)
+MAX_SAMPLES = 20_000
+
+
+class FrameSource(Protocol):  # what the pipeline needs of rtseg.sources
+    source_id: str
+    is_live: bool
+
+    def read(self) -> Frame | None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class StageStats:
+    """Latency samples (seconds) of one stage."""
+
+    samples: deque = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+
+    def percentiles_ms(self) -> dict[str, float]:
+        if not self.samples:
+            return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan")}
+        a = np.fromiter(self.samples, float) * 1000.0
+        return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95))}
+
+
+@dataclass
+class Summary:
+    """What a run did: counts, rate and per-stage latency (milliseconds)."""
+
+    source: str
+    frames_read: int
+    frames_processed: int
+    frames_published: int
+    dropped_source: int  #: live source: frames replaced by newer ones before being read
+    dropped_stale: int  #: live source: frames replaced in the inference queue
+    skipped_corrupt: int  #: frames the source could not decode
+    publish_dropped: int  #: messages the publisher could not send (slow subscribers)
+    reconnects: int
+    wall_seconds: float
+    fps: float  #: processed frames / seconds between first capture and last output
+    stages_ms: dict[str, dict[str, float]]
+    stopped_by: str
+
+    def format(self) -> str:
+        lines = [
+            f"source {self.source}: read {self.frames_read}, processed {self.frames_processed}, "
+            f"published {self.frames_published}, dropped {self.dropped_source + self.dropped_stale} "
+            f"(source {self.dropped_source}, stale {self.dropped_stale}), corrupt skipped {self.skipped_corrupt}, "
+            f"publish dropped {self.publish_dropped}, reconnects {self.reconnects}",
+            f"{self.fps:.2f} FPS over {self.wall_seconds:.2f} s ({self.stopped_by})",
+            f"{'stage':<14}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}",
+        ]
+        for name, p in self.stages_ms.items():
+            lines.append(f"{name:<14}{p['mean']:>10.1f}{p['p50']:>10.1f}{p['p95']:>10.1f}")
+        return "\n".join(lines)
+
+
+class Pipeline:
+    """Runs ``segmenter`` over ``source`` on four threads.
+
+    Args:
+        source: an opened :mod:`rtseg.sources` source.
+        segmenter: a :class:`rtseg.segmenter.Segmenter` (anything with ``process(image)`` and ``class_names``).
+        publisher: a :class:`rtseg.publish.Publisher`, or None.
+        recorder: a :class:`rtseg.render.VideoRecorder`, or None.
+        window: a :class:`rtseg.render.Window`, or None.
+        max_frames: stop after this many captured frames.
+        on_frame: called from the publish thread with every finished :class:`Frame` (for tests, tools).
+        queue_size: capacity of ``q_render`` and ``q_publish`` (and of ``q_infer`` for non-live sources).
+    """
+
+    def __init__(self, source: FrameSource, segmenter: Any, *, publisher: Any = None, recorder: Any = None,
+                 window: Any = None, max_frames: int | None = None,
+                 on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4) -> None:
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+        self.source = source
+        self.segmenter = segmenter
+        self.publisher = publisher
+        self.recorder = recorder
+        self.window = window
+        self.max_frames = max_frames
+        self.on_frame = on_frame
+        live = bool(getattr(source, "is_live", False))
+        self.q_infer: queue.Queue = queue.Queue(maxsize=1 if live else queue_size)
+        self.q_render: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.q_publish: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._live = live
+        self._stop = threading.Event()
+        self._stopped_by = "end of input"
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self.frames_read = 0
+        self.frames_processed = 0
+        self.frames_published = 0
+        self.dropped_stale = 0
+        self.stages = {name: StageStats() for name in
+                       ("queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
+        self._t_first: float | None = None
+        self._t_last: float | None = None
+        self._fps_ema: float | None = None
+        self._last_out: float | None = None
+
+    # -- control ---------------------------------------------------------------------------
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the pipeline to finish: capture stops, accepted frames are completed."""
+        if not self._stop.is_set():
+            self._stopped_by = reason
+            self._stop.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self._errors.append(exc)
+        self.stop(f"error: {exc}")
+
+    def _put(self, q: queue.Queue, item: Any) -> None:
+        """Blocking put that still notices a failure elsewhere (so no thread hangs forever)."""
+        while True:
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self._errors:
+                    raise RuntimeError("pipeline aborted") from None
+
+    # -- stages ----------------------------------------------------------------------------
+    def _capture(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.max_frames is not None and self.frames_read >= self.max_frames:
+                    self._stopped_by = f"max frames ({self.max_frames})"
+                    break
+                frame = self.source.read()
+                if frame is None:
+                    break
+                self.frames_read += 1
+                if self._t_first is None:
+                    self._t_first = frame.capture_monotonic or time.perf_counter()
+                if self._live:
+                    try:
+                        self.q_infer.put_nowait(frame)
+                    except queue.Full:
+                        try:
+                            self.q_infer.get_nowait()  # an unprocessed, now stale frame
+                            self.dropped_stale += 1
+                        except queue.Empty:
+                            pass
+                        self._put(self.q_infer, frame)
+                else:
+                    self._put(self.q_infer, frame)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by run()
+            self._fail(exc)
+        finally:
+            self._put_end(self.q_infer)
+
+    def _put_end(self, q: queue.Queue) -> None:
+        try:
+            self._put(q, _END)
+        except RuntimeError:
+            pass
+
+    def _inference(self) -> None:
+        try:
+            while True:
+                frame = self.q_infer.get()
+                if frame is _END:
+                    break
+                now = time.perf_counter()
+                if frame.capture_monotonic:
+                    self.stages["queue wait"].add(now - frame.capture_monotonic)
+                instances, times = self.segmenter.process(frame.image)
+                frame.instances = instances
+                frame.timings.update(preprocess=times.preprocess, inference=times.inference,
+                                     postprocess=times.postprocess)
+                self.frames_processed += 1
+                self._put(self.q_render, frame)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+        finally:
+            self._put_end(self.q_render)
+
+    def _render(self) -> None:
+        try:
+            while True:
+                frame = self.q_render.get()
+                if frame is _END:
+                    break
+                if self.recorder is not None or self.window is not None:
+                    t0 = time.perf_counter()
+                    self._update_fps(t0)
+                    frame.rendered = draw(frame.image, frame.instances, self.segmenter.class_names, fps=self._fps_ema)
+                    if self.recorder is not None:
+                        self.recorder.write(frame.rendered)
+                    if self.window is not None and not self.window.show(frame.rendered):
+                        self.stop("window closed")
+                    frame.timings["render"] = time.perf_counter() - t0
+                self._put(self.q_publish, frame)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+        finally:
+            self._put_end(self.q_publish)
+
+    def _update_fps(self, now: float) -> None:
+        if self._last_out is not None and now > self._last_out:
+            inst = 1.0 / (now - self._last_out)
+            self._fps_ema = inst if self._fps_ema is None else 0.9 * self._fps_ema + 0.1 * inst
+        self._last_out = now
+
+    def _publish(self) -> None:
+        try:
+            while True:
+                frame = self.q_publish.get()
+                if frame is _END:
+                    break
+                if self.publisher is not None:
+                    t0 = time.perf_counter()
+                    if self.publisher.publish(frame):
+                        self.frames_published += 1
+                    frame.timings["publish"] = time.perf_counter() - t0
+                done = time.perf_counter()
+                self._t_last = done
+                for name in ("preprocess", "inference", "postprocess", "render", "publish"):
+                    if name in frame.timings:
+                        self.stages[name].add(frame.timings[name])
+                if frame.capture_monotonic:
+                    frame.timings["end to end"] = done - frame.capture_monotonic
+                    self.stages["end to end"].add(frame.timings["end to end"])
+                if self.on_frame is not None:
+                    self.on_frame(frame)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self) -> Summary:
+        """Run to the end of input / ``max_frames`` / :meth:`stop`; returns the summary.
+
+        Re-raises the first error any stage hit (user errors keep their type, so the CLI
+        prints them as one line)."""
+        threads = [threading.Thread(target=fn, name=f"rtseg-{name}", daemon=True)
+                   for name, fn in (("capture", self._capture), ("inference", self._inference),
+                                    ("render", self._render), ("publish", self._publish))]
+        t_start = time.perf_counter()
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.2)
+        except KeyboardInterrupt:
+            self.stop("interrupted (Ctrl-C)")
+            for t in threads:  # accepted frames are finished; a second Ctrl-C abandons them
+                while t.is_alive():
+                    t.join(timeout=0.2)
+        finally:
+            self.source.close()
+        if self._errors:
+            raise self._errors[0]
+        return self.summary(time.perf_counter() - t_start)
+
+    def summary(self, wall: float) -> Summary:
+        stats = getattr(self.source, "stats", None)
+        span = (self._t_last - self._t_first) if (self._t_first is not None and self._t_last is not None) else 0.0
+        processed = self.frames_processed
+        # throughput between the first capture and the last output (includes the first frame's latency)
+        fps = processed / span if span > 0 else 0.0
+        return Summary(
+            source=self.source.source_id,
+            frames_read=self.frames_read,
+            frames_processed=processed,
+            frames_published=self.frames_published,
+            dropped_source=int(getattr(stats, "frames_dropped", 0)),
+            dropped_stale=self.dropped_stale,
+            skipped_corrupt=int(getattr(stats, "frames_skipped", 0)),
+            publish_dropped=int(getattr(getattr(self.publisher, "stats", None), "dropped", 0)),
+            reconnects=int(getattr(stats, "reconnects", 0)),
+            wall_seconds=wall,
+            fps=fps,
+            stages_ms={k: v.percentiles_ms() for k, v in self.stages.items() if v.samples},
+            stopped_by=self._stopped_by,
+        )

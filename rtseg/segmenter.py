@@ -1,0 +1,156 @@
+"""The synchronous core: ``Segmenter(image) -> Instances``, testable without threads.
+
+A segmenter is preprocess -> backend (named head outputs) -> postprocess. The threaded
+pipeline (:mod:`rtseg.pipeline`) only wraps it in stages and queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+
+from rtseg.errors import ConfigError
+from rtseg.models import DEFAULT_MODEL, get_config
+from rtseg.models.checkpoint import load_weights
+from rtseg.models.yolact import Yolact, YolactConfig
+from rtseg.postprocess import yolact as yolact_post
+from rtseg.structures import Instances
+
+log = logging.getLogger("rtseg.segmenter")
+
+#: display / publish score threshold: YolactEdge's README demos use 0.3 (dbolya/yolact's use 0.15)
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+
+def builtin_weights_path(model_name: str) -> str | None:
+    """Path of the weights shipped in the package for ``model_name``, if there are any."""
+    candidate = resources.files("rtseg") / "weights" / f"{model_name}.pth"
+    return str(candidate) if candidate.is_file() else None
+
+
+def parse_device(device: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> :class:`torch.device`, or :class:`ConfigError`."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device '{device}', expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{device}' requested but no CUDA GPU is available to torch; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{device}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device '{device}', expected 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds spent per stage for one call (host clock; CUDA synchronised before reading it)."""
+
+    preprocess: float
+    inference: float
+    postprocess: float
+
+
+class Segmenter:
+    """Instance segmentation of single BGR images with one model.
+
+    Args:
+        model: a variant name from ``rtseg models``.
+        weights: a weights file; ``None`` uses the built-in weights when the package ships
+            them for this model, else a seeded random initialisation (with a warning).
+        device: ``"cpu"`` or ``"cuda[:N]"``.
+        score_threshold: detections scoring ``<=`` this are dropped.
+        backend: ``"torch"`` (the only backend so far).
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | None = None, device: str = "cpu",
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch") -> None:
+        if backend != "torch":
+            raise ConfigError(f"unknown backend '{backend}', expected 'torch' (ONNX Runtime and TensorRT backends are not built yet)")
+        if not 0.0 <= score_threshold < 1.0:
+            raise ConfigError(f"score threshold must be in [0, 1), got {score_threshold}")
+        self.config: YolactConfig = get_config(model)
+        self.device = parse_device(device)
+        self.score_threshold = float(score_threshold)
+        self.model_name = model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the random-init fallback is reproducible
+            net = Yolact(self.config)
+        if weights is None:
+            weights = builtin_weights_path(model)
+            self.weights_origin = "built-in" if weights else "random initialisation"
+        else:
+            self.weights_origin = weights
+        if weights is not None:
+            load_weights(net, weights, model_name=model, convert=net.load_official_state_dict)
+        else:
+            log.warning("model '%s' has no built-in weights and no --weights was given: running with a random "
+                        "initialisation, so the detections are meaningless (%s)", model, self.config.weights_source)
+        self.net = net.eval().to(self.device)
+        self.priors = self.net.priors
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.config.input_size
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # -- the three stages, separately callable for timing and for other backends --------------
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``uint8[H, W, 3]`` BGR -> ``float32[1, 3, S, S]`` on the model's device."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            found = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")
+        batch = torch.from_numpy(image).to(self.device, non_blocking=True)[None]
+        return yolact_post.preprocess(batch, self.config)
+
+    @torch.inference_mode()
+    def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named raw head outputs (see :class:`rtseg.models.yolact.Yolact`)."""
+        return self.net(batch)
+
+    @torch.inference_mode()
+    def postprocess(self, outputs: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Instances:
+        maskiou = getattr(self.net, "maskiou_net", None)
+        result = yolact_post.postprocess(outputs, self.priors, self.config, image_size,
+                                         score_threshold=self.score_threshold, maskiou_fn=maskiou)
+        return yolact_post.to_numpy_instances(result, image_size)
+
+    def process(self, image: np.ndarray) -> tuple[Instances, StageTimes]:
+        """Segment one image and report the time of each stage."""
+        t0 = time.perf_counter()
+        batch = self.preprocess(image)
+        self._sync()
+        t1 = time.perf_counter()
+        outputs = self.infer(batch)
+        self._sync()
+        t2 = time.perf_counter()
+        instances = self.postprocess(outputs, (image.shape[0], image.shape[1]))
+        t3 = time.perf_counter()
+        return instances, StageTimes(t1 - t0, t2 - t1, t3 - t2)
+
+    def __call__(self, image: np.ndarray) -> Instances:
+        return self.process(image)[0]
+
+
+def configure_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (default: all cores) and return it."""
+    n = threads or os.cpu_count() or 1
+    if n < 1:
+        raise ConfigError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return n
