@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -120,43 +121,46 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     from rtseg.pipeline import Pipeline
     from rtseg.render import VideoRecorder, Window
     from rtseg.segmenter import Segmenter, configure_threads
     from rtseg.sources import open_source
 
     configure_threads(args.threads)
-    recorder = VideoRecorder(args.record) if args.record else None  # validate paths before slow work
-    segmenter = Segmenter(args.model, weights=args.weights, device=args.device, score_threshold=args.score_threshold)
-    log.info("model %s (%s) on %s, input %dx%d", args.model, segmenter.weights_origin, segmenter.device,
-             *segmenter.input_size)
-    publisher = None
-    if args.publish:
-        from rtseg.publish import Publisher
+    with ExitStack() as cleanup:
+        recorder = None
+        if args.record:  # validate paths before slow work
+            recorder = VideoRecorder(args.record)
+            cleanup.callback(recorder.close)
+        segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
+                              score_threshold=args.score_threshold)
+        log.info("model %s (%s) on %s, input %dx%d", args.model, segmenter.weights_origin, segmenter.device,
+                 *segmenter.input_size)
+        segmenter.warmup()
+        publisher = None
+        if args.publish:
+            from rtseg.publish import Publisher
 
-        publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode())
-    source = open_source(args.source, open_timeout=args.open_timeout, read_timeout=args.read_timeout, loop=args.loop)
-    if recorder is not None:
-        fps = getattr(source, "fps", None)
-        if fps:
-            recorder.fps = float(fps)
-    window = Window() if args.display else None
-    pipeline = Pipeline(source, segmenter, publisher=publisher, recorder=recorder, window=window,
-                        max_frames=args.max_frames)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
-    try:
+            publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode())
+            cleanup.callback(publisher.close)
+        source = open_source(args.source, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
+                             loop=args.loop)
+        cleanup.callback(source.close)
+        source.open()  # fail here, in one line, before any thread starts
+        if recorder is not None and getattr(source, "fps", None):
+            recorder.fps = float(source.fps)
+        window = None
+        if args.display:
+            window = Window()
+            cleanup.callback(window.close)
+        pipeline = Pipeline(source, segmenter, publisher=publisher, recorder=recorder, window=window,
+                            max_frames=args.max_frames)
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
+            cleanup.callback(signal.signal, signal.SIGTERM, previous)
         summary = pipeline.run()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if recorder is not None:
-            recorder.close()
-        if window is not None:
-            window.close()
-        if publisher is not None:
-            publisher.close()
     print(summary.format())
     if recorder is not None:
         print(f"wrote {recorder.frames_written} frames to {args.record}")
@@ -178,6 +182,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        # OpenCV and FFmpeg write their own diagnostics to stderr (e.g. "[tcp @ 0x..] Connection
+        # refused" before rtseg's one-line error); rtseg reports what matters itself. Must be set
+        # before cv2 first opens a capture.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="rtseg: %(levelname)s: %(message)s", stream=sys.stderr)
     commands = {"run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models}

@@ -1,0 +1,744 @@
+"""Video sources: every input a user can point rtseg at, behind one small interface.
+
+:func:`open_source` turns a spec string into a :class:`Source`:
+
+==============================  =========================  ==========================
+spec                            source                     delivery
+==============================  =========================  ==========================
+``synthetic[:SEED[:WxH]]``      :class:`SyntheticSource`   every frame, endless
+``0``, ``1``, ...               :class:`CameraSource`      live, newest frame only
+``rtsp(s)://``, ``http(s)://``  :class:`StreamSource`      live, newest frame only
+a video file                    :class:`VideoFileSource`   every frame, in order
+an image file or a folder       :class:`ImageFilesSource`  every image, sorted by name
+==============================  =========================  ==========================
+
+Live sources run a capture thread that keeps only the newest frame: a slow consumer sees
+gaps in ``Frame.seq`` (counted in ``stats.frames_dropped``), never a growing backlog.
+A lost live source is reopened with exponential back-off; meanwhile :meth:`Source.read`
+waits: no placeholder frames, no repeated frames. Files deliver every decodable frame;
+undecodable ones are skipped, counted in ``stats.frames_skipped`` and logged.
+
+Each ``cv2.VideoCapture`` is only ever touched by one thread (OpenCV captures are not
+thread-safe). Logs go to ``logging.getLogger("rtseg.sources")``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+import numpy as np
+
+from rtseg.errors import SourceError
+from rtseg.structures import Frame
+from rtseg.synthetic import Scene, SyntheticVideo
+
+log = logging.getLogger("rtseg.sources")
+
+#: file name extensions read as still images (the formats OpenCV's imread decodes)
+IMAGE_EXTENSIONS = frozenset(
+    {".bmp", ".dib", ".jpg", ".jpeg", ".jpe", ".jp2", ".png", ".webp", ".avif", ".pbm", ".pgm",
+     ".ppm", ".pxm", ".pnm", ".pfm", ".sr", ".ras", ".tif", ".tiff", ".exr", ".hdr", ".pic"}
+)
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+
+#: a video file ends after this many failed reads in a row (a single corrupt frame makes
+#: one read fail, a truncated file makes every further read fail)
+MAX_CONSECUTIVE_DECODE_FAILURES = 25
+#: reconnect back-off: first wait, doubling up to the cap
+RECONNECT_FIRST_DELAY_S = 0.5
+RECONNECT_MAX_DELAY_S = 8.0
+
+
+@dataclass
+class SourceStats:
+    """Counters of one source, updated while it runs."""
+
+    frames_read: int = 0  #: frames returned by read()
+    frames_dropped: int = 0  #: live only: captured, then replaced by a newer frame before being read
+    frames_skipped: int = 0  #: undecodable frames or images, and non-image files in a folder
+    reconnects: int = 0  #: successful reopenings of a lost live source
+    #: outages of a live source as ``(start, end)`` wall-clock times (``time.time()``)
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    """``uint8[H, W, 3]`` BGR from an 8-bit decoder output (some cameras deliver gray)."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def _make_frame(seq: int, source_id: str, image: np.ndarray) -> Frame:
+    return Frame(
+        seq=seq,
+        source_id=source_id,
+        capture_time=time.time(),
+        capture_monotonic=time.perf_counter(),
+        image=_as_bgr(image),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the interface
+# --------------------------------------------------------------------------------------
+class Source(ABC):
+    """Where frames come from. Use as a context manager, or call open() / close().
+
+    ``read()`` opens the source if needed and returns the next :class:`Frame` (``seq``
+    strictly increasing) or ``None`` at the end of input, after ``max_frames`` frames or
+    after ``close()``. ``open()`` and ``read()`` raise :class:`SourceError` when the input
+    cannot be opened or is lost for good. Iterating yields frames until ``None``.
+    """
+
+    is_live: bool = False
+
+    def __init__(self, source_id: str, *, max_frames: int | None = None) -> None:
+        self.source_id = source_id
+        self.stats = SourceStats()
+        self.max_frames = max_frames
+        self._open_lock = threading.Lock()  # serialises open(); close() never waits for it
+        self._opened = False
+        self._closed = False
+
+    # -- public ----------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the input and make sure a first frame can be read; idempotent."""
+        with self._open_lock:
+            if self._closed:
+                raise SourceError(f"source {self.source_id!r} is closed; open a new one")
+            if self._opened:
+                return
+            self._open()
+            self._opened = True
+
+    def read(self) -> Frame | None:
+        """The next frame, or ``None`` at the end (see the class docstring)."""
+        if self._closed:
+            return None
+        if not self._opened:
+            self.open()
+        if self.max_frames is not None and self.stats.frames_read >= self.max_frames:
+            return None
+        frame = self._read()
+        if frame is not None:
+            self.stats.frames_read += 1
+        return frame
+
+    def close(self) -> None:
+        """Release the input and join its threads; idempotent, safe from another thread.
+
+        A ``read()`` blocked in another thread returns ``None``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._close()  # idempotent in every subclass, so a racing second close() is harmless
+
+    def __enter__(self) -> "Source":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source_id!r})"
+
+    # -- for subclasses ----------------------------------------------------------------
+    @abstractmethod
+    def _open(self) -> None: ...
+
+    @abstractmethod
+    def _read(self) -> Frame | None: ...
+
+    def _close(self) -> None:
+        pass
+
+    def _error(self, reason: str) -> SourceError:
+        return SourceError(f"cannot open source {self.source_id!r}: {reason}")
+
+
+# --------------------------------------------------------------------------------------
+# synthetic
+# --------------------------------------------------------------------------------------
+class SyntheticSource(Source):
+    """Frames of :class:`rtseg.synthetic.SyntheticVideo`: ``seq`` = frame index, endless.
+
+    Not rate limited: frames come as fast as they are rendered. The ground truth of the
+    frame with ``seq = i`` is ``source.video.frame(i)``; the last one read is ``last_scene``.
+    """
+
+    def __init__(self, source_id: str, seed: int = 0, size: tuple[int, int] = (480, 640), *, max_frames: int | None = None) -> None:
+        super().__init__(source_id, max_frames=max_frames)
+        self.video = SyntheticVideo(seed=seed, size=size)
+        self.last_scene: Scene | None = None
+        self._next = 0
+
+    def _open(self) -> None:
+        pass
+
+    def _read(self) -> Frame | None:
+        scene = self.video.frame(self._next)
+        self.last_scene = scene
+        frame = _make_frame(self._next, self.source_id, scene.image)
+        self._next += 1
+        return frame
+
+
+# --------------------------------------------------------------------------------------
+# still images
+# --------------------------------------------------------------------------------------
+class ImageFilesSource(Source):
+    """One image file, or the image files of a folder in sorted name order.
+
+    ``seq`` is the image's index in that order (continuing across loops). Files whose
+    extension is not in :data:`IMAGE_EXTENSIONS`, and images that fail to decode, are
+    skipped, counted in ``stats.frames_skipped`` and logged.
+    """
+
+    def __init__(self, source_id: str, path: Path, *, max_frames: int | None = None, loop: bool = False) -> None:
+        super().__init__(source_id, max_frames=max_frames)
+        self.path = path
+        self.loop = loop
+        self._paths: list[Path] = []
+        self._index = 0  # next position in self._paths
+        self._seq_base = 0  # seq of position 0 in the current pass
+        self._delivered_this_pass = 0
+        self._first: Frame | None = None
+
+    def _open(self) -> None:
+        if self.path.is_dir():
+            entries = sorted(self.path.iterdir(), key=lambda p: p.name)
+            files = [p for p in entries if p.is_file()]
+            self._paths = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            others = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+            if others:
+                self.stats.frames_skipped += len(others)
+                shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+                log.warning("%s: skipped %d non-image file(s): %s", self.source_id, len(others), shown)
+            if not self._paths:
+                raise self._error(f"folder has no image files (expected extensions like .jpg, .png; found {len(files)} other file(s))")
+        else:
+            self._paths = [self.path]
+        first = self._next_image()
+        if first is None:
+            if len(self._paths) == 1:
+                raise self._error("the image could not be decoded")
+            raise self._error(f"none of the {len(self._paths)} image files could be decoded")
+        self._first = first
+
+    def _read(self) -> Frame | None:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return self._next_image()
+
+    def _next_image(self) -> Frame | None:
+        while True:
+            if self._index >= len(self._paths):
+                if not self.loop or self._delivered_this_pass == 0:
+                    return None
+                self._seq_base += len(self._paths)
+                self._index = 0
+                self._delivered_this_pass = 0
+            path = self._paths[self._index]
+            seq = self._seq_base + self._index
+            self._index += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                self.stats.frames_skipped += 1
+                log.warning("%s: skipped undecodable image %s", self.source_id, path.name)
+                continue
+            self._delivered_this_pass += 1
+            return _make_frame(seq, self.source_id, image)
+
+
+# --------------------------------------------------------------------------------------
+# video files
+# --------------------------------------------------------------------------------------
+def _open_capture_with_timeout(factory: Callable[[], "cv2.VideoCapture"], timeout: float) -> "cv2.VideoCapture | None":
+    """Run ``factory`` in a helper thread; ``None`` if it did not return within ``timeout`` s.
+
+    A capture that finishes opening after we gave up is released by the helper thread.
+    Exceptions from ``factory`` (``cv2.error``) are re-raised here.
+    """
+    lock = threading.Lock()
+    result: dict[str, object] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            cap = factory()
+        except Exception as exc:  # cv2.error, e.g. for unsupported params
+            cap, result["error"] = None, exc
+        with lock:
+            if result.get("abandoned"):
+                if cap is not None:
+                    cap.release()
+                return
+            result["cap"] = cap
+            done.set()
+
+    threading.Thread(target=run, name="rtseg-open", daemon=True).start()
+    if not done.wait(timeout):
+        with lock:
+            if not done.is_set():
+                result["abandoned"] = True
+                return None
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["cap"]  # type: ignore[return-value]
+
+
+class VideoFileSource(Source):
+    """Every frame of a video file, in order. ``seq`` = position of the frame in the file.
+
+    A frame that fails to decode is skipped and counted (its position still advances
+    ``seq``). The end is a failed read at or past the container's frame count, or
+    :data:`MAX_CONSECUTIVE_DECODE_FAILURES` failed reads in a row (a truncated file).
+    """
+
+    def __init__(self, source_id: str, path: Path, *, open_timeout: float = 10.0, max_frames: int | None = None, loop: bool = False) -> None:
+        super().__init__(source_id, max_frames=max_frames)
+        self.path = path
+        self.open_timeout = open_timeout
+        self.loop = loop
+        self._io_lock = threading.Lock()  # close() from another thread waits for a read
+        self._cap: cv2.VideoCapture | None = None
+        self._frame_count: int | None = None
+        self._position = 0  # frames consumed (decoded or failed) in the current pass
+        self._seq_base = 0
+        self._delivered_this_pass = 0
+        self._first: Frame | None = None
+
+    def _open_capture(self) -> None:
+        try:
+            cap = _open_capture_with_timeout(lambda: cv2.VideoCapture(str(self.path)), self.open_timeout)
+        except cv2.error as exc:
+            raise self._error(f"OpenCV failed to open it ({str(exc).strip().splitlines()[-1]})") from None
+        if cap is None:
+            raise self._error(f"opening took longer than open_timeout={self.open_timeout:g}s")
+        if not cap.isOpened():
+            cap.release()
+            raise self._error("not a readable video or image (OpenCV could not open it)")
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self._cap = cap
+        self._frame_count = count if count > 0 else None
+        self._position = 0
+        self._delivered_this_pass = 0
+
+    def _open(self) -> None:
+        self._open_capture()
+        first = self._next_frame()
+        if first is None:
+            self._cap.release()
+            self._cap = None
+            raise self._error("no frame could be decoded")
+        self._first = first
+
+    def _read(self) -> Frame | None:
+        with self._io_lock:
+            if self._first is not None:
+                first, self._first = self._first, None
+                return first
+            if self._cap is None:  # closed
+                return None
+            frame = self._next_frame()
+            if frame is None and self.loop and self._delivered_this_pass > 0:
+                self._seq_base += self._position
+                self._cap.release()
+                self._open_capture()
+                frame = self._next_frame()
+            return frame
+
+    def _next_frame(self) -> Frame | None:
+        failures = 0
+        while True:
+            ok, image = self._cap.read()
+            if ok and image is not None:
+                if failures:
+                    self.stats.frames_skipped += failures
+                    log.warning("%s: skipped %d undecodable frame(s) before position %d", self.source_id, failures, self._position)
+                seq = self._seq_base + self._position
+                self._position += 1
+                self._delivered_this_pass += 1
+                return _make_frame(seq, self.source_id, image)
+            if self._frame_count is not None and self._position >= self._frame_count:
+                if failures:  # the container says these frames exist: they were undecodable
+                    self.stats.frames_skipped += failures
+                    log.warning("%s: skipped %d undecodable frame(s) at the end", self.source_id, failures)
+                return None
+            failures += 1
+            self._position += 1
+            if failures >= MAX_CONSECUTIVE_DECODE_FAILURES:
+                self._position -= failures
+                if self._frame_count is not None:
+                    log.warning(
+                        "%s: file ends after %d of %d frames (truncated or corrupt)",
+                        self.source_id, self._position, self._frame_count,
+                    )
+                return None
+
+    def _close(self) -> None:
+        with self._io_lock:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+            self._first = None
+
+
+# --------------------------------------------------------------------------------------
+# live sources: cameras and network streams
+# --------------------------------------------------------------------------------------
+class _Connection:
+    """One attempt at a live input: a daemon thread that opens a capture, reads frames
+    until a read fails or the connection is abandoned, then releases the capture.
+
+    The capture is created, read and released by this thread only. ``opened`` becomes
+    true with the first frame. The owner's lock guards ``opened``, ``finished``,
+    ``last_frame`` and ``first_frame_time``.
+    """
+
+    def __init__(self, name: str, open_capture: Callable[[], "cv2.VideoCapture"],
+                 on_frame: Callable[["_Connection", np.ndarray], None], on_finished: Callable[["_Connection"], None]) -> None:
+        self._open_capture = open_capture
+        self._on_frame = on_frame
+        self._on_finished = on_finished
+        self.abandoned = threading.Event()
+        self.opened = False
+        self.finished = False
+        self.error: str | None = None
+        self.last_frame = time.monotonic()
+        self.last_frame_time = time.time()  # wall clock of the newest frame, for gap records
+        self.first_frame_time = 0.0
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        cap = None
+        try:
+            cap = self._open_capture()
+            if not cap.isOpened():
+                self.error = "could not be opened"
+                return
+            while not self.abandoned.is_set():
+                ok, image = cap.read()
+                if not ok or image is None:
+                    self.error = "a read failed" if self.opened else "opened, but the first frame could not be read"
+                    return
+                self._on_frame(self, image)
+        except Exception as exc:  # cv2.error and friends: report, never kill the process
+            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        finally:
+            if cap is not None:
+                cap.release()
+            self._on_finished(self)
+
+
+class LiveSource(Source):
+    """A live input read by a capture thread that keeps only the newest frame.
+
+    ``seq`` counts captured frames, so frames dropped because the consumer was slower
+    than the input show as gaps. ``read()`` waits until a frame newer than the last one
+    returned exists. No frame for ``read_timeout`` s (or a failed read) means the input
+    is lost: a warning is logged and it is reopened after 0.5 s, 1 s, 2 s, ... (at most
+    8 s apart) while ``read()`` keeps waiting; every reopening is counted in
+    ``stats.reconnects`` and the outage recorded in ``stats.gaps``. After
+    ``reconnect_timeout`` s without success, ``read()`` raises :class:`SourceError`.
+    """
+
+    is_live = True
+
+    def __init__(self, source_id: str, *, open_timeout: float, read_timeout: float,
+                 reconnect_timeout: float, max_frames: int | None = None) -> None:
+        super().__init__(source_id, max_frames=max_frames)
+        self.open_timeout = open_timeout
+        self.read_timeout = read_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self._cond = threading.Condition()
+        self._conn: _Connection | None = None
+        self._connections: list[_Connection] = []
+        self._latest: Frame | None = None
+        self._captured = 0
+        self._fatal: str | None = None
+        self._stopping = False
+        self._supervisor: threading.Thread | None = None
+
+    @abstractmethod
+    def _create_capture(self) -> "cv2.VideoCapture":
+        """Open the underlying capture (runs in the connection's thread)."""
+
+    def _open_failure(self, error: str) -> str:
+        """The reason shown when the first open fails."""
+        return error
+
+    # -- capture-thread callbacks --------------------------------------------------------
+    def _on_frame(self, conn: _Connection, image: np.ndarray) -> None:
+        with self._cond:
+            if conn.abandoned.is_set() or conn is not self._conn or self._stopping:
+                return
+            if not conn.opened:
+                conn.opened = True
+                conn.first_frame_time = time.time()
+            conn.last_frame = time.monotonic()
+            conn.last_frame_time = time.time()
+            if self._latest is not None:
+                self.stats.frames_dropped += 1
+            self._latest = _make_frame(self._captured, self.source_id, image)
+            self._captured += 1
+            self._cond.notify_all()
+
+    def _on_finished(self, conn: _Connection) -> None:
+        with self._cond:
+            conn.finished = True
+            self._cond.notify_all()
+
+    def _start_connection(self) -> _Connection:
+        conn = _Connection(f"rtseg-capture {self.source_id}", self._create_capture, self._on_frame, self._on_finished)
+        with self._cond:
+            self._connections = [c for c in self._connections if c.thread.is_alive()]
+            self._connections.append(conn)
+            self._conn = conn
+        conn.thread.start()
+        return conn
+
+    def _await_first_frame(self, conn: _Connection) -> bool:
+        """Wait up to open_timeout for ``conn``'s first frame; abandon it if none came.
+
+        Must be called holding ``self._cond``.
+        """
+        self._cond.wait_for(lambda: conn.opened or conn.finished or self._stopping, timeout=self.open_timeout)
+        if conn.opened and not self._stopping:
+            return True
+        conn.abandoned.set()
+        if conn.error is None:
+            conn.error = f"no frame within open_timeout={self.open_timeout:g}s"
+        return False
+
+    # -- Source ----------------------------------------------------------------------------
+    def _open(self) -> None:
+        conn = self._start_connection()
+        with self._cond:
+            if not self._await_first_frame(conn):
+                raise self._error("closed while opening" if self._stopping else self._open_failure(conn.error))
+        self._supervisor = threading.Thread(target=self._supervise, name=f"rtseg-reconnect {self.source_id}", daemon=True)
+        self._supervisor.start()
+
+    def _read(self) -> Frame | None:
+        # the supervisor bounds every wait; this deadline only guards against its failure
+        deadline = time.monotonic() + self.read_timeout + self.reconnect_timeout + 2 * self.open_timeout + RECONNECT_MAX_DELAY_S
+        with self._cond:
+            while True:
+                if self._latest is not None:
+                    frame, self._latest = self._latest, None
+                    return frame
+                if self._fatal is not None:
+                    raise SourceError(self._fatal)
+                if self._stopping:
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SourceError(f"source {self.source_id!r} delivered no frame for {self.read_timeout + self.reconnect_timeout:g}s")
+                self._cond.wait(remaining)
+
+    def _close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            connections = list(self._connections)
+            for conn in connections:
+                conn.abandoned.set()
+            self._cond.notify_all()
+        if self._supervisor is not None:
+            self._supervisor.join()
+        # a capture blocked in open or read returns within its own timeout at worst
+        limit = time.monotonic() + max(self.open_timeout, self.read_timeout) + 1.0
+        for conn in connections:
+            conn.thread.join(max(0.0, limit - time.monotonic()))
+            if conn.thread.is_alive():
+                log.warning("%s: capture thread still blocked in OpenCV; leaving it to finish on its own", self.source_id)
+
+    # -- reconnection ----------------------------------------------------------------------
+    def _supervise(self) -> None:
+        """Watch the current connection; when it fails or stalls, reconnect."""
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping:
+                        return
+                    conn = self._conn
+                    if conn.finished:
+                        reason = conn.error or "the input ended"
+                        break
+                    silent = time.monotonic() - conn.last_frame
+                    if silent >= self.read_timeout:
+                        reason = f"no frame for {self.read_timeout:g}s"
+                        break
+                    self._cond.wait(self.read_timeout - silent)
+                conn.abandoned.set()
+                outage_start = conn.last_frame_time  # the gap starts after the last frame seen
+            log.warning("%s: input lost (%s); reconnecting", self.source_id, reason)
+            if not self._reconnect(outage_start, reason):
+                return
+
+    def _reconnect(self, outage_start: float, reason: str) -> bool:
+        started = time.monotonic()
+        delay = RECONNECT_FIRST_DELAY_S
+        attempts = 0
+        last_error = reason
+        while True:
+            with self._cond:
+                remaining = self.reconnect_timeout - (time.monotonic() - started)
+                if remaining > 0:
+                    self._cond.wait_for(lambda: self._stopping, timeout=min(delay, remaining))
+                if self._stopping:
+                    return False
+                if time.monotonic() - started >= self.reconnect_timeout:
+                    break
+            attempts += 1
+            conn = self._start_connection()
+            with self._cond:
+                if self._await_first_frame(conn):
+                    self.stats.reconnects += 1
+                    self.stats.gaps.append((outage_start, conn.first_frame_time))
+                    log.info("%s: reconnected after %.1fs (attempt %d)", self.source_id, conn.first_frame_time - outage_start, attempts)
+                    return True
+                if self._stopping:
+                    return False
+                last_error = conn.error
+            log.info("%s: reconnect attempt %d failed: %s", self.source_id, attempts, last_error)
+            delay = min(2 * delay, RECONNECT_MAX_DELAY_S)
+        with self._cond:
+            self.stats.gaps.append((outage_start, time.time()))
+            self._fatal = (
+                f"source {self.source_id!r} lost: no frame for {self.reconnect_timeout:g}s after "
+                f"{attempts} reconnect attempt(s) (last error: {last_error})"
+            )
+            self._cond.notify_all()
+        log.error("%s", self._fatal)
+        return False
+
+
+class CameraSource(LiveSource):
+    """A local camera by index (``cv2.VideoCapture(index)``)."""
+
+    def __init__(self, source_id: str, index: int, **kwargs: object) -> None:
+        super().__init__(source_id, **kwargs)  # type: ignore[arg-type]
+        self.index = index
+
+    def _create_capture(self) -> "cv2.VideoCapture":
+        return cv2.VideoCapture(self.index)
+
+    def _open_failure(self, error: str) -> str:
+        return f"no usable camera at index {self.index} ({error})"
+
+
+class StreamSource(LiveSource):
+    """A network stream (RTSP over TCP, HTTP) read with OpenCV's FFmpeg backend.
+
+    Opening and reading use FFmpeg's own timeouts (``CAP_PROP_OPEN_TIMEOUT_MSEC``,
+    ``CAP_PROP_READ_TIMEOUT_MSEC``) as well as the outer guards of :class:`LiveSource`.
+    RTSP runs over TCP: unless the user has set ``OPENCV_FFMPEG_CAPTURE_OPTIONS``
+    themselves, it is set to ``rtsp_transport;tcp`` (process-wide) before the first open,
+    because OpenCV exposes no per-capture switch for it.
+    """
+
+    def __init__(self, source_id: str, url: str, **kwargs: object) -> None:
+        super().__init__(source_id, **kwargs)  # type: ignore[arg-type]
+        self.url = url
+
+    def _open(self) -> None:
+        if urlsplit(self.url).scheme.lower() in ("rtsp", "rtsps"):
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+        super()._open()
+
+    def _create_capture(self) -> "cv2.VideoCapture":
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.open_timeout * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.read_timeout * 1000),
+        ]
+        return cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
+
+
+# --------------------------------------------------------------------------------------
+# the entry point
+# --------------------------------------------------------------------------------------
+_SYNTHETIC = re.compile(r"synthetic(?::(?P<seed>\d+)(?::(?P<w>\d+)x(?P<h>\d+))?)?")
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for ids, logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def open_source(
+    spec: str,
+    *,
+    open_timeout: float = 10.0,
+    read_timeout: float = 5.0,
+    max_frames: int | None = None,
+    loop: bool = False,
+    reconnect_timeout: float = 60.0,
+) -> Source:
+    """Make the :class:`Source` that ``spec`` names (see the module docstring).
+
+    The source is not opened yet: use it as a context manager, or call ``open()`` (or just
+    ``read()``, which opens on first use). Errors visible from the spec alone (a malformed
+    spec, a missing path) raise :class:`SourceError` here; the rest on open.
+
+    - ``open_timeout``: seconds an open may take, first frame included.
+    - ``read_timeout``: seconds without a frame before a live input counts as lost.
+    - ``max_frames``: stop (``read()`` returns ``None``) after this many frames.
+    - ``loop``: files and folders start over at the end (ignored by other sources).
+    - ``reconnect_timeout``: seconds a lost live input is retried before giving up.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise SourceError(f"source must be a non-empty string (path, URL, camera index or 'synthetic'), got {spec!r}")
+    for name, value in (("open_timeout", open_timeout), ("read_timeout", read_timeout), ("reconnect_timeout", reconnect_timeout)):
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise SourceError(f"{name} must be a number of seconds > 0, got {value!r}")
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 0):
+        raise SourceError(f"max_frames must be None or an int >= 0, got {max_frames!r}")
+
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        match = _SYNTHETIC.fullmatch(spec)
+        if match is None or (match["w"] is not None and (int(match["w"]) < 16 or int(match["h"]) < 16)):
+            raise SourceError(f"cannot open source {spec!r}: expected synthetic[:SEED[:WxH]], e.g. synthetic:3:640x480 (W, H >= 16)")
+        size = (int(match["h"]), int(match["w"])) if match["w"] is not None else (480, 640)
+        return SyntheticSource(spec, seed=int(match["seed"] or 0), size=size, max_frames=max_frames)
+
+    live = dict(open_timeout=float(open_timeout), read_timeout=float(read_timeout),
+                reconnect_timeout=float(reconnect_timeout), max_frames=max_frames)
+    if spec.isdigit() and spec.isascii():
+        return CameraSource(spec, int(spec), **live)
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else None
+    if scheme is not None:
+        source_id = _redact(spec)
+        if scheme not in NETWORK_SCHEMES:
+            raise SourceError(f"cannot open source {source_id!r}: unsupported URL scheme {scheme!r} (expected one of {', '.join(NETWORK_SCHEMES)})")
+        return StreamSource(source_id, spec, **live)
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise SourceError(f"cannot open source {spec!r}: no such file or directory")
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFilesSource(spec, path, max_frames=max_frames, loop=loop)
+    return VideoFileSource(spec, path, open_timeout=float(open_timeout), max_frames=max_frames, loop=loop)

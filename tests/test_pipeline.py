@@ -1,0 +1,148 @@
+"""The threaded pipeline: every frame of a file, in order; live-source policy; errors; stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.errors import SourceError
+from rtseg.pipeline import Pipeline
+from rtseg.render import VideoRecorder
+from rtseg.segmenter import Segmenter
+from rtseg.sources import open_source
+from rtseg.structures import Frame, Instances
+
+N_FRAMES = 24
+BLOCK = 16  # index encoded as 8 binary blocks of BLOCK x BLOCK pixels (robust to MJPG)
+
+
+def encode_index(i: int, h: int = 96, w: int = 160) -> np.ndarray:
+    img = np.full((h, w, 3), 40, np.uint8)
+    for bit in range(8):
+        if (i >> bit) & 1:
+            img[8:8 + BLOCK, 8 + bit * BLOCK:8 + (bit + 1) * BLOCK] = 230
+    return img
+
+
+def decode_index(img: np.ndarray) -> int:
+    value = 0
+    for bit in range(8):
+        block = img[8 + 4:8 + BLOCK - 4, 8 + bit * BLOCK + 4:8 + (bit + 1) * BLOCK - 4]
+        if block.mean() > 135:
+            value |= 1 << bit
+    return value
+
+
+@pytest.fixture(scope="module")
+def video_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "numbered.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (160, 96))
+    assert writer.isOpened()
+    for i in range(N_FRAMES):
+        writer.write(encode_index(i))
+    writer.release()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter("yolact_resnet18_384", score_threshold=0.3)
+
+
+class SlowSegmenter:
+    """A stand-in model that takes a fixed time per frame (to exercise queue policies)."""
+
+    class_names = ("thing",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def process(self, image):
+        from rtseg.segmenter import StageTimes
+
+        time.sleep(self.seconds)
+        return Instances.empty(image.shape[:2]), StageTimes(0.0, self.seconds, 0.0)
+
+
+def test_video_file_is_processed_frame_for_frame(video_file, segmenter, tmp_path):
+    seen: list[Frame] = []
+    recorder = VideoRecorder(str(tmp_path / "out.avi"), fps=25)
+    pipeline = Pipeline(open_source(video_file), segmenter, recorder=recorder, on_frame=seen.append, queue_size=2)
+    summary = pipeline.run()
+    recorder.close()
+    assert [f.seq for f in seen] == list(range(N_FRAMES))
+    assert [decode_index(f.image) for f in seen] == list(range(N_FRAMES))
+    assert all(isinstance(f.instances, Instances) and f.rendered is not None for f in seen)
+    assert summary.frames_read == summary.frames_processed == N_FRAMES
+    assert summary.dropped_source == summary.dropped_stale == 0
+    assert set(summary.stages_ms) >= {"preprocess", "inference", "postprocess", "render", "end to end"}
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == N_FRAMES
+    cap.release()
+
+
+def test_synthetic_source_with_max_frames(segmenter):
+    seen = []
+    summary = Pipeline(open_source("synthetic"), segmenter, max_frames=5, on_frame=seen.append).run()
+    assert [f.seq for f in seen] == [0, 1, 2, 3, 4]
+    assert summary.frames_processed == 5 and summary.stopped_by == "max frames (5)"
+    text = summary.format()
+    assert "read 5, processed 5" in text and "end to end" in text
+
+
+def test_stop_finishes_accepted_frames_and_returns_promptly():
+    source = open_source("synthetic")
+    seen = []
+    pipeline = Pipeline(source, SlowSegmenter(0.05), on_frame=seen.append, queue_size=2)
+    timer = threading.Timer(0.5, pipeline.stop, args=("interrupted (Ctrl-C)",))
+    timer.start()
+    summary = pipeline.run()
+    timer.join()
+    assert summary.stopped_by == "interrupted (Ctrl-C)"
+    # every frame that capture handed on was processed and reached the end (none lost)
+    assert summary.frames_processed == summary.frames_read == len(seen)
+    assert [f.seq for f in seen] == list(range(len(seen)))
+
+
+class FakeLiveSource:
+    """A live source delivering frames faster than the model: the pipeline must keep only the newest."""
+
+    is_live = True
+    source_id = "fake-live"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.i = 0
+
+    def read(self):
+        if self.i >= self.n:
+            return None
+        time.sleep(0.005)
+        f = Frame(seq=self.i, source_id=self.source_id, capture_time=time.time(), image=encode_index(self.i),
+                  capture_monotonic=time.perf_counter())
+        self.i += 1
+        return f
+
+    def close(self):
+        pass
+
+
+def test_live_source_drops_stale_frames_instead_of_queueing_them():
+    seen = []
+    summary = Pipeline(FakeLiveSource(60), SlowSegmenter(0.05), on_frame=seen.append).run()
+    seqs = [f.seq for f in seen]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # in order, no duplicates
+    assert summary.dropped_stale > 0
+    assert summary.frames_processed + summary.dropped_stale == summary.frames_read == 60
+    assert seqs[-1] == 59  # the newest frame is never dropped
+
+
+def test_source_error_in_capture_thread_surfaces_as_itself(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    with pytest.raises(SourceError, match="broken.mp4"):
+        Pipeline(open_source(str(bad), open_timeout=5), SlowSegmenter(0.0)).run()
