@@ -50,7 +50,7 @@ def video_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def segmenter():
-    return Segmenter("yolact_resnet18_384", score_threshold=0.3)
+    return Segmenter("yolact_resnet18_half_384", score_threshold=0.3)
 
 
 class SlowSegmenter:

@@ -12,7 +12,7 @@ from rtseg.models.yolact import Yolact
 from rtseg.segmenter import Segmenter, parse_device
 from rtseg.structures import Instances
 
-SMALL = "yolact_resnet18_384"
+SMALL = "yolact_resnet18_half_384"
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_checkpoint_mismatch_lists_missing_unexpected_and_misshaped(small_state,
     msg = str(info.value)
     assert "missing proto_net.0.weight" in msg
     assert "unexpected extra.weight" in msg
-    assert "fpn.lat_layers.0.bias (7,) vs (128,)" in msg
+    assert "fpn.lat_layers.0.bias (7,) vs (96,)" in msg
 
 
 def test_unknown_model_and_device_and_threshold():

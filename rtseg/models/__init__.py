@@ -1,7 +1,7 @@
 """The model variants rtseg knows, by name: a plain dict, no registry magic.
 
 Official variants keep upstream's names, input sizes and layer shapes exactly
-(dbolya/yolact ``data/config.py``); the ``*_resnet18_*`` variants are rtseg's own small
+(dbolya/yolact ``data/config.py``); the ``yolact_resnet18_*`` variants are rtseg's own small
 models for real-time use on a CPU, trained on the synthetic shapes set.
 """
 
@@ -44,15 +44,21 @@ MODELS: dict[str, YolactConfig] = {
                      dcn_interval=3, **_PLUS, weights_source=_HF.format(name="yolact_plus_base")),
         YolactConfig(name="yolact_plus_resnet50", class_names=COCO_CLASSES, backbone_depth=50,
                      dcn_layers=(0, 4, 6, 3), **_PLUS, weights_source=_HF.format(name="yolact_plus_resnet50")),
-        # rtseg's own real-time CPU model: R-18, 384 px, 128-channel FPN / protonet
+        # rtseg's own real-time CPU models (trained from scratch here: no ImageNet weights can be fetched)
+        # R-18, 384 px, 128-channel FPN / protonet: for fine-tuning on your own data
         YolactConfig(name="yolact_resnet18_384", class_names=SYNTHETIC_CLASSES, backbone_depth=18, max_size=384,
                      fpn_features=128, proto_channels=128, pred_scales=_scaled(384),
+                     weights_source="none built in: train with 'rtseg train' or pass --weights PATH"),
+        # the built-in default: R-18 at half width (about 4x fewer backbone FLOPs), small enough to
+        # ship its weights in the package and to run in real time on 2 CPU cores
+        YolactConfig(name="yolact_resnet18_half_384", class_names=SYNTHETIC_CLASSES, backbone_depth=18,
+                     backbone_width=0.5, max_size=384, fpn_features=96, proto_channels=96, pred_scales=_scaled(384),
                      weights_source="built in (trained on rtseg's synthetic shapes)"),
     )
 }
 
 #: what ``rtseg run`` uses when no --model is given
-DEFAULT_MODEL = "yolact_resnet18_384"
+DEFAULT_MODEL = "yolact_resnet18_half_384"
 
 
 def get_config(name: str) -> YolactConfig:

@@ -123,23 +123,28 @@ class ResNetBackbone(nn.Module):
         dcn_layers: per stage, how many trailing blocks may use DCN (YOLACT++:
             ``(0, 4, 6, 3)`` for R-50, ``(0, 4, 23, 3)`` with ``dcn_interval=3`` for R-101).
         dcn_interval: every ``dcn_interval``-th block of a DCN stage uses DCN.
+        width: channel multiplier (1 = the standard ResNet; 0.5 halves every stage).
 
     ``forward(x: float32[B, 3, H, W]) -> tuple`` of 4 tensors with strides 4, 8, 16, 32.
     """
 
-    def __init__(self, depth: int, dcn_layers: tuple[int, int, int, int] = (0, 0, 0, 0), dcn_interval: int = 1) -> None:
+    def __init__(self, depth: int, dcn_layers: tuple[int, int, int, int] = (0, 0, 0, 0), dcn_interval: int = 1,
+                 width: float = 1.0) -> None:
         super().__init__()
         if depth not in RESNET_LAYOUTS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {depth}")
+        if not 0 < width <= 1 or int(64 * width) != 64 * width:
+            raise ValueError(f"ResNet width must be in (0, 1] and give whole channel counts, got {width}")
         block, blocks = RESNET_LAYOUTS[depth]
+        base = int(64 * width)  # width < 1: rtseg's slim variants (channels of every stage scaled)
         self.layers = nn.ModuleList()  # registered first, as upstream: checkpoint key order follows
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1 = nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.channels: list[int] = []
-        inplanes = 64
-        for stage, (planes, n, n_dcn) in enumerate(zip((64, 128, 256, 512), blocks, dcn_layers)):
+        inplanes = base
+        for stage, (planes, n, n_dcn) in enumerate(zip((base, 2 * base, 4 * base, 8 * base), blocks, dcn_layers)):
             stride = 1 if stage == 0 else 2
             downsample = None
             if stride != 1 or inplanes != planes * block.expansion:

@@ -48,6 +48,7 @@ class YolactConfig:
     name: str
     class_names: tuple[str, ...]  #: foreground classes; the network adds background at index 0
     backbone_depth: int = 101
+    backbone_width: float = 1.0  #: ResNet channel multiplier (1 for every official variant)
     max_size: int = 550  #: square input side (``preserve_aspect_ratio: False``)
     dcn_layers: tuple[int, int, int, int] = (0, 0, 0, 0)
     dcn_interval: int = 1
@@ -235,7 +236,7 @@ class Yolact(nn.Module):
     def __init__(self, cfg: YolactConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = ResNetBackbone(cfg.backbone_depth, cfg.dcn_layers, cfg.dcn_interval)
+        self.backbone = ResNetBackbone(cfg.backbone_depth, cfg.dcn_layers, cfg.dcn_interval, cfg.backbone_width)
         c3_c5 = self.backbone.channels[1:]
         self.proto_net = ProtoNet(cfg.fpn_features, cfg.proto_channels, cfg.mask_dim)
         if cfg.use_maskiou:
