@@ -152,6 +152,9 @@ class Pipeline:
         if not self._stop.is_set():
             self._stopped_by = reason
             self._stop.set()
+            # unblocks a capture thread waiting on a live source (outage, slow camera); a frame
+            # being read is not accepted yet, so nothing accepted is lost
+            self.source.close()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
