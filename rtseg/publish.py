@@ -1,0 +1,647 @@
+"""Publishing the instances found in each frame over ZeroMQ, and the matching subscriber.
+
+The wire format is specified in ``docs/wire-format.md``; that document is normative and
+this module follows it. In short, one ZeroMQ multipart message per frame:
+
+1. the topic (bytes, for ZeroMQ prefix filtering),
+2. a JSON header (ASCII, hence valid UTF-8) with the frame's metadata and one entry per
+   instance,
+3. one binary blob holding every mask: per instance, the smallest integer window that
+   contains all its pixels, bit-packed row-major, most significant bit first.
+
+Decoding trusts nothing: every size is checked against the caps below and against the
+blob before anything is allocated, and every problem raises :class:`PublishError` with
+one line saying what was expected and what was found.
+
+``zmq`` is imported inside the functions that need it, so ``import rtseg.publish`` (and
+encoding / decoding) works without touching ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, TextIO
+
+import numpy as np
+
+from rtseg.errors import ConfigError, PublishError
+from rtseg.structures import Frame, Instances
+
+logger = logging.getLogger(__name__)
+
+#: header ``schema`` written by this module; a consumer accepts any ``1.x``
+SCHEMA = "rtseg.instances/1.0"
+SCHEMA_NAME = "rtseg.instances"
+SCHEMA_MAJOR = 1
+#: header ``mask_encoding``: integer window per instance, bit-packed row-major, MSB first
+MASK_ENCODING = "bitpacked-window"
+
+#: Wire limits (docs/wire-format.md, "Limits"). 16384 is the largest side any camera or
+#: file rtseg reads is expected to have (8K UHD is 7680 x 4320); 10000 instances is two
+#: orders of magnitude above the per-image detection caps of the models (100-300).
+MAX_IMAGE_SIDE = 16384
+MAX_INSTANCES = 10000
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+#: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks a decode
+#: allocates (the blob alone does not bound it: empty masks cost no blob bytes).
+#: 1 GiB fits e.g. 500 instances at 1920 x 1080 or 120 at 3840 x 2160.
+DEFAULT_MAX_MASK_PIXELS = 2**30
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64_MAX = 2**63 - 1
+
+
+# ---------------------------------------------------------------------------------------
+# encoding
+# ---------------------------------------------------------------------------------------
+def mask_windows(masks: np.ndarray) -> np.ndarray:
+    """Tight integer windows of ``bool[N, H, W]`` masks as ``int64[N, 4]`` ``x0, y0, x1, y1``.
+
+    ``x0 = floor(min x)`` of the mask's pixels, ``x1 = max x + 1`` (exclusive end), same for
+    ``y``. An empty mask gets the zero-size window ``0, 0, 0, 0``.
+    """
+    n, h, w = masks.shape
+    rows = masks.any(axis=2)  # (N, H)
+    cols = masks.any(axis=1)  # (N, W)
+    nonempty = rows.any(axis=1)
+    windows = np.stack(
+        [
+            cols.argmax(axis=1),
+            rows.argmax(axis=1),
+            w - cols[:, ::-1].argmax(axis=1),
+            h - rows[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    windows[~nonempty] = 0
+    return windows
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise PublishError(f"cannot publish: {name} must be finite numbers, found {values[~np.isfinite(values)][:3].tolist()}")
+
+
+def encode_message(
+    frame: Frame,
+    class_names: Sequence[str],
+    *,
+    topic: bytes = b"rtseg",
+    publish_time: float | None = None,
+) -> list[bytes]:
+    """One frame as the three parts of a wire message: ``[topic, header, masks]``.
+
+    ``frame.instances`` (``None`` or empty publishes no instances and an empty blob);
+    ``class_names[class_id]`` names each instance; ``publish_time`` is wall-clock seconds
+    (``time.time()`` when not given). Scores and boxes are written as JSON numbers that
+    give back the exact ``float32`` values.
+    """
+    if not isinstance(topic, bytes):
+        raise TypeError(f"topic must be bytes, got {type(topic).__name__}")
+    instances = frame.instances
+    h, w = instances.image_size if instances is not None else frame.image_size
+    if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
+        raise PublishError(f"cannot publish: image_size must be at most {MAX_IMAGE_SIDE} x {MAX_IMAGE_SIDE}, found {h} x {w}")
+    n = 0 if instances is None else len(instances)
+    if n > MAX_INSTANCES:
+        raise PublishError(f"cannot publish: at most {MAX_INSTANCES} instances per frame, found {n}")
+
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+    if n:
+        assert instances is not None
+        _check_finite("boxes", instances.boxes)
+        _check_finite("scores", instances.scores)
+        windows = mask_windows(instances.masks).tolist()
+        boxes = instances.boxes.tolist()  # float32 -> Python float: exact
+        scores = instances.scores.tolist()
+        class_ids = instances.class_ids.tolist()
+        for i in range(n):
+            class_id = class_ids[i]
+            if not 0 <= class_id < len(class_names):
+                raise PublishError(
+                    f"cannot publish: class id must be in [0, {len(class_names)}) to have a name, found {class_id}"
+                )
+            x0, y0, x1, y1 = windows[i]
+            packed = np.packbits(instances.masks[i, y0:y1, x0:x1]).tobytes()  # flattened, MSB first
+            entries.append(
+                {
+                    "class_id": class_id,
+                    "class_name": str(class_names[class_id]),
+                    "score": scores[i],
+                    "box": boxes[i],
+                    "mask_window": [x0, y0, x1, y1],
+                    "mask_offset": offset,
+                    "mask_length": len(packed),
+                }
+            )
+            chunks.append(packed)
+            offset += len(packed)
+    blob = b"".join(chunks)
+    header = {
+        "schema": SCHEMA,
+        "seq": int(frame.seq),
+        "source": str(frame.source_id),
+        "capture_time": float(frame.capture_time),
+        "publish_time": float(time.time() if publish_time is None else publish_time),
+        "image_size": [int(h), int(w)],
+        "mask_encoding": MASK_ENCODING,
+        "masks_bytes": len(blob),
+        "instances": entries,
+    }
+    # ensure_ascii: the header is plain ASCII, so any UTF-8 JSON parser reads it, even
+    # for source ids that carry undecodable file-name bytes (lone surrogates).
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+    return [topic, text.encode("ascii"), blob]
+
+
+# ---------------------------------------------------------------------------------------
+# decoding
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Message:
+    """One decoded wire message.
+
+    ``header`` is the JSON header as received (a dict); the other fields are its checked,
+    typed view: ``capture_time`` and ``publish_time`` in wall-clock seconds,
+    ``image_size`` ``(H, W)``, ``class_names`` one name per instance, and ``instances``
+    with full-size ``bool[N, H, W]`` masks.
+    """
+
+    topic: bytes
+    header: dict = field(repr=False)
+    seq: int
+    source: str
+    capture_time: float
+    publish_time: float
+    image_size: tuple[int, int]
+    class_names: list[str]
+    instances: Instances
+
+    __hash__ = None  # type: ignore[assignment]  # dict / numpy payload
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _malformed(what: str, expected: str, found: Any) -> PublishError:
+    return PublishError(f"malformed rtseg message: {what} must be {expected}, found {found}")
+
+
+def _get(obj: dict, key: str, where: str) -> Any:
+    if key not in obj:
+        raise PublishError(f"malformed rtseg message: {where} must have field {key!r}, found it missing")
+    return obj[key]
+
+
+def _int(obj: dict, key: str, where: str, lo: int, hi: int) -> int:
+    value = _get(obj, key, where)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _malformed(f"{where} field {key!r}", f"an integer in [{lo}, {hi}]", _short(value))
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= _FLOAT32_MAX:
+        raise _malformed(what, "a finite number", _short(value))  # also rejects NaN / inf
+    return float(value)
+
+
+def _str(obj: dict, key: str, where: str) -> str:
+    value = _get(obj, key, where)
+    if not isinstance(value, str):
+        raise _malformed(f"{where} field {key!r}", "a string", _short(value))
+    return value
+
+
+def _int_list(value: Any, what: str, length: int) -> list[int]:
+    if not isinstance(value, list) or len(value) != length or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise _malformed(what, f"a list of {length} integers", _short(value))
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _as_bytes_view(part: Any, index: int) -> memoryview:
+    try:
+        view = memoryview(part)
+    except TypeError:
+        raise _malformed(f"part {index}", "bytes", type(part).__name__) from None
+    if not view.c_contiguous:
+        raise _malformed(f"part {index}", "a contiguous bytes buffer", "a strided buffer")
+    return view.cast("B")
+
+
+def decode_message(
+    parts: Sequence[bytes],
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
+) -> Message:
+    """Check and decode the parts of one wire message (see ``docs/wire-format.md``).
+
+    ``parts``: the three frames as bytes-like objects. Raises :class:`PublishError` for
+    anything malformed, including messages above ``max_message_bytes`` in total and
+    messages whose full-size masks would need more than ``max_mask_pixels`` bytes
+    (``N * H * W``). Allocation is bounded by those caps and by the blob's length.
+    """
+    if isinstance(parts, (bytes, bytearray, memoryview, str)) or not isinstance(parts, Sequence):
+        raise _malformed("the message", "a sequence of 3 parts", type(parts).__name__)
+    if len(parts) != 3:
+        raise _malformed("the message", "3 parts (topic, header, masks)", f"{len(parts)} parts")
+    topic_view, header_view, blob = (_as_bytes_view(p, i) for i, p in enumerate(parts))
+    total = topic_view.nbytes + header_view.nbytes + blob.nbytes
+    if total > max_message_bytes:
+        raise _malformed("the message", f"at most {max_message_bytes} bytes", f"{total} bytes")
+
+    try:
+        header = json.loads(bytes(header_view).decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise _malformed("the header (part 1)", "UTF-8 text", f"an invalid byte at offset {exc.start}") from None
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _malformed("the header (part 1)", "a JSON object", f"invalid JSON ({reason})") from None
+    if not isinstance(header, dict):
+        raise _malformed("the header (part 1)", "a JSON object", type(header).__name__)
+
+    schema = _str(header, "schema", "header")
+    name, _, version = schema.partition("/")
+    major = version.split(".", 1)[0]
+    if name != SCHEMA_NAME or not major.isdigit():
+        raise _malformed("header field 'schema'", f"'{SCHEMA_NAME}/<major>.<minor>'", _short(schema))
+    if int(major) != SCHEMA_MAJOR:
+        raise PublishError(
+            f"unsupported rtseg message: schema major version must be {SCHEMA_MAJOR} ({SCHEMA}), found {_short(schema)}"
+        )
+    encoding = _str(header, "mask_encoding", "header")
+    if encoding != MASK_ENCODING:
+        raise _malformed("header field 'mask_encoding'", repr(MASK_ENCODING), _short(encoding))
+
+    seq = _int(header, "seq", "header", 0, _INT64_MAX)
+    source = _str(header, "source", "header")
+    capture_time = _number(_get(header, "capture_time", "header"), "header field 'capture_time'")
+    publish_time = _number(_get(header, "publish_time", "header"), "header field 'publish_time'")
+    h, w = _int_list(_get(header, "image_size", "header"), "header field 'image_size'", 2)
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise _malformed("header field 'image_size'", f"[H, W] with 1 <= H, W <= {MAX_IMAGE_SIDE}", [h, w])
+    masks_bytes = _int(header, "masks_bytes", "header", 0, _INT64_MAX)
+    if masks_bytes != blob.nbytes:
+        raise _malformed("header field 'masks_bytes'", f"the masks part's length {blob.nbytes}", masks_bytes)
+    entries = _get(header, "instances", "header")
+    if not isinstance(entries, list) or len(entries) > MAX_INSTANCES:
+        found = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
+        raise _malformed("header field 'instances'", f"a list of at most {MAX_INSTANCES} entries", found)
+    n = len(entries)
+    if n * h * w > max_mask_pixels:
+        raise _malformed("the message", f"at most {max_mask_pixels} mask pixels (N * H * W)", f"{n} x {h} x {w}")
+
+    boxes = np.zeros((n, 4), np.float32)
+    scores = np.zeros((n,), np.float32)
+    class_ids = np.zeros((n,), np.int64)
+    names: list[str] = []
+    spans: list[tuple[int, int, int]] = []  # (offset, length, instance index)
+    windows: list[tuple[int, int, int, int]] = []
+    for i, entry in enumerate(entries):
+        where = f"instances[{i}]"
+        if not isinstance(entry, dict):
+            raise _malformed(where, "a JSON object", type(entry).__name__)
+        class_ids[i] = _int(entry, "class_id", where, 0, _INT64_MAX)
+        names.append(_str(entry, "class_name", where))
+        scores[i] = _number(_get(entry, "score", where), f"{where} field 'score'")
+        box = _get(entry, "box", where)
+        if not isinstance(box, list) or len(box) != 4:
+            raise _malformed(f"{where} field 'box'", "a list of 4 numbers", _short(box))
+        boxes[i] = [_number(v, f"{where} field 'box'") for v in box]
+        x0, y0, x1, y1 = _int_list(_get(entry, "mask_window", where), f"{where} field 'mask_window'", 4)
+        if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
+            raise _malformed(
+                f"{where} field 'mask_window'", f"[x0, y0, x1, y1] with 0 <= x0 <= x1 <= {w}, 0 <= y0 <= y1 <= {h}", [x0, y0, x1, y1]
+            )
+        offset = _int(entry, "mask_offset", where, 0, _INT64_MAX)
+        length = _int(entry, "mask_length", where, 0, _INT64_MAX)
+        expected_length = ((x1 - x0) * (y1 - y0) + 7) // 8
+        if length != expected_length:
+            raise _malformed(f"{where} field 'mask_length'", f"{expected_length} (window bits / 8, rounded up)", length)
+        if offset + length > blob.nbytes:
+            raise _malformed(f"{where} mask bytes", f"inside the {blob.nbytes}-byte masks part", f"[{offset}, {offset + length})")
+        windows.append((x0, y0, x1, y1))
+        spans.append((offset, length, i))
+
+    spans.sort()
+    end = 0
+    for offset, length, i in spans:
+        if length == 0:
+            continue
+        if offset < end:
+            raise _malformed(f"instances[{i}] mask bytes", f"not overlapping another mask (start >= {end})", f"start {offset}")
+        end = offset + length
+
+    masks = np.zeros((n, h, w), np.bool_)
+    for offset, length, i in spans:
+        if length == 0:
+            continue
+        x0, y0, x1, y1 = windows[i]
+        packed = np.frombuffer(blob, dtype=np.uint8, count=length, offset=offset)
+        bits = np.unpackbits(packed, count=(x1 - x0) * (y1 - y0))  # MSB first, padding ignored
+        masks[i, y0:y1, x0:x1] = bits.reshape(y1 - y0, x1 - x0).view(np.bool_)
+
+    instances = Instances(boxes=boxes, scores=scores, class_ids=class_ids, masks=masks, image_size=(h, w))
+    return Message(
+        topic=bytes(topic_view),
+        header=header,
+        seq=seq,
+        source=source,
+        capture_time=capture_time,
+        publish_time=publish_time,
+        image_size=(h, w),
+        class_names=names,
+        instances=instances,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# publisher
+# ---------------------------------------------------------------------------------------
+def _import_zmq():
+    try:
+        import zmq
+    except ImportError:
+        raise PublishError("publishing needs pyzmq: expected it installed (pip install pyzmq), found it missing") from None
+    return zmq
+
+
+def binds_all_interfaces(endpoint: str) -> bool:
+    """True for a TCP endpoint whose host is every interface (``*``, ``0.0.0.0``, ``::``)."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0]
+    return host in ("*", "0.0.0.0", "::", "[::]", "[*]")
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    """Counts since the publisher was made: messages ``sent`` (accepted by ZeroMQ),
+    ``dropped`` (refused because a subscriber's queue was full), and ``bytes_sent``."""
+
+    sent: int
+    dropped: int
+    bytes_sent: int
+
+
+class Publisher:
+    """A ZeroMQ PUB socket that publishes one message per :class:`Frame`.
+
+    ``endpoint`` is bound, e.g. ``tcp://127.0.0.1:5555`` (loopback, the safe default),
+    ``tcp://*:5555`` (every interface: reachable from the network, logged as a warning),
+    ``tcp://127.0.0.1:*`` (a free port; read it back from :attr:`endpoint`) or
+    ``ipc:///tmp/rtseg.sock``. ``sndhwm`` is how many messages ZeroMQ queues per
+    subscriber; ``linger_ms`` how long :meth:`close` may wait to flush them.
+
+    :meth:`publish` never blocks. The socket sets ``ZMQ_XPUB_NODROP``, so a full queue is
+    reported (and counted in :attr:`stats`) instead of silently dropped by ZeroMQ. The
+    trade-off: a message is sent to all subscribers or to none, so one stalled subscriber
+    makes every subscriber miss frames until it reads again or disconnects.
+
+    Like every ZeroMQ socket, a Publisher must be used from one thread at a time.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        class_names: Sequence[str],
+        *,
+        topic: bytes = b"rtseg",
+        sndhwm: int = 10,
+        linger_ms: int = 0,
+    ) -> None:
+        if not isinstance(endpoint, str):
+            raise ConfigError(f"publish endpoint must be a string like 'tcp://127.0.0.1:5555', got {type(endpoint).__name__}")
+        if isinstance(class_names, (str, bytes)) or not all(isinstance(c, str) for c in class_names):
+            raise ConfigError(f"class_names must be a sequence of strings, got {_short(class_names)}")
+        if not isinstance(topic, bytes):
+            raise ConfigError(f"topic must be bytes, got {type(topic).__name__}")
+        if isinstance(sndhwm, bool) or not isinstance(sndhwm, int) or sndhwm < 0:
+            raise ConfigError(f"sndhwm must be an integer >= 0 (0 = unlimited), got {sndhwm!r}")
+        if isinstance(linger_ms, bool) or not isinstance(linger_ms, int) or linger_ms < -1:
+            raise ConfigError(f"linger_ms must be an integer >= -1 (-1 = wait forever), got {linger_ms!r}")
+        zmq = _import_zmq()
+        self._zmq = zmq
+        self._class_names = list(class_names)
+        self._topic = topic
+        self._sent = self._dropped = self._bytes_sent = 0
+        self._dropping = False
+        self._context = zmq.Context()
+        socket = self._context.socket(zmq.PUB)
+        try:
+            socket.setsockopt(zmq.SNDHWM, sndhwm)
+            socket.setsockopt(zmq.LINGER, linger_ms)
+            socket.setsockopt(zmq.XPUB_NODROP, 1)
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            self._context.term()
+            raise PublishError(
+                f"cannot bind ZeroMQ PUB socket to {endpoint!r} (expected e.g. tcp://127.0.0.1:5555 or ipc:///tmp/rtseg.sock): {exc.strerror}"
+            ) from None
+        self._socket = socket
+        self._endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if binds_all_interfaces(endpoint):
+            logger.warning("publishing on %s: every network interface, reachable from the network (unencrypted)", self._endpoint)
+        else:
+            logger.info("publishing on %s", self._endpoint)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint actually bound (wildcard ports resolved), e.g. ``tcp://127.0.0.1:40123``."""
+        return self._endpoint
+
+    @property
+    def stats(self) -> PublisherStats:
+        return PublisherStats(sent=self._sent, dropped=self._dropped, bytes_sent=self._bytes_sent)
+
+    @property
+    def closed(self) -> bool:
+        return self._socket is None
+
+    def publish(self, frame: Frame) -> bool:
+        """Send ``frame``'s instances without blocking; False if the message was dropped."""
+        if self._socket is None:
+            raise PublishError(f"cannot publish on {self._endpoint}: expected an open Publisher, found it closed")
+        parts = encode_message(frame, self._class_names, topic=self._topic)
+        zmq = self._zmq
+        try:
+            self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._dropped += 1
+            if not self._dropping:
+                logger.warning("a subscriber on %s is not keeping up: dropping frames (dropped so far: %d)", self._endpoint, self._dropped)
+                self._dropping = True
+            return False
+        except zmq.ZMQError as exc:
+            raise PublishError(f"cannot send on {self._endpoint}: {exc.strerror}") from None
+        self._dropping = False
+        self._sent += 1
+        self._bytes_sent += sum(len(p) for p in parts)
+        return True
+
+    def close(self) -> None:
+        """Close the socket (waiting at most ``linger_ms`` to flush); safe to call twice."""
+        if self._socket is None:
+            return
+        self._socket.close()
+        self._socket = None
+        self._context.term()
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._socket is None else "open"
+        return f"Publisher({self._endpoint!r}, {state}, sent={self._sent}, dropped={self._dropped})"
+
+
+# ---------------------------------------------------------------------------------------
+# subscriber
+# ---------------------------------------------------------------------------------------
+def subscribe(
+    endpoint: str,
+    *,
+    topic: bytes = b"rtseg",
+    timeout: float | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Iterator[Message]:
+    """Connect a SUB socket to ``endpoint`` and yield each decoded :class:`Message`.
+
+    A generator: the socket is made at the first ``next()`` (a bad endpoint raises
+    :class:`PublishError` there) and closed when the generator ends or is closed.
+    ``timeout`` (seconds): stop once that long passes with no valid message; ``None``
+    waits forever. ZeroMQ disconnects a peer that sends a part above
+    ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``); malformed messages are logged, counted
+    and skipped. Messages published before the subscription reaches the publisher are
+    not received (ZeroMQ's "slow joiner").
+    """
+    if not isinstance(endpoint, str):
+        raise PublishError(f"subscribe endpoint must be a string like 'tcp://127.0.0.1:5555', found {type(endpoint).__name__}")
+    if not isinstance(topic, bytes):
+        raise ConfigError(f"topic must be bytes, got {type(topic).__name__}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+        raise ConfigError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+    zmq = _import_zmq()
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    try:
+        socket.setsockopt(zmq.LINGER, 0)
+        # Retry a refused connection every 20 ms (ZeroMQ's default is 100 ms), so a
+        # subscriber started before the publisher misses as few first frames as possible.
+        socket.setsockopt(zmq.RECONNECT_IVL, 20)
+        socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+        socket.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise PublishError(
+                f"cannot connect ZeroMQ SUB socket to {endpoint!r} (expected e.g. tcp://127.0.0.1:5555): {exc.strerror}"
+            ) from None
+        malformed = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is not None:
+                wait_ms = max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
+                if not socket.poll(wait_ms, zmq.POLLIN):
+                    return
+            parts = socket.recv_multipart()
+            try:
+                message = decode_message(parts, max_message_bytes=max_message_bytes)
+            except PublishError as exc:
+                malformed += 1
+                logger.warning("skipping message %d malformed so far from %s: %s", malformed, endpoint, exc)
+                continue
+            yield message
+            if timeout is not None:
+                deadline = time.monotonic() + timeout
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+def _format_line(message: Message, received_time: float) -> str:
+    latency_ms = (received_time - message.publish_time) * 1000.0
+    found = ", ".join(f"{name} {score:.2f}" for name, score in zip(message.class_names, message.instances.scores.tolist()))
+    return (
+        f"seq={message.seq} source={message.source!r} latency={latency_ms:.1f}ms "
+        f"instances={len(message.instances)} [{found}]"
+    )
+
+
+def _save(message: Message, received_time: float, save_dir: str) -> str:
+    document = {
+        "header": message.header,
+        "received_time": received_time,
+        "mask_rle": message.instances.to_rle(),  # COCO compressed RLE, one per instance
+    }
+    path = os.path.join(save_dir, f"{message.seq:010d}.json")
+    temporary = path + ".part"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(document, f, allow_nan=False)
+    os.replace(temporary, path)
+    return path
+
+
+def run_subscriber(
+    endpoint: str,
+    *,
+    topic: bytes = b"rtseg",
+    count: int | None = None,
+    timeout: float | None = None,
+    save_dir: str | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """``rtseg subscribe ENDPOINT [--topic T] [--count N] [--timeout S] [--save DIR]``; returns the exit code.
+
+    Prints one line per message to ``out`` (default ``sys.stdout``): seq, source,
+    publish-to-receive latency in ms (wall clocks: across machines it includes their
+    clock offset), number of instances and each class name and score. With ``save_dir``,
+    writes ``<seq>.json`` per message: the header, the receive time and the masks as
+    COCO RLEs (``Instances.to_rle()``). Stops after ``count`` messages, or after
+    ``timeout`` seconds without one.
+    """
+    out = sys.stdout if out is None else out
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ConfigError(f"--count must be an integer >= 1, got {count!r}")
+    if save_dir is not None:
+        try:
+            os.makedirs(save_dir, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--save must be a directory that can be created, got {save_dir!r}: {exc.strerror}") from None
+    received = 0
+    messages = subscribe(endpoint, topic=topic, timeout=timeout)
+    try:
+        for message in messages:
+            received_time = time.time()
+            print(_format_line(message, received_time), file=out, flush=True)
+            if save_dir is not None:
+                try:
+                    _save(message, received_time, save_dir)
+                except OSError as exc:
+                    raise ConfigError(f"--save: cannot write into {save_dir!r}: {exc.strerror}") from None
+            received += 1
+            if count is not None and received >= count:
+                break
+    finally:
+        messages.close()
+    return 0

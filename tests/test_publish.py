@@ -1,0 +1,565 @@
+"""rtseg.publish: the wire format (encode / decode, checked against docs/wire-format.md),
+the ZeroMQ publisher and subscriber over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rtseg.errors import PublishError
+from rtseg.publish import (
+    MAX_IMAGE_SIDE,
+    SCHEMA,
+    Message,
+    Publisher,
+    binds_all_interfaces,
+    decode_message,
+    encode_message,
+    mask_windows,
+    run_subscriber,
+    subscribe,
+)
+from rtseg.structures import Frame, Instances
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"
+NAMES = ["person", "bicycle", "traffic light", "dog"]
+LOOPBACK = "tcp://127.0.0.1:*"  # ZeroMQ picks a free port; Publisher.endpoint tells which
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+def random_instances(rng: np.random.Generator, n: int, h: int, w: int) -> Instances:
+    """N instances with a mix of masks: blobs, noise, empty, full, touching the edges."""
+    masks = np.zeros((n, h, w), np.bool_)
+    for i in range(n):
+        kind = i % 6
+        if kind == 0:  # rectangle with noise, anywhere
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            y1, x1 = rng.integers(y0, h) + 1, rng.integers(x0, w) + 1
+            masks[i, y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.7
+        elif kind == 1:  # empty
+            pass
+        elif kind == 2:  # full image: touches all four edges
+            masks[i] = True
+        elif kind == 3:  # single pixels in opposite corners
+            masks[i, 0, 0] = masks[i, h - 1, w - 1] = True
+        elif kind == 4:  # a disc, clipped by the right / bottom edge
+            yy, xx = np.mgrid[:h, :w]
+            masks[i] = (yy - h) ** 2 + (xx - w) ** 2 < (0.6 * max(h, w)) ** 2
+        else:  # sparse noise
+            masks[i] = rng.random((h, w)) < 0.05
+    return Instances(
+        boxes=(rng.random((n, 4)) * [w, h, w, h]).astype(np.float32),
+        scores=rng.random(n).astype(np.float32),
+        class_ids=rng.integers(0, len(NAMES), n).astype(np.int64),
+        masks=masks,
+        image_size=(h, w),
+    )
+
+
+def make_frame(instances: Instances | None, seq: int = 0, source: str = "test", size: tuple[int, int] | None = None) -> Frame:
+    h, w = size or instances.image_size
+    return Frame(seq=seq, source_id=source, capture_time=1700000000.125 + seq, image=np.zeros((h, w, 3), np.uint8), instances=instances)
+
+
+def parts_of(n: int = 3, h: int = 12, w: int = 9, seed: int = 0) -> list[bytes]:
+    return encode_message(make_frame(random_instances(np.random.default_rng(seed), n, h, w)), NAMES, publish_time=1700000001.0)
+
+
+def with_header(parts: list[bytes], change) -> list[bytes]:
+    header = json.loads(parts[1])
+    change(header)
+    return [parts[0], json.dumps(header).encode(), parts[2]]
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def decode_from_doc_prose(parts: list[bytes]) -> tuple[dict, np.ndarray]:
+    """An independent decoder written from docs/wire-format.md, section 4, bit by bit
+    (no rtseg.publish, no numpy.unpackbits)."""
+    topic, header_bytes, blob = parts
+    header = json.loads(header_bytes.decode("utf-8"))
+    assert header["schema"].startswith("rtseg.instances/1.")
+    assert header["mask_encoding"] == "bitpacked-window" and header["masks_bytes"] == len(blob)
+    h, w = header["image_size"]
+    masks = np.zeros((len(header["instances"]), h, w), np.bool_)
+    data = np.frombuffer(blob, np.uint8).astype(np.int64)
+    for i, inst in enumerate(header["instances"]):
+        x0, y0, x1, y1 = inst["mask_window"]
+        ww, hh = x1 - x0, y1 - y0
+        assert inst["mask_length"] == math.ceil(ww * hh / 8)
+        k = np.arange(ww * hh)
+        bits = (data[inst["mask_offset"] + k // 8] >> (7 - k % 8)) & 1
+        ys, xs = y0 + k // max(ww, 1), x0 + k % max(ww, 1)
+        masks[i, ys[bits == 1], xs[bits == 1]] = True
+    return header, masks
+
+
+@pytest.fixture
+def zmq_context():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+# ---------------------------------------------------------------------------------------
+# encode / decode
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "n, h, w, seed",
+    [(0, 5, 7, 0), (1, 1, 1, 1), (1, 13, 17, 2), (2, 1, 40, 3), (6, 40, 1, 4), (12, 37, 23, 5), (25, 64, 80, 6)],
+)
+def test_round_trip_gives_identical_instances(n, h, w, seed):
+    instances = random_instances(np.random.default_rng(seed), n, h, w)
+    frame = make_frame(instances, seq=42, source="cam:0 ü")
+    parts = encode_message(frame, NAMES, topic=b"rtseg.cam0", publish_time=1700000002.5)
+    message = decode_message(parts)
+    assert isinstance(message, Message)
+    assert message.instances == instances  # masks, boxes, scores (float32-exact), class ids
+    assert message.instances.scores.dtype == np.float32 and message.instances.class_ids.dtype == np.int64
+    assert message.topic == b"rtseg.cam0"
+    assert (message.seq, message.source, message.image_size) == (42, "cam:0 ü", (h, w))
+    assert (message.capture_time, message.publish_time) == (frame.capture_time, 1700000002.5)
+    assert message.class_names == [NAMES[c] for c in instances.class_ids]
+    assert message.header["schema"] == SCHEMA
+
+
+@pytest.mark.parametrize("instances", [None, "empty"])
+def test_frame_without_instances_publishes_an_empty_list_and_blob(instances):
+    frame = make_frame(Instances.empty((6, 8)) if instances == "empty" else None, size=(6, 8))
+    parts = encode_message(frame, NAMES)
+    header = json.loads(parts[1])
+    assert header["instances"] == [] and header["masks_bytes"] == 0 and parts[2] == b""
+    assert header["image_size"] == [6, 8]
+    assert decode_message(parts).instances == Instances.empty((6, 8))
+
+
+def test_header_has_every_documented_field_and_tight_windows():
+    instances = random_instances(np.random.default_rng(7), 6, 20, 30)
+    before = time.time()
+    header = json.loads(encode_message(make_frame(instances, seq=5, source="file.mp4"), NAMES)[1])
+    assert set(header) == {"schema", "seq", "source", "capture_time", "publish_time", "image_size",
+                           "mask_encoding", "masks_bytes", "instances"}
+    assert header["publish_time"] >= before and isinstance(header["publish_time"], float)
+    offset = 0
+    for entry, mask in zip(header["instances"], instances.masks):
+        assert set(entry) == {"class_id", "class_name", "score", "box", "mask_window", "mask_offset", "mask_length"}
+        x0, y0, x1, y1 = entry["mask_window"]
+        if mask.any():
+            ys, xs = np.nonzero(mask)
+            assert [x0, y0, x1, y1] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        else:
+            assert [x0, y0, x1, y1] == [0, 0, 0, 0] and entry["mask_length"] == 0
+        assert entry["mask_offset"] == offset  # contiguous, in instance order
+        offset += entry["mask_length"]
+    assert header["masks_bytes"] == offset
+
+
+def test_encode_does_not_modify_the_frame():
+    instances = random_instances(np.random.default_rng(8), 5, 10, 10)
+    copies = [a.copy() for a in (instances.boxes, instances.scores, instances.class_ids, instances.masks)]
+    encode_message(make_frame(instances), NAMES)
+    for original, copy in zip((instances.boxes, instances.scores, instances.class_ids, instances.masks), copies):
+        assert np.array_equal(original, copy)
+
+
+def test_mask_windows_are_exclusive_ends_and_zero_for_empty():
+    masks = np.zeros((3, 4, 5), np.bool_)
+    masks[0, 3, 4] = True
+    masks[2, 1:3, 0:2] = True
+    assert mask_windows(masks).tolist() == [[4, 3, 5, 4], [0, 0, 0, 0], [0, 1, 2, 3]]
+
+
+def test_encode_refuses_class_ids_without_names_and_non_finite_scores():
+    instances = random_instances(np.random.default_rng(9), 2, 5, 5)
+    with pytest.raises(PublishError, match=r"class id must be in \[0, 1\)"):
+        encode_message(make_frame(instances.__class__(instances.boxes, instances.scores, np.array([0, 3]), instances.masks, (5, 5))), NAMES[:1])
+    bad = Instances(instances.boxes, np.array([0.5, np.nan], np.float32), instances.class_ids, instances.masks, (5, 5))
+    with pytest.raises(PublishError, match="scores must be finite"):
+        encode_message(make_frame(bad), NAMES)
+
+
+# ---------------------------------------------------------------------------------------
+# docs/wire-format.md is complete: decoders written from it agree with rtseg
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, h, w, seed", [(0, 4, 4, 0), (1, 7, 3, 1), (9, 31, 45, 2), (20, 50, 64, 3)])
+def test_decoder_written_from_the_doc_agrees(n, h, w, seed):
+    parts = parts_of(n, h, w, seed)
+    header, masks = decode_from_doc_prose(parts)
+    message = decode_message(parts)
+    assert np.array_equal(masks, message.instances.masks)
+    assert np.array_equal(np.array([e["box"] for e in header["instances"]], np.float32).reshape(-1, 4), message.instances.boxes)
+    assert np.array_equal(np.array([e["score"] for e in header["instances"]], np.float32), message.instances.scores)
+
+
+def _doc_snippet_decode():
+    namespace: dict = {"__name__": "wire_format_doc_snippet"}  # not __main__: defines decode() only
+    (snippet,) = doc_blocks("python")
+    exec(compile(snippet, str(DOC), "exec"), namespace)
+    return namespace["decode"]
+
+
+@pytest.mark.parametrize("n, h, w, seed", [(0, 4, 4, 0), (1, 1, 1, 1), (9, 31, 45, 2), (20, 50, 64, 3)])
+def test_python_subscriber_in_the_doc_decodes_messages(n, h, w, seed):
+    parts = parts_of(n, h, w, seed)
+    header, masks = _doc_snippet_decode()(parts)
+    assert np.array_equal(masks, decode_message(parts).instances.masks)
+    assert header == json.loads(parts[1])
+
+
+def test_worked_example_in_the_doc_decodes_to_its_picture():
+    (header_text,) = doc_blocks("json")
+    blob = bytes.fromhex(re.search(r"part 2 \(hex\): `([0-9a-f]+)`", DOC.read_text()).group(1))
+    parts = [b"rtseg", header_text.encode(), blob]
+    expected = np.zeros((2, 4, 7), np.bool_)
+    expected[0, 1:4, 2:7] = [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0]]
+    message = decode_message(parts)
+    assert np.array_equal(message.instances.masks, expected)
+    assert np.array_equal(decode_from_doc_prose(parts)[1], expected)
+    assert np.array_equal(_doc_snippet_decode()(parts)[1], expected)
+    assert message.class_names == ["person", "dog"] and message.instances.scores[0] == np.float32(0.9)
+    # and rtseg's encoder writes exactly the documented bytes for that mask
+    reencoded = encode_message(make_frame(message.instances, seq=3, source="cam0"), NAMES)
+    assert reencoded[2].hex() == "77d4" and json.loads(reencoded[1])["instances"][0]["mask_window"] == [2, 1, 7, 4]
+
+
+# ---------------------------------------------------------------------------------------
+# malformed input
+# ---------------------------------------------------------------------------------------
+def _drop(key):
+    return lambda h: h.pop(key)
+
+
+def _set(key, value):
+    return lambda h: h.__setitem__(key, value)
+
+
+def _set_instance(key, value, index=0):
+    return lambda h: h["instances"][index].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (_drop("seq"), "header must have field 'seq', found it missing"),
+        (_drop("instances"), "field 'instances', found it missing"),
+        (_set("seq", "7"), "'seq' must be an integer"),
+        (_set("seq", True), "'seq' must be an integer"),
+        (_set("seq", -1), "'seq' must be an integer in [0,"),
+        (_set("source", 3), "'source' must be a string"),
+        (_set("capture_time", "now"), "'capture_time' must be a finite number"),
+        (_set("image_size", [100000, 100000]), "'image_size' must be [H, W] with 1 <= H, W <= 16384, found [100000, 100000]"),
+        (_set("image_size", [0, 5]), "'image_size' must be [H, W]"),
+        (_set("image_size", [12]), "'image_size' must be a list of 2 integers"),
+        (_set("schema", "rtseg.instances/2.0"), "schema major version must be 1"),
+        (_set("schema", "something/1.0"), "'schema' must be 'rtseg.instances/<major>.<minor>'"),
+        (_set("mask_encoding", "rle"), "'mask_encoding' must be 'bitpacked-window'"),
+        (_set("masks_bytes", 10**6), "'masks_bytes' must be the masks part's length"),
+        (_set("instances", {"a": 1}), "'instances' must be a list of at most 10000 entries"),
+        (_set("instances", [{}] * 10001), "'instances' must be a list of at most 10000 entries, found 10001 entries"),
+        (_set_instance("mask_offset", 10**9), "mask bytes must be inside the"),
+        (lambda h: h["instances"][0].__setitem__("mask_length", h["instances"][0]["mask_length"] + 1), "'mask_length' must be"),
+        (_set_instance("mask_window", [0, 0, 10, 13]), "'mask_window' must be [x0, y0, x1, y1] with 0 <= x0 <= x1 <= 9"),
+        (_set_instance("mask_window", [5, 0, 4, 1]), "'mask_window' must be"),
+        (_set_instance("mask_window", [0, 0, 1.5, 1]), "'mask_window' must be a list of 4 integers"),
+        (_set_instance("box", [0, 0, 1]), "'box' must be a list of 4 numbers"),
+        (_set_instance("box", [0, 0, 1, 1e300]), "'box' must be a finite number"),
+        (_set_instance("score", None), "'score' must be a finite number"),
+        (_set_instance("class_id", -2), "'class_id' must be an integer"),
+        (_set_instance("class_name", None), "'class_name' must be a string"),
+        (lambda h: h["instances"].__setitem__(0, [1, 2]), "instances[0] must be a JSON object"),
+        (lambda h: h["instances"][2].__setitem__("mask_offset", h["instances"][0]["mask_offset"]), "not overlapping another mask"),
+    ],
+)
+def test_malformed_header_raises_one_line_publish_error(change, fragment):
+    parts = with_header(parts_of(3, 12, 9, seed=0), change)
+    with pytest.raises(PublishError) as info:
+        decode_message(parts)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message and "found" in message
+
+
+@pytest.mark.parametrize(
+    "parts, fragment",
+    [
+        ([b"rtseg", b"{}"], "must be 3 parts (topic, header, masks), found 2 parts"),
+        ([b"a", b"b", b"c", b"d"], "found 4 parts"),
+        (b"rtseg", "must be a sequence of 3 parts"),
+        ([b"rtseg", b"{not json", b""], "must be a JSON object, found invalid JSON"),
+        ([b"rtseg", b"\xff\xfe{}", b""], "must be UTF-8 text"),
+        ([b"rtseg", b"[1, 2]", b""], "must be a JSON object, found list"),
+        ([b"rtseg", b'{"seq": NaN}', b""], "found invalid JSON"),
+        ([b"rtseg", b"[" * 100000, b""], "found invalid JSON"),
+        ([b"rtseg", "{}", b""], "part 1 must be bytes, found str"),
+    ],
+)
+def test_malformed_parts_raise_publish_error(parts, fragment):
+    with pytest.raises(PublishError, match=re.escape(fragment)):
+        decode_message(parts)
+
+
+def test_size_limits_are_checked_before_allocating():
+    parts = parts_of(3, 12, 9)
+    with pytest.raises(PublishError, match="must be at most 100 bytes"):
+        decode_message(parts, max_message_bytes=100)
+    # empty masks cost no blob bytes: the decoded size N * H * W is capped separately
+    header = {**json.loads(parts[1]), "image_size": [MAX_IMAGE_SIDE, MAX_IMAGE_SIDE], "masks_bytes": 0,
+              "instances": [{"class_id": 0, "class_name": "a", "score": 0.5, "box": [0, 0, 1, 1],
+                             "mask_window": [0, 0, 0, 0], "mask_offset": 0, "mask_length": 0}] * 10000}
+    with pytest.raises(PublishError, match=r"at most 1073741824 mask pixels \(N \* H \* W\), found 10000 x 16384 x 16384"):
+        decode_message([b"rtseg", json.dumps(header).encode(), b""])
+
+
+def test_newer_minor_version_with_unknown_fields_is_accepted():
+    parts = with_header(parts_of(2), lambda h: h.update(schema="rtseg.instances/1.7", future={"x": 1}))
+    parts = with_header(parts, lambda h: h["instances"][0].update(track_id=12))
+    assert decode_message(parts).instances == decode_message(parts_of(2)).instances
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+HEADER_KEYS = ["schema", "seq", "source", "capture_time", "publish_time", "image_size", "mask_encoding", "masks_bytes", "instances"]
+INSTANCE_KEYS = ["class_id", "class_name", "score", "box", "mask_window", "mask_offset", "mask_length"]
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _decode_or_publish_error(parts) -> None:
+    try:
+        decode_message(parts, max_mask_pixels=2**22)
+    except PublishError as exc:
+        assert "\n" not in str(exc)
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=64), max_size=5))
+def test_fuzz_random_parts_only_raise_publish_error(parts):
+    _decode_or_publish_error(parts)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_messages_only_raise_publish_error(data):
+    parts = parts_of(data.draw(st.integers(1, 4)), data.draw(st.integers(1, 9)), data.draw(st.integers(1, 9)))
+    header = json.loads(parts[1])
+    blob = parts[2]
+    for _ in range(data.draw(st.integers(1, 3))):
+        mutation = data.draw(st.sampled_from(["header", "instance", "instance", "instance", "delete", "blob"]))
+        if mutation == "header":
+            header[data.draw(st.sampled_from(HEADER_KEYS))] = data.draw(JSON_VALUES)
+        elif mutation == "instance" and isinstance(header.get("instances"), list) and header["instances"]:
+            entry = header["instances"][data.draw(st.integers(0, len(header["instances"]) - 1))]
+            if isinstance(entry, dict):
+                entry[data.draw(st.sampled_from(INSTANCE_KEYS))] = data.draw(
+                    JSON_VALUES | st.lists(st.integers(-3, 12), min_size=4, max_size=4) | st.integers(-2, 40))
+        elif mutation == "delete" and header:
+            header.pop(data.draw(st.sampled_from(sorted(header))))
+        elif mutation == "blob":
+            blob = data.draw(st.binary(max_size=len(blob) + 3))
+    text = json.dumps(header).encode()
+    if data.draw(st.integers(0, 4)) == 0:  # sometimes corrupt the JSON text itself
+        position = data.draw(st.integers(0, len(text)))
+        text = text[:position] + data.draw(st.binary(max_size=4)) + text[position + 1:]
+    _decode_or_publish_error([parts[0], text, blob])
+
+
+# ---------------------------------------------------------------------------------------
+# Publisher and subscribe over real sockets
+# ---------------------------------------------------------------------------------------
+def test_publisher_to_subscriber_delivers_every_message_in_order():
+    n_messages = 30
+    frames = [make_frame(random_instances(np.random.default_rng(i), 4, 24, 32), seq=i, source="test") for i in range(n_messages)]
+    received: list[Message] = []
+    errors: list[BaseException] = []
+    with Publisher(LOOPBACK, NAMES, sndhwm=100) as publisher:
+
+        def collect() -> None:
+            try:
+                for message in subscribe(publisher.endpoint, timeout=10.0):
+                    received.append(message)
+                    if message.source == "test" and message.seq == n_messages - 1:
+                        return
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=collect, daemon=True)
+        thread.start()
+        # handshake for the slow joiner: warm-up messages until the subscriber gets one
+        for _ in range(1000):
+            if received or errors or not thread.is_alive():
+                break
+            publisher.publish(make_frame(None, seq=0, source="warmup", size=(24, 32)))
+            time.sleep(0.01)
+        assert received, f"subscriber never received a warm-up message: {errors}"
+        for frame in frames:
+            while not publisher.publish(frame):  # the subscriber keeps up; retry if it lags
+                time.sleep(0.001)
+        thread.join(timeout=30)
+        assert not thread.is_alive() and not errors
+        stats = publisher.stats
+    real = [m for m in received if m.source == "test"]
+    assert [m.seq for m in real] == list(range(n_messages))
+    assert all(m.instances == f.instances for m, f in zip(real, frames))
+    assert stats.sent >= n_messages and stats.bytes_sent > 0
+
+
+def test_stalled_subscriber_makes_publish_drop_and_count_instead_of_blocking(zmq_context):
+    rng = np.random.default_rng(0)
+    big = make_frame(Instances(np.zeros((1, 4), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64),
+                               rng.random((1, 1024, 1024)) < 0.5, (1024, 1024)))  # ~128 KiB per message
+    small = make_frame(None, size=(8, 8))
+    with Publisher(LOOPBACK, NAMES, sndhwm=1) as publisher:
+        sub = zmq_context.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 1)
+        sub.setsockopt(zmq.RCVBUF, 4096)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(publisher.endpoint)
+        attempts = 0
+        while not sub.poll(10):  # handshake: the subscription has reached the publisher
+            publisher.publish(small)
+            attempts += 1
+            assert attempts < 1000
+        sub.recv_multipart()
+        for _ in range(2000):  # never read again: queues and socket buffers fill up
+            publisher.publish(big)
+            attempts += 1
+            if publisher.stats.dropped >= 5:
+                break
+        stats = publisher.stats
+        sub.close(linger=0)
+    assert stats.dropped >= 5
+    assert stats.sent + stats.dropped == attempts
+
+
+def test_bind_to_an_address_in_use_raises_publish_error():
+    with Publisher(LOOPBACK, NAMES) as first:
+        with pytest.raises(PublishError, match=re.escape(f"cannot bind ZeroMQ PUB socket to '{first.endpoint}'")) as info:
+            Publisher(first.endpoint, NAMES)
+    assert "in use" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:notaport", "nonsense://x", "tcp://127.0.0.1"])
+def test_bad_endpoint_raises_publish_error_naming_it(endpoint):
+    with pytest.raises(PublishError, match=re.escape(repr(endpoint))):
+        Publisher(endpoint, NAMES)
+
+
+def test_publisher_over_ipc_close_is_idempotent_and_publish_after_close_fails(tmp_path):
+    publisher = Publisher(f"ipc://{tmp_path}/rtseg.sock", NAMES)
+    assert publisher.publish(make_frame(None, size=(4, 4)))  # no subscriber: accepted, goes nowhere
+    publisher.close()
+    publisher.close()
+    assert publisher.closed
+    with pytest.raises(PublishError, match="expected an open Publisher, found it closed"):
+        publisher.publish(make_frame(None, size=(4, 4)))
+
+
+def test_binding_all_interfaces_is_recognised_for_the_warning():
+    assert binds_all_interfaces("tcp://*:5555") and binds_all_interfaces("tcp://0.0.0.0:5555")
+    assert binds_all_interfaces("tcp://[::]:5555")
+    assert not binds_all_interfaces("tcp://127.0.0.1:5555") and not binds_all_interfaces("ipc:///tmp/x")
+
+
+def test_subscribe_skips_malformed_messages_with_a_warning(zmq_context, caplog):
+    pub = zmq_context.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    good = parts_of(2)
+    received: list[Message] = []
+
+    def collect_first() -> None:
+        for message in subscribe(f"tcp://127.0.0.1:{port}", timeout=10.0):
+            received.append(message)
+            return
+
+    thread = threading.Thread(target=collect_first, daemon=True)
+    with caplog.at_level(logging.WARNING, logger="rtseg.publish"):
+        thread.start()
+        for _ in range(500):  # handshake: until a good message has come through
+            if received:
+                break
+            pub.send_multipart([b"rtseg", b"{broken", b""])
+            pub.send_multipart(good)
+            time.sleep(0.01)
+        thread.join(timeout=20)
+    pub.close(linger=0)
+    assert not thread.is_alive() and received
+    assert received[0].instances == decode_message(good).instances
+    assert any("malformed" in r.getMessage() and "invalid JSON" in r.getMessage() for r in caplog.records)
+
+
+def test_subscribe_stops_after_timeout_without_messages():
+    with Publisher(LOOPBACK, NAMES) as publisher:
+        assert list(subscribe(publisher.endpoint, timeout=0.2)) == []
+
+
+def test_subscribe_to_a_bad_endpoint_raises_publish_error():
+    with pytest.raises(PublishError, match="cannot connect ZeroMQ SUB socket to 'nonsense://x'"):
+        next(subscribe("nonsense://x", timeout=0.1))
+
+
+# ---------------------------------------------------------------------------------------
+# run_subscriber (rtseg subscribe)
+# ---------------------------------------------------------------------------------------
+def test_run_subscriber_prints_lines_and_saves_decodable_json(tmp_path):
+    save_dir = tmp_path / "out"
+    out = io.StringIO()
+    published: dict[int, Instances] = {}
+    result: list = []
+    with Publisher(LOOPBACK, NAMES) as publisher:
+
+        def run() -> None:
+            try:
+                result.append(run_subscriber(publisher.endpoint, count=3, timeout=10.0, save_dir=str(save_dir), out=out))
+            except BaseException as exc:
+                result.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        for seq in range(3000):  # until it has received 3 (earlier ones may precede the subscription)
+            if not thread.is_alive():
+                break
+            instances = random_instances(np.random.default_rng(seq), seq % 4, 16, 20)
+            published[seq] = instances
+            publisher.publish(make_frame(instances, seq=seq, source="cam0"))
+            time.sleep(0.005)
+        thread.join(timeout=20)
+    assert result == [0]
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and all(re.match(r"seq=\d+ source='cam0' latency=-?\d+\.\dms instances=\d+ \[", line) for line in lines)
+    files = sorted(save_dir.glob("*.json"))
+    assert len(files) == 3
+    for path in files:
+        document = json.loads(path.read_text())
+        header = document["header"]
+        assert path.name == f"{header['seq']:010d}.json"
+        expected = published[header["seq"]]
+        decoded = Instances.from_rle(
+            boxes=[e["box"] for e in header["instances"]],
+            scores=[e["score"] for e in header["instances"]],
+            class_ids=[e["class_id"] for e in header["instances"]],
+            rles=document["mask_rle"],
+            image_size=tuple(header["image_size"]),
+        )
+        assert decoded == expected
+
+
+def test_run_subscriber_with_a_bad_endpoint_raises_publish_error():
+    with pytest.raises(PublishError, match="nonsense://x"):
+        run_subscriber("nonsense://x", count=1, timeout=0.1, save_dir=None, out=io.StringIO())
