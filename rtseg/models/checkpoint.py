@@ -78,14 +78,31 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, wha
         raise CheckpointError(f"{what} contains NaN or infinite values in {_short(bad)}")
 
 
+def cast_floating(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` whose floating tensors take the dtype of ``reference``'s tensor of
+    the same key (e.g. float16 file -> float32 model); other tensors and keys are unchanged."""
+    out = {}
+    for k, v in state.items():
+        ref = reference.get(k)
+        if ref is not None and v.is_floating_point() and ref.is_floating_point() and v.dtype != ref.dtype:
+            v = v.to(ref.dtype)
+        out[k] = v
+    return out
+
+
 def load_weights(model: nn.Module, path: str, *, model_name: str,
                  convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
     """Load ``path`` into ``model`` strictly (after the family's ``convert`` of upstream key
-    layouts). Every key must be present with its shape; nothing extra is allowed."""
+    layouts). Every key must be present with its shape; nothing extra is allowed.
+
+    Floating-point tensors are cast to the dtype of the model's own tensor of that key, so a
+    state_dict saved in float16 (the shipped built-in weights) loads into a float32 model.
+    """
     state = read_state_dict(path)
     if convert is not None:
         state = convert(state)
     check_state_dict(model, state, what=f"weights file '{path}' for model '{model_name}'")
+    state = cast_floating(state, model.state_dict())
     result = model.load_state_dict(state, strict=False)
     leftover = [k for k in result.missing_keys if not k.endswith(OPTIONAL_SUFFIXES)]
     assert not leftover and not result.unexpected_keys, (leftover, result.unexpected_keys)
