@@ -15,11 +15,12 @@ import sys
 import threading
 from typing import Sequence
 
-from rtseg.errors import RtsegError
+from rtseg.errors import ConfigError, RtsegError
 
 log = logging.getLogger("rtseg")
 
 EXIT_INTERRUPTED = 130
+DEFAULT_WORKERS = 1
 
 RUN_EXAMPLES = """\
 examples:
@@ -88,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--topic", default="rtseg", help="ZeroMQ topic of published messages (default rtseg)")
     run.add_argument("--record", metavar="FILE", help="write the rendered video to FILE (.mp4 or .avi)")
     run.add_argument("--display", action="store_true", help="show the rendered video in a window")
-    run.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
+    run.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS,
+                     help=f"inference threads working on different frames (default {DEFAULT_WORKERS})")
+    run.add_argument("--threads", type=_positive_int, help="torch CPU threads per worker (default: cores / workers)")
     run.add_argument("--open-timeout", type=_positive_float, default=10.0, help="seconds to open the source (default 10)")
     run.add_argument("--read-timeout", type=_positive_float, default=5.0,
                      help="seconds without a frame before a live source is reopened (default 5)")
@@ -104,7 +107,82 @@ def build_parser() -> argparse.ArgumentParser:
     subp.add_argument("--save", metavar="DIR", help="write each message as JSON (COCO RLE masks) into DIR")
 
     sub.add_parser("models", help="list the model variants, their input sizes and where weights come from")
+
+    data = sub.add_parser("data", help="make datasets").add_subparsers(dest="data_command", metavar="KIND")
+    syn = data.add_parser("synthetic", help="write a COCO-format synthetic shapes set (the classes of the built-in model)")
+    syn.add_argument("out", help="output folder (images/ + annotations.json)")
+    syn.add_argument("--images", type=_positive_int, required=True, help="number of images")
+    syn.add_argument("--seed", type=int, default=0, help="random seed (use different seeds for train / val / test)")
+    syn.add_argument("--size", default="384x512", help="HxW of the images (default 384x512)")
+    syn.add_argument("--overwrite", action="store_true", help="replace a previous set in OUT")
+
+    tr = sub.add_parser("train", help="train a model on a COCO-format folder")
+    tr.add_argument("--model", default=DEFAULT_MODEL, help=f"model variant (default {DEFAULT_MODEL})")
+    tr.add_argument("--data", required=True, help="COCO-format folder (annotations.json + images/)")
+    tr.add_argument("--out", required=True, help="folder for checkpoints, log and final weights")
+    tr.add_argument("--iterations", type=_positive_int, required=True)
+    tr.add_argument("--batch-size", type=_positive_int, default=8)
+    tr.add_argument("--lr", type=_positive_float, default=1e-3)
+    tr.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    tr.add_argument("--schedule", choices=("step", "cosine"), default="step")
+    tr.add_argument("--warmup-iters", type=int, default=500)
+    tr.add_argument("--init-weights", help="start from these weights (class layers re-initialised if classes differ)")
+    tr.add_argument("--resume", help="continue a run from its checkpoint (e.g. OUT/last.pth)")
+    tr.add_argument("--val-data", help="COCO-format folder for a validation loss at each checkpoint")
+    tr.add_argument("--checkpoint-every", type=_positive_int, default=500)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
+
+    ev = sub.add_parser("eval", help="COCO mask and box AP (pycocotools) and FPS on a COCO-format folder")
+    ev.add_argument("--model", default=DEFAULT_MODEL)
+    ev.add_argument("--weights", help="weights file (default: the built-in weights)")
+    ev.add_argument("--data", required=True, help="COCO-format folder (annotations.json + images/)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--max-images", type=_positive_int)
+    ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ev.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
     return parser
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from rtseg.data.synthetic_coco import generate_dataset
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--size must be HxW, e.g. 384x512, got '{args.size}'") from None
+    path = generate_dataset(args.out, images=args.images, seed=args.seed, size=(h, w), overwrite=args.overwrite,
+                            progress=True)
+    print(f"wrote {args.images} images and {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rtseg.segmenter import configure_threads
+    from rtseg.train.trainer import train
+
+    configure_threads(args.threads)
+    result = train(model=args.model, data=args.data, out=args.out, iterations=args.iterations,
+                   batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
+                   warmup_iters=args.warmup_iters, init_weights=args.init_weights, resume=args.resume,
+                   val_data=args.val_data, checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device)
+    print(f"trained {args.model} to iteration {result.iterations} in {result.seconds / 60:.1f} min; "
+          f"final weights {result.final_weights}")
+    return result.exit_code
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rtseg.evaluate import evaluate, write_eval
+    from rtseg.segmenter import configure_threads
+
+    configure_threads(args.threads)
+    result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
+                      max_images=args.max_images)
+    print(result.format_table())
+    if args.json:
+        write_eval(result, args.json)
+    return 0
 
 
 def cmd_models(_: argparse.Namespace) -> int:
@@ -128,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rtseg.segmenter import Segmenter, configure_threads
     from rtseg.sources import open_source
 
-    configure_threads(args.threads)
+    configure_threads(args.threads or max(1, (os.cpu_count() or 1) // args.workers))
     with ExitStack() as cleanup:
         recorder = None
         if args.record:  # validate paths before slow work
@@ -156,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             window = Window()
             cleanup.callback(window.close)
         pipeline = Pipeline(source, segmenter, publisher=publisher, recorder=recorder, window=window,
-                            max_frames=args.max_frames)
+                            max_frames=args.max_frames, workers=args.workers)
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
             cleanup.callback(signal.signal, signal.SIGTERM, previous)
@@ -190,7 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="rtseg: %(levelname)s: %(message)s", stream=sys.stderr)
-    commands = {"run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models}
+    commands = {"run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models, "data": cmd_data,
+                "train": cmd_train, "eval": cmd_eval}
+    if args.command == "data" and args.data_command is None:
+        parser.parse_args(["data", "--help"])
     if args.command is None:
         parser.print_help()
         return 2

@@ -3,7 +3,13 @@
 Four threads joined by bounded queues, so every stage works on a different frame at once
 and the slow one (inference) sets the pace instead of the sum of all of them::
 
-    capture ──q_infer──► inference ──q_render──► render ──q_publish──► publish
+    capture ──q_infer──► inference ×N ──q_render──► render ──q_publish──► publish
+
+With ``workers > 1`` several inference threads take frames from ``q_infer`` (each running
+torch with ``cores / workers`` threads) and the render stage puts their results back into
+the order they were taken in. On a small CPU this frame-level parallelism beats one model
+call using every core, because the other stages no longer preempt a thread that all of
+torch's threads wait for (see ``benchmarks/pipeline_overlap.py``).
 
 Overflow policy
     * ``q_infer`` for a **live** source (webcam, RTSP) holds one frame and a new frame
@@ -29,7 +35,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -112,13 +118,20 @@ class Pipeline:
         max_frames: stop after this many captured frames.
         on_frame: called from the publish thread with every finished :class:`Frame` (for tests, tools).
         queue_size: capacity of ``q_render`` and ``q_publish`` (and of ``q_infer`` for non-live sources).
+        workers: inference threads; results keep the order frames were taken in. The caller
+            sets torch's thread count (``rtseg.segmenter.configure_threads``).
     """
 
     def __init__(self, source: FrameSource, segmenter: Any, *, publisher: Any = None, recorder: Any = None,
                  window: Any = None, max_frames: int | None = None,
-                 on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4) -> None:
+                 on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4, workers: int = 1) -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._take_lock = threading.Lock()  # frames are numbered in the order workers take them
+        self._taken = 0
         self.source = source
         self.segmenter = segmenter
         self.publisher = publisher
@@ -199,7 +212,8 @@ class Pipeline:
         except BaseException as exc:  # noqa: BLE001 - surfaced by run()
             self._fail(exc)
         finally:
-            self._put_end(self.q_infer)
+            for _ in range(self.workers):
+                self._put_end(self.q_infer)
 
     def _put_end(self, q: queue.Queue) -> None:
         try:
@@ -210,7 +224,10 @@ class Pipeline:
     def _inference(self) -> None:
         try:
             while True:
-                frame = self.q_infer.get()
+                with self._take_lock:
+                    frame = self.q_infer.get()
+                    order = self._taken
+                    self._taken += 1
                 if frame is _END:
                     break
                 now = time.perf_counter()
@@ -220,19 +237,35 @@ class Pipeline:
                 frame.instances = instances
                 frame.timings.update(preprocess=times.preprocess, inference=times.inference,
                                      postprocess=times.postprocess)
-                self.frames_processed += 1
-                self._put(self.q_render, frame)
+                with self._lock:
+                    self.frames_processed += 1
+                self._put(self.q_render, (order, frame))
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
         finally:
             self._put_end(self.q_render)
 
+    def _in_order(self) -> Iterator[Frame]:
+        """Frames from ``q_render`` in the order the workers took them, until every worker ended."""
+        pending: dict[int, Frame] = {}
+        next_order = 0
+        ended = 0
+        while ended < self.workers:
+            item = self.q_render.get()
+            if item is _END:
+                ended += 1
+                continue
+            order, frame = item
+            pending[order] = frame
+            while next_order in pending:
+                yield pending.pop(next_order)
+                next_order += 1
+        for order in sorted(pending):  # only after a worker failed mid-frame: a gap in the order
+            yield pending.pop(order)
+
     def _render(self) -> None:
         try:
-            while True:
-                frame = self.q_render.get()
-                if frame is _END:
-                    break
+            for frame in self._in_order():
                 if self.recorder is not None or self.window is not None:
                     t0 = time.perf_counter()
                     self._update_fps(t0)
@@ -284,9 +317,10 @@ class Pipeline:
 
         Re-raises the first error any stage hit (user errors keep their type, so the CLI
         prints them as one line)."""
-        threads = [threading.Thread(target=fn, name=f"rtseg-{name}", daemon=True)
-                   for name, fn in (("capture", self._capture), ("inference", self._inference),
-                                    ("render", self._render), ("publish", self._publish))]
+        stages = [("capture", self._capture)]
+        stages += [(f"inference-{i}", self._inference) for i in range(self.workers)]
+        stages += [("render", self._render), ("publish", self._publish)]
+        threads = [threading.Thread(target=fn, name=f"rtseg-{name}", daemon=True) for name, fn in stages]
         t_start = time.perf_counter()
         for t in threads:
             t.start()

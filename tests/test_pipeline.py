@@ -68,10 +68,12 @@ class SlowSegmenter:
         return Instances.empty(image.shape[:2]), StageTimes(0.0, self.seconds, 0.0)
 
 
-def test_video_file_is_processed_frame_for_frame(video_file, segmenter, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_video_file_is_processed_frame_for_frame(video_file, segmenter, tmp_path, workers):
     seen: list[Frame] = []
     recorder = VideoRecorder(str(tmp_path / "out.avi"), fps=25)
-    pipeline = Pipeline(open_source(video_file), segmenter, recorder=recorder, on_frame=seen.append, queue_size=2)
+    pipeline = Pipeline(open_source(video_file), segmenter, recorder=recorder, on_frame=seen.append, queue_size=2,
+                        workers=workers)
     summary = pipeline.run()
     recorder.close()
     assert [f.seq for f in seen] == list(range(N_FRAMES))
@@ -146,3 +148,21 @@ def test_source_error_in_capture_thread_surfaces_as_itself(tmp_path):
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(SourceError, match="broken.mp4"):
         Pipeline(open_source(str(bad), open_timeout=5), SlowSegmenter(0.0)).run()
+
+
+class JitterSegmenter(SlowSegmenter):
+    """Takes a different time per frame, so that two workers finish out of order."""
+
+    def process(self, image):
+        from rtseg.segmenter import StageTimes
+
+        seconds = 0.03 if decode_index(image) % 3 == 0 else 0.001
+        time.sleep(seconds)
+        return Instances.empty(image.shape[:2]), StageTimes(0.0, seconds, 0.0)
+
+
+def test_several_workers_keep_file_order_when_they_finish_out_of_order(video_file):
+    seen = []
+    summary = Pipeline(open_source(video_file), JitterSegmenter(0), on_frame=seen.append, workers=3).run()
+    assert [decode_index(f.image) for f in seen] == list(range(N_FRAMES))
+    assert summary.frames_processed == N_FRAMES
