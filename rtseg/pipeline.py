@@ -153,7 +153,7 @@ class Pipeline:
         self.frames_published = 0
         self.dropped_stale = 0
         self.stages = {name: StageStats() for name in
-                       ("queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
+                       ("capture", "queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
         self._t_first: float | None = None
         self._t_last: float | None = None
         self._fps_ema: float | None = None
@@ -191,9 +191,12 @@ class Pipeline:
                 if self.max_frames is not None and self.frames_read >= self.max_frames:
                     self._stopped_by = f"max frames ({self.max_frames})"
                     break
+                t0 = time.perf_counter()
                 frame = self.source.read()
                 if frame is None:
                     break
+                # read + decode (for a live source: also the wait for a frame newer than the last)
+                frame.timings["capture"] = time.perf_counter() - t0
                 self.frames_read += 1
                 if self._t_first is None:
                     self._t_first = frame.capture_monotonic or time.perf_counter()
@@ -300,7 +303,7 @@ class Pipeline:
                     frame.timings["publish"] = time.perf_counter() - t0
                 done = time.perf_counter()
                 self._t_last = done
-                for name in ("preprocess", "inference", "postprocess", "render", "publish"):
+                for name in ("capture", "preprocess", "inference", "postprocess", "render", "publish"):
                     if name in frame.timings:
                         self.stages[name].add(frame.timings[name])
                 if frame.capture_monotonic:
