@@ -43,6 +43,17 @@ from rtseg.structures import Frame
 from rtseg.synthetic import SyntheticVideo
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames,
         "video_size": [h, w],
         "torch_threads": threads,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "inference_ms_per_frame": inference_ms,
