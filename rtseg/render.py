@@ -116,6 +116,14 @@ class Window:
     def __init__(self, title: str = "rtseg") -> None:
         self.title = title
         self._opened = False
+        try:  # fail at start-up, in one line, when this OpenCV cannot show windows
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+            self._opened = True
+        except cv2.error:
+            raise ConfigError(
+                "--display needs an OpenCV build with GUI support and a screen; rtseg installs "
+                "opencv-python-headless: 'pip install opencv-python' for windows, or use --record FILE"
+            ) from None
 
     def show(self, image: np.ndarray) -> bool:
         try:
@@ -123,7 +131,7 @@ class Window:
             self._opened = True
             key = cv2.waitKey(1) & 0xFF
         except cv2.error as exc:
-            raise ConfigError(f"--display needs a GUI-enabled OpenCV and a screen: {str(exc).strip().splitlines()[-1]}") from None
+            raise ConfigError(f"cannot show the window: {str(exc).strip().splitlines()[-1][:200]}") from None
         if key in (ord("q"), 27):
             return False
         return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1

@@ -66,6 +66,7 @@ def test_help_shows_examples():
         (["run", "--weights", "{tmp}/other.pth"], 4, ["does not fit", "missing", "unexpected"]),
         (["run", "--device", "tpu"], 2, ["device 'tpu'"]),
         (["run", "--record", "{tmp}/nodir/out.mp4"], 2, ["does not exist"]),
+        (["run", "--display", "--max-frames", "2"], 2, ["--display needs an OpenCV build with GUI support"]),
     ],
 )
 def test_user_errors_end_in_one_line_and_an_exit_code(args, code, fragments, tmp_path):
