@@ -7,7 +7,6 @@ builds an :class:`Instances` (see ``rtseg/segmenter.py``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -224,6 +223,3 @@ class Frame:
     @property
     def image_size(self) -> tuple[int, int]:
         return int(self.image.shape[0]), int(self.image.shape[1])
-
-    def replace(self, **changes: Any) -> "Frame":
-        return dataclasses.replace(self, **changes)
