@@ -156,8 +156,8 @@ class Pipeline:
                        ("capture", "queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
         self._t_first: float | None = None
         self._t_last: float | None = None
-        self._fps_ema: float | None = None
-        self._last_out: float | None = None
+        self._fps: float | None = None
+        self._out_times: deque = deque(maxlen=31)  # the last 31 render times: FPS over 30 intervals
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -272,7 +272,7 @@ class Pipeline:
                 if self.recorder is not None or self.window is not None:
                     t0 = time.perf_counter()
                     self._update_fps(t0)
-                    frame.rendered = draw(frame.image, frame.instances, self.segmenter.class_names, fps=self._fps_ema)
+                    frame.rendered = draw(frame.image, frame.instances, self.segmenter.class_names, fps=self._fps)
                     if self.recorder is not None:
                         self.recorder.write(frame.rendered)
                     if self.window is not None and not self.window.show(frame.rendered):
@@ -285,10 +285,11 @@ class Pipeline:
             self._put_end(self.q_publish)
 
     def _update_fps(self, now: float) -> None:
-        if self._last_out is not None and now > self._last_out:
-            inst = 1.0 / (now - self._last_out)
-            self._fps_ema = inst if self._fps_ema is None else 0.9 * self._fps_ema + 0.1 * inst
-        self._last_out = now
+        """Output rate over the last 30 frames: a window, not the last interval, because
+        several inference workers deliver results in bursts."""
+        self._out_times.append(now)
+        if len(self._out_times) > 1 and now > self._out_times[0]:
+            self._fps = (len(self._out_times) - 1) / (now - self._out_times[0])
 
     def _publish(self) -> None:
         try:
