@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         write_video(video, args.frames, (h, w))
         images = [f.image for f in open_source(video)]
         inf, seq, pipe, pipe_w = [], [], [], []
-        per_worker = max(1, threads // args.workers)
+        per_worker = max(1, threads // args.workers)  # the workers share this run's threads
         for _ in range(args.repeats):  # interleaved, so drifts in machine load hit all of them
             configure_threads(threads)
             inf.append(measure_inference(seg, images))

@@ -217,7 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rtseg.sources import open_source
 
     workers = args.workers or default_workers(args.device)
-    configure_threads(args.threads or max(1, (os.cpu_count() or 1) // workers))
+    configure_threads(args.threads, workers)
     with ExitStack() as cleanup:
         recorder = None
         if args.record:  # validate paths before slow work

@@ -154,10 +154,11 @@ class Segmenter:
         return self.process(image)[0]
 
 
-def configure_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count (default: all cores) and return it."""
-    n = threads or os.cpu_count() or 1
-    if n < 1:
-        raise ConfigError(f"--threads must be >= 1, got {n}")
+def configure_threads(threads: int | None, workers: int = 1) -> int:
+    """Set torch's intra-op thread count and return it: ``threads``, or by default the cores
+    shared out among ``workers`` inference threads (at least one each)."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    n = threads or max(1, (os.cpu_count() or 1) // workers)
     torch.set_num_threads(n)
     return n
