@@ -14,7 +14,7 @@ import pytest
 from rtseg.models import MODELS
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "shared" / "weights"
-OFFICIAL = [name for name in MODELS if not name.startswith("yolact_resnet18")]
+OFFICIAL = [n for n, c in MODELS.items() if c.family == "yolact" and not n.startswith("yolact_resnet18")]
 
 
 def checkpoint_for(name: str) -> Path:

@@ -8,10 +8,14 @@ models for real-time use on a CPU, trained on the synthetic shapes set.
 from __future__ import annotations
 
 import difflib
+from typing import TYPE_CHECKING
 
 from rtseg.data.coco_classes import COCO_CLASSES
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import YolactConfig
+
+if TYPE_CHECKING:
+    from rtseg.families.base import ModelConfig
 
 SYNTHETIC_CLASSES = ("circle", "square", "triangle", "star", "ring")
 
@@ -29,9 +33,7 @@ def _scaled(size: int) -> tuple[tuple[float, ...], ...]:
     return tuple((int(s / 550 * size),) for s in (24, 48, 96, 192, 384))
 
 
-MODELS: dict[str, YolactConfig] = {
-    cfg.name: cfg
-    for cfg in (
+YOLACT_VARIANTS: tuple[YolactConfig, ...] = (
         YolactConfig(name="yolact_base", class_names=COCO_CLASSES, **_R101,
                      weights_source=_HF.format(name="yolact_base")),
         YolactConfig(name="yolact_im400", class_names=COCO_CLASSES, **_R101, max_size=400,
@@ -54,6 +56,13 @@ MODELS: dict[str, YolactConfig] = {
         YolactConfig(name="yolact_resnet18_half_384", class_names=SYNTHETIC_CLASSES, backbone_depth=18,
                      backbone_width=0.5, max_size=384, fpn_features=96, proto_channels=96, pred_scales=_scaled(384),
                      weights_source="built in (trained on rtseg's synthetic shapes)"),
+)
+
+#: every variant of every family, by name (configs are frozen dataclasses with a ``family``)
+MODELS: dict[str, ModelConfig] = {
+    cfg.name: cfg
+    for cfg in (
+        *YOLACT_VARIANTS,
     )
 }
 
@@ -61,7 +70,7 @@ MODELS: dict[str, YolactConfig] = {
 DEFAULT_MODEL = "yolact_resnet18_half_384"
 
 
-def get_config(name: str) -> YolactConfig:
+def get_config(name: str) -> ModelConfig:
     """The config of a model variant; unknown names raise :class:`ConfigError` with suggestions."""
     try:
         return MODELS[name]

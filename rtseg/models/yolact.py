@@ -24,6 +24,7 @@ functions in :mod:`rtseg.postprocess.yolact`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 from itertools import product
 from math import sqrt
 
@@ -44,6 +45,8 @@ class YolactConfig:
 
     Defaults are ``yolact_base_config`` / ``coco_base_config`` of dbolya/yolact.
     """
+
+    family: ClassVar[str] = "yolact"
 
     name: str
     class_names: tuple[str, ...]  #: foreground classes; the network adds background at index 0
