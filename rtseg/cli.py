@@ -196,13 +196,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_models(_: argparse.Namespace) -> int:
     from rtseg.models import DEFAULT_MODEL, MODELS
 
-    rows = [("name", "input", "classes", "weights")]
+    rows = [("name", "family", "input HxW", "classes", "weights")]
     for name, cfg in MODELS.items():
         mark = " (default)" if name == DEFAULT_MODEL else ""
-        rows.append((name + mark, f"{cfg.max_size}x{cfg.max_size}", str(len(cfg.class_names)), cfg.weights_source))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        h, w = cfg.input_size
+        rows.append((name + mark, cfg.family, f"{h}x{w}", str(len(cfg.class_names)), cfg.weights_source))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}")
     return 0
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from rtseg.errors import ConfigError
+from rtseg.families import family_of
+from rtseg.families.base import ModelConfig
 from rtseg.models import DEFAULT_MODEL, get_config
 from rtseg.models.checkpoint import load_weights
-from rtseg.models.yolact import Yolact, YolactConfig
-from rtseg.postprocess import yolact as yolact_post
 from rtseg.structures import Instances
 
 log = logging.getLogger("rtseg.segmenter")
@@ -77,13 +77,14 @@ class Segmenter:
             raise ConfigError(f"unknown backend '{backend}', expected 'torch' (ONNX Runtime and TensorRT backends are not built yet)")
         if not 0.0 <= score_threshold < 1.0:
             raise ConfigError(f"score threshold must be in [0, 1), got {score_threshold}")
-        self.config: YolactConfig = get_config(model)
+        self.config: ModelConfig = get_config(model)
+        self.family = family_of(self.config)
         self.device = parse_device(device)
         self.score_threshold = float(score_threshold)
         self.model_name = model
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the random-init fallback is reproducible
-            net = Yolact(self.config)
+            net = self.family.build(self.config)
         if weights is None:
             weights = builtin_weights_path(model)
             self.weights_origin = "built-in" if weights else "random initialisation"
@@ -95,7 +96,6 @@ class Segmenter:
             log.warning("model '%s' has no built-in weights and no --weights was given: running with a random "
                         "initialisation, so the detections are meaningless (%s)", model, self.config.weights_source)
         self.net = net.eval().to(self.device)
-        self.priors = self.net.priors
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -116,19 +116,16 @@ class Segmenter:
             found = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")
         batch = torch.from_numpy(image).to(self.device, non_blocking=True)[None]
-        return yolact_post.preprocess(batch, self.config)
+        return self.family.preprocess(batch, self.config)
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named raw head outputs (see :class:`rtseg.models.yolact.Yolact`)."""
+        """Named raw head outputs (see the family's network, e.g. :class:`rtseg.models.yolact.Yolact`)."""
         return self.net(batch)
 
     @torch.inference_mode()
     def postprocess(self, outputs: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Instances:
-        maskiou = getattr(self.net, "maskiou_net", None)
-        result = yolact_post.postprocess(outputs, self.priors, self.config, image_size,
-                                         score_threshold=self.score_threshold, maskiou_fn=maskiou)
-        return yolact_post.to_numpy_instances(result, image_size)
+        return self.family.postprocess(outputs, self.net, self.config, image_size, self.score_threshold)
 
     def process(self, image: np.ndarray) -> tuple[Instances, StageTimes]:
         """Segment one image and report the time of each stage."""

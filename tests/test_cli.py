@@ -41,7 +41,7 @@ def test_models_lists_variants_sizes_and_weight_sources():
     proc = run_cli("models")
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:2] == ["name", "input"]
+    assert lines[0].split()[:3] == ["name", "family", "input"]
     text = proc.stdout
     for name, size in [("yolact_base", "550x550"), ("yolact_im700", "700x700"), ("yolact_plus_resnet50", "550x550"),
                        ("yolact_resnet18_half_384 (default)", "384x384")]:

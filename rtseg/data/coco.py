@@ -22,7 +22,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -291,12 +291,18 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             ``default_rng([seed, epoch, i])``, so a sample is reproducible regardless of
             which worker loads it; call :meth:`set_epoch` each epoch to get new draws.
         images_dir: where image ``file_name`` paths start (default ``root/images``).
+        preprocess: the model family's input transform, ``uint8[1, S, S, 3]`` BGR ->
+            ``float32[1, 3, S, S]`` (e.g. ``partial(SOLOV2.preprocess, cfg=cfg)``); it always
+            receives a square ``S x S`` image (without augmentation the image is first
+            resized with ``cv2.INTER_LINEAR``, as the masks are). ``None``: YOLACT's
+            :func:`rtseg.postprocess.yolact.preprocess` of the image as it is.
 
     ``dataset[i]`` is a dict (``N`` = kept instances, after augmentation):
 
     - ``image``: ``float32[3, S, S]``, exactly ``rtseg.postprocess.yolact.preprocess`` of
-      the (augmented) ``uint8`` BGR image: normalised RGB. With ``augment=False`` it is
-      ``preprocess`` of the original image, i.e. what the Segmenter feeds the network.
+      the (augmented) ``uint8`` BGR image: normalised RGB (or ``preprocess``'s output when
+      given). With ``augment=False`` and YOLACT's preprocessing it is ``preprocess`` of the
+      original image, i.e. what the Segmenter feeds the network.
     - ``boxes``: ``float32[N, 4]`` xyxy relative to the input, in ``[0, 1]``; taken from
       the annotation's ``bbox`` (or the mask's extent when absent), as upstream does.
     - ``labels``: ``int64[N]`` 0-based class (index into :attr:`class_names`).
@@ -311,7 +317,8 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str, ann_file: str | None = None, *, size: int, augment: bool, seed: int = 0,
-                 images_dir: str | None = None) -> None:
+                 images_dir: str | None = None,
+                 preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 32:
             raise ConfigError(f"dataset input size must be an integer >= 32, got {size!r}")
         if not isinstance(seed, int) or seed < 0:
@@ -325,6 +332,7 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         self._label_of = {cid: k for k, cid in enumerate(self.folder.category_ids)}
         # only max_size and normalize are read by preprocess
         self._preprocess_cfg = YolactConfig(name="dataset", class_names=self.class_names, max_size=size)
+        self._preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.folder.images)
@@ -365,7 +373,12 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
         else:  # the image stays original size: preprocess resizes it exactly as at inference
             masks, boxes, keep = aug.resize_targets(raw["masks"], raw["boxes"], image.shape[:2], self.size)
         with torch.no_grad():
-            tensor = preprocess(torch.from_numpy(np.ascontiguousarray(image))[None], self._preprocess_cfg)[0]
+            if self._preprocess is None:
+                tensor = preprocess(torch.from_numpy(np.ascontiguousarray(image))[None], self._preprocess_cfg)[0]
+            else:
+                if image.shape[:2] != (self.size, self.size):
+                    image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+                tensor = self._preprocess(torch.from_numpy(np.ascontiguousarray(image))[None])[0]
         return {
             "image": tensor,
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, np.float32)),

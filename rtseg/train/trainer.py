@@ -1,12 +1,12 @@
-"""Training YOLACT models on a COCO-format folder: ``train(...) -> TrainResult``.
+"""Training any model family on a COCO-format folder: ``train(...) -> TrainResult``.
 
-Follows dbolya/yolact ``train.py`` where it matters for results: SGD with momentum 0.9 and
+The loss, the network and its initialisation come from the model's family
+(:mod:`rtseg.families`). The loop follows dbolya/yolact ``train.py`` where it matters for results: SGD with momentum 0.9 and
 weight decay 5e-4 on every parameter, base lr 1e-3 with a linear warm-up from 1e-4 over 500
 iterations, step decay x0.1 (``coco_base_config``), a step is skipped when the loss is not
 finite, BatchNorm in train mode (upstream freezes it only when the per-GPU batch is below 6).
-Non-backbone convolutions start as upstream's ``Yolact.init_weights`` (Xavier uniform, zero
-bias); the backbone starts from scratch (Kaiming, as torchvision's ResNet) because no
-ImageNet weights can be fetched here. Decay steps are given as fractions of the run.
+Networks start from scratch (:mod:`rtseg.train.init`) because no ImageNet weights can be
+fetched here. Decay steps are given as fractions of the run.
 
 Outputs in ``out``: ``last.pth`` and ``iter_<n>.pth`` (training checkpoints: model, optimizer,
 iteration, model name, class names), ``<model>_final_fp16.pth`` (the bare float16
@@ -32,19 +32,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rtseg.errors import CheckpointError, ConfigError
+from rtseg.families import family_of
+from rtseg.families.base import ModelConfig
 from rtseg.models import get_config
 from rtseg.models.checkpoint import cast_floating, check_state_dict, read_state_dict
-from rtseg.models.yolact import Yolact, YolactConfig
-from rtseg.train.yolact_loss import YolactLossConfig, yolact_loss
 
 log = logging.getLogger("rtseg.train")
-
-#: layers whose shapes depend on the number of classes: re-initialised when fine-tuning on other classes
-CLASS_DEPENDENT_PREFIXES = (
-    "prediction_layers.0.conf_layer.",
-    "semantic_seg_conv.",
-    "maskiou_net.maskiou_net.10.",
-)
 
 #: consecutive non-finite losses after which training stops (upstream skips them forever)
 MAX_NONFINITE_STREAK = 20
@@ -114,30 +107,14 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return max(self.stop - self.start, 0)
 
 
-def init_from_scratch(model: Yolact) -> None:
-    """Initialise ``model`` in place for training without pretrained weights.
-
-    Every ``nn.Conv2d`` outside the backbone: Xavier uniform weights, zero bias (upstream
-    ``Yolact.init_weights``). Backbone convs: Kaiming normal (fan-out, ReLU), BatchNorm
-    weight 1 / bias 0 (torchvision ResNet); DCN offset convs stay zero (start as plain convs).
-    """
-    backbone = set(model.backbone.modules())
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            if module in backbone:
-                if name.endswith("conv_offset_mask"):
-                    continue
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            else:
-                nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+def init_from_scratch(model: nn.Module) -> None:
+    """Initialise ``model`` (any family's network, with a ``cfg``) in place for training
+    without pretrained weights: the family's ``init_from_scratch`` (see
+    :func:`rtseg.train.init.init_convs`)."""
+    family_of(model.cfg).init_from_scratch(model)
 
 
-def load_matching_weights(model: Yolact, path: str) -> tuple[list[str], list[str]]:
+def load_matching_weights(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
     """Load every tensor of ``path`` whose key and shape match ``model``; keep the model's own
     (fresh) values for class-dependent layers whose shapes differ.
 
@@ -153,7 +130,7 @@ def load_matching_weights(model: Yolact, path: str) -> tuple[list[str], list[str
             continue
         if tuple(state[k].shape) == tuple(v.shape):
             kept.append(k)
-        elif k.startswith(CLASS_DEPENDENT_PREFIXES):
+        elif k.startswith(family_of(model.cfg).class_dependent_prefixes):
             reinit.append(k)
         else:
             wrong.append(f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}")
@@ -229,12 +206,31 @@ def _check_numbers(**kw) -> None:
         raise ConfigError(f"workers must be an integer >= 0, got {kw['workers']!r}")
 
 
-def _open_dataset(data: str | Dataset, size: int, *, augment: bool, seed: int) -> Dataset:
+def _open_dataset(data: str | Dataset, cfg: ModelConfig, *, augment: bool, seed: int) -> Dataset:
     if not isinstance(data, str):
         return data  # an already-built dataset with the CocoInstanceDataset interface
     from rtseg.data.coco import CocoInstanceDataset  # raises ConfigError for a bad folder
 
-    return CocoInstanceDataset(data, size=size, augment=augment, seed=seed)
+    h, w = cfg.input_size
+    if h != w:
+        raise ConfigError(f"training needs a square network input, model {cfg.name} takes {h}x{w}")
+    family = family_of(cfg)
+    # YOLACT's own transform is the dataset's default (and resizes the raw image itself)
+    preprocess = None if family.name == "yolact" else _Preprocess(family.name, cfg)
+    return CocoInstanceDataset(data, size=h, augment=augment, seed=seed, preprocess=preprocess)
+
+
+@dataclass(frozen=True)
+class _Preprocess:
+    """``family.preprocess(images, cfg)`` as a picklable callable (DataLoader workers)."""
+
+    family: str
+    cfg: ModelConfig
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from rtseg.families import FAMILIES
+
+        return FAMILIES[self.family].preprocess(images, self.cfg)
 
 
 class EpochKeyed(Dataset):
@@ -317,7 +313,7 @@ def _read_training_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def _restore_run(path: str, net: Yolact, opt: torch.optim.Optimizer, cfg: YolactConfig, optimizer: str,
+def _restore_run(path: str, net: nn.Module, opt: torch.optim.Optimizer, cfg: ModelConfig, optimizer: str,
                  iterations: int) -> int:
     """Load model, optimizer and RNG state of a training checkpoint; return its iteration."""
     ckpt = _read_training_checkpoint(path)
@@ -340,17 +336,18 @@ def _restore_run(path: str, net: Yolact, opt: torch.optim.Optimizer, cfg: Yolact
     return start
 
 
-def train(*, model: str | YolactConfig, data: str | Dataset, out: str, iterations: int, batch_size: int = 8,
+def train(*, model: str | ModelConfig, data: str | Dataset, out: str, iterations: int, batch_size: int = 8,
           lr: float = 1e-3, optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
           warmup_iters: int = 500, warmup_init_lr: float = 1e-4, schedule: str = "step",
           lr_steps: Sequence[float] = (0.7, 0.9), gamma: float = 0.1, init_weights: str | None = None,
           resume: str | None = None, val_data: str | Dataset | None = None, checkpoint_every: int = 500,
           seed: int = 0, workers: int = 0, device: str = "cpu", progress: bool = True,
-          loss_config: YolactLossConfig = YolactLossConfig()) -> TrainResult:
-    """Train a YOLACT variant for ``iterations`` iterations (in total, counting a resumed run's).
+          ) -> TrainResult:
+    """Train a model variant of any family for ``iterations`` iterations (in total, counting a resumed run's).
 
     Args:
-        model: a name from ``rtseg models`` (or a :class:`YolactConfig`, e.g. a smaller test size).
+        model: a name from ``rtseg models`` (or a config, e.g. a smaller test size); its
+            family's loss is used (:mod:`rtseg.families`).
         data: a COCO-format folder (``annotations.json`` + ``images/``), read by
             ``rtseg.data.coco.CocoInstanceDataset`` with augmentation at the model's input size;
             or a dataset object with that interface. If its ``class_names`` differ from the
@@ -379,7 +376,7 @@ def train(*, model: str | YolactConfig, data: str | Dataset, out: str, iteration
 
     dev = parse_device(device)
     cfg = get_config(model) if isinstance(model, str) else model
-    dataset = _open_dataset(data, cfg.max_size, augment=True, seed=seed)
+    dataset = _open_dataset(data, cfg, augment=True, seed=seed)
     if len(dataset) == 0:
         raise ConfigError(f"training data '{data}' holds no images")
     class_names = tuple(getattr(dataset, "class_names", cfg.class_names))
@@ -389,13 +386,14 @@ def train(*, model: str | YolactConfig, data: str | Dataset, out: str, iteration
         cfg = dataclasses.replace(cfg, class_names=class_names)
     val_set = None
     if val_data is not None:
-        val_set = _open_dataset(val_data, cfg.max_size, augment=False, seed=seed)
+        val_set = _open_dataset(val_data, cfg, augment=False, seed=seed)
         if tuple(getattr(val_set, "class_names", class_names)) != class_names:
             raise ConfigError(f"validation classes {tuple(val_set.class_names)} differ from training classes {class_names}")
 
+    family = family_of(cfg)
     torch.manual_seed(seed)
-    net = Yolact(cfg)
-    init_from_scratch(net)
+    net = family.build(cfg)
+    family.init_from_scratch(net)
     if init_weights is not None:
         load_matching_weights(net, init_weights)
     net.to(dev).train()
@@ -416,7 +414,6 @@ def train(*, model: str | YolactConfig, data: str | Dataset, out: str, iteration
                         generator=torch.Generator().manual_seed(seed))
     schedule_kw = dict(lr=lr, iterations=iterations, warmup_iters=warmup_iters, warmup_init_lr=warmup_init_lr,
                        schedule=schedule, lr_steps=tuple(lr_steps), gamma=gamma)
-    maskiou_net = net.maskiou_net if cfg.use_maskiou else None
 
     def checkpoint(done: int) -> None:
         state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": done, "config": cfg.name,
@@ -442,7 +439,7 @@ def train(*, model: str | YolactConfig, data: str | Dataset, out: str, iteration
             for group in opt.param_groups:
                 group["lr"] = cur_lr
             outputs = net(images.to(dev))
-            losses = yolact_loss(outputs, _targets_to(targets, dev), net.priors, cfg=loss_config, maskiou_net=maskiou_net)
+            losses = family.loss(outputs, _targets_to(targets, dev), net, cfg)
             opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             if torch.isfinite(losses["total"]):
@@ -462,7 +459,7 @@ def train(*, model: str | YolactConfig, data: str | Dataset, out: str, iteration
             if done % checkpoint_every == 0 or done == iterations:
                 checkpoint(done)
                 if val_set is not None:
-                    val_losses = validation_loss(net, val_set, batch_size, loss_config, workers)
+                    val_losses = validation_loss(net, val_set, batch_size, workers)
                     log_file.write(json.dumps({"iteration": done, "val": val_losses}) + "\n")
                 log_file.flush()
             bar.update(done, losses_f["total"], cur_lr)
@@ -475,23 +472,21 @@ def train(*, model: str | YolactConfig, data: str | Dataset, out: str, iteration
 
 
 @torch.no_grad()
-def validation_loss(net: Yolact, dataset: Dataset, batch_size: int, loss_config: YolactLossConfig = YolactLossConfig(),
-                    workers: int = 0) -> dict[str, float]:
+def validation_loss(net: nn.Module, dataset: Dataset, batch_size: int, workers: int = 0) -> dict[str, float]:
     """Mean of each loss term over ``dataset`` (BatchNorm on its running statistics, no gradients).
 
     The loss's random choices (``masks_to_train`` subsets) use a fixed seed and leave the
     global torch RNG as it was.
     """
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate, num_workers=workers)
-    dev = net.priors.device
+    dev = next(net.parameters()).device
+    family = family_of(net.cfg)
     sums: dict[str, float] = {}
     batches = 0
-    maskiou_net = net.maskiou_net if net.cfg.use_maskiou else None
     with torch.random.fork_rng(devices=[]), _batchnorm_eval(net):
         torch.manual_seed(0)
         for images, targets in loader:
-            losses = yolact_loss(net(images.to(dev)), _targets_to(targets, dev), net.priors, cfg=loss_config,
-                                 maskiou_net=maskiou_net)
+            losses = family.loss(net(images.to(dev)), _targets_to(targets, dev), net, net.cfg)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             batches += 1
