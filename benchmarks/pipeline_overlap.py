@@ -23,14 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import statistics
 import sys
 import tempfile
 import time
 
-import cv2
 import torch
 
 from rtseg.models import DEFAULT_MODEL
@@ -40,32 +37,8 @@ from rtseg.render import VideoRecorder, render
 from rtseg.segmenter import Segmenter, configure_threads
 from rtseg.sources import open_source
 from rtseg.structures import Frame
-from rtseg.synthetic import SyntheticVideo
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_video(path: str, frames: int, size: tuple[int, int]) -> None:
-    video = SyntheticVideo(seed=7, size=size)
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (size[1], size[0]))
-    for i in range(frames):
-        writer.write(video.frame(i).image)
-    writer.release()
+from common import cpu_model, free_port, write_video
 
 
 def measure_inference(seg: Segmenter, images: list) -> float:
