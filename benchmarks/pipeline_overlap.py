@@ -36,7 +36,6 @@ from rtseg.publish import Publisher
 from rtseg.render import VideoRecorder, render
 from rtseg.segmenter import Segmenter, configure_threads
 from rtseg.sources import open_source
-from rtseg.structures import Frame
 
 from common import cpu_model, free_port, write_video
 
