@@ -72,6 +72,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
+                   help="inference runtime (default torch; onnxruntime exports the model once into ./engines)")
+    p.add_argument("--engine", metavar="FILE",
+                   help="with --backend onnxruntime: an .onnx file; with tensorrt: an engine file ('rtseg export')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rtseg.models import DEFAULT_MODEL
     from rtseg.segmenter import DEFAULT_SCORE_THRESHOLD
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds without a frame before a live source is reopened (default 5)")
     run.add_argument("--loop", action="store_true", help="restart a video file or image folder at its end")
     run.add_argument("--summary-json", metavar="FILE", help="also write the end-of-run summary as JSON")
+    _add_backend_args(run)
 
     subp = sub.add_parser("subscribe", help="receive and print (or save) published results",
                           epilog=SUBSCRIBE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,7 +158,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=_positive_int)
     ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ev.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
+    _add_backend_args(ev)
+
+    ex = sub.add_parser("export", help="export a model to ONNX (and build a TensorRT engine from it)")
+    ex.add_argument("--model", default=DEFAULT_MODEL)
+    ex.add_argument("--weights", help="weights file (default: the built-in weights)")
+    ex.add_argument("--format", choices=("onnx", "engine"), default="onnx")
+    ex.add_argument("--size", metavar="HxW", help="network input size; must be the model's (see 'rtseg models')")
+    batch = ex.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=_positive_int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic-batch", metavar="MIN,OPT,MAX",
+                       help="symbolic batch dimension; for engines the optimisation profile, e.g. 1,4,8")
+    ex.add_argument("--opset", type=int, default=19, help="ONNX opset, 9..20 (default 19: DeformConv)")
+    ex.add_argument("--out", help="output .onnx path (default engines/<model>.onnx)")
+    _add_engine_args(ex)
+
+    be = sub.add_parser("build-engine", help="build a TensorRT engine from an 'rtseg export' ONNX file")
+    be.add_argument("--onnx", required=True, help="the .onnx file (with its manifest beside it)")
+    be.add_argument("--dynamic-batch", metavar="MIN,OPT,MAX", help="optimisation profile for a dynamic-batch ONNX")
+    _add_engine_args(be)
     return parser
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="engine precision (default fp16)")
+    p.add_argument("--strongly-typed", action="store_true",
+                   help="strongly typed network: precision comes from the ONNX (TensorRT 11's only mode)")
+    p.add_argument("--calibration", metavar="FOLDER_OR_VIDEO", help="INT8 calibration images or video")
+    p.add_argument("--engine-dir", default="engines", help="where engines are cached (default engines/)")
+    p.add_argument("--rebuild", action="store_true", help="build even if a matching engine is cached")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -186,11 +222,87 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads)
     result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
-                      max_images=args.max_images)
+                      max_images=args.max_images, backend=args.backend, engine=args.engine)
     print(result.format_table())
     if args.json:
         write_eval(result, args.json)
     return 0
+
+
+def _batch_profile(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        lo, opt, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--dynamic-batch takes MIN,OPT,MAX (e.g. 1,4,8), got '{text}'") from None
+    if not 1 <= lo <= opt <= hi:
+        raise ConfigError(f"--dynamic-batch needs 1 <= MIN <= OPT <= MAX, got '{text}'")
+    return lo, opt, hi
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rtseg.export.onnx_export import export_onnx
+    from rtseg.segmenter import Segmenter
+
+    profile = _batch_profile(args.dynamic_batch)
+    if args.format == "engine":  # fail before the export when the engine cannot be built here
+        from rtseg.export.engine import MachineFacts
+
+        MachineFacts.here()
+    seg = Segmenter(args.model, weights=args.weights)
+    if args.size is not None:
+        try:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--size takes HxW, e.g. 384x384, got '{args.size}'") from None
+        if size != tuple(seg.input_size):
+            h, w = seg.input_size
+            raise ConfigError(f"model {args.model} takes {h}x{w} input, got --size {args.size}; the input size is "
+                              "part of the variant (anchors, grids): pick a variant with that size ('rtseg models')")
+    out = args.out or os.path.join(args.engine_dir, f"{args.model}.onnx")
+    result = export_onnx(seg.net, seg.config, out, batch=args.batch, dynamic_batch=profile is not None,
+                         opset=args.opset, weights=seg.weights_path)
+    outputs = ", ".join(f"{o['name']}{o['shape']}" for o in result.manifest["outputs"])
+    print(f"wrote {result.path} (input {result.manifest['input']['shape']}; outputs {outputs}) and {result.manifest_path}")
+    if args.format == "engine":
+        args.onnx = result.path
+        return cmd_build_engine(args)
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from rtseg.export.engine import BuildSettings, build_engine
+    from rtseg.export.onnx_export import read_manifest
+
+    profile = _batch_profile(args.dynamic_batch) or (1, 1, 1)
+    settings = BuildSettings(precision="fp32" if args.strongly_typed else args.precision, batch=profile,
+                             strongly_typed=args.strongly_typed)
+    settings.check()
+    preprocess = None
+    if args.precision == "int8":
+        preprocess = _calibration_preprocess(read_manifest(args.onnx)["model"])
+    path = build_engine(args.onnx, args.engine_dir, settings, calibration=args.calibration, preprocess=preprocess,
+                        rebuild=args.rebuild)
+    print(f"engine {path}")
+    return 0
+
+
+def _calibration_preprocess(model: str):
+    """``uint8[H, W, 3]`` BGR -> ``float32[1, 3, h, w]`` numpy, the model's own preprocessing."""
+    import torch
+
+    from rtseg.families import family_of
+    from rtseg.models import get_config
+
+    cfg = get_config(model)
+    family = family_of(cfg)
+
+    def preprocess(image):
+        with torch.no_grad():
+            return family.preprocess(torch.from_numpy(image)[None], cfg).numpy()
+
+    return preprocess
 
 
 def cmd_models(_: argparse.Namespace) -> int:
@@ -225,7 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             recorder = VideoRecorder(args.record)
             cleanup.callback(recorder.close)
         segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
-                              score_threshold=args.score_threshold)
+                              score_threshold=args.score_threshold, backend=args.backend, engine=args.engine)
         log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
                  segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, torch_threads())
         segmenter.warmup()
@@ -281,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="rtseg: %(levelname)s: %(message)s", stream=sys.stderr)
     commands = {"run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models, "data": cmd_data,
-                "train": cmd_train, "eval": cmd_eval}
+                "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "build-engine": cmd_build_engine}
     if args.command == "data" and args.data_command is None:
         parser.parse_args(["data", "--help"])
     if args.command is None:

@@ -37,3 +37,11 @@ class PublishError(RtsegError):
     """The ZeroMQ endpoint cannot be bound or connected, or a message cannot be decoded."""
 
     exit_code = 5
+
+
+class EngineError(RtsegError):
+    """An ONNX export or TensorRT engine cannot be made or used here: an operator the target
+    cannot run, a missing runtime (ONNX Runtime, TensorRT, a GPU), or an engine built for
+    another machine."""
+
+    exit_code = 6

@@ -216,7 +216,7 @@ def instances_to_results(instances, image_id: int, category_of: dict[int, int]) 
 
 def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu", score_threshold: float = 0.0,
              max_images: int | None = None, progress: bool = True, ann_file: str | None = None,
-             images_dir: str | None = None) -> EvalResult:
+             images_dir: str | None = None, backend: str = "torch", engine: str | None = None) -> EvalResult:
     """COCO AP and speed of ``model`` on the COCO-format folder ``data``.
 
     Args:
@@ -231,6 +231,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
             computed over those images only.
         progress: a line on stderr every 10% of images.
         ann_file, images_dir: as for :class:`rtseg.data.coco.CocoInstanceDataset`.
+        backend, engine: as for :class:`rtseg.segmenter.Segmenter`.
     """
     from rtseg.data.coco import load_coco_folder, read_image
     from rtseg.segmenter import Segmenter
@@ -238,7 +239,8 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
     if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
         raise ConfigError(f"max images must be a positive integer, got {max_images!r}")
     folder = load_coco_folder(data, ann_file, images_dir=images_dir)
-    segmenter = Segmenter(model, weights=weights, device=device, score_threshold=score_threshold)
+    segmenter = Segmenter(model, weights=weights, device=device, score_threshold=score_threshold, backend=backend,
+                          engine=engine)
     category_of = category_mapping(segmenter.class_names, folder.categories)
     images = folder.images if max_images is None else folder.images[:max_images]
     if not images:

@@ -15,6 +15,7 @@ from importlib import resources
 import numpy as np
 import torch
 
+from rtseg.backends import BACKENDS, Backend, TorchBackend
 from rtseg.errors import ConfigError
 from rtseg.families import family_of
 from rtseg.families.base import ModelConfig
@@ -68,13 +69,24 @@ class Segmenter:
             them for this model, else a seeded random initialisation (with a warning).
         device: ``"cpu"`` or ``"cuda[:N]"``.
         score_threshold: detections scoring ``<=`` this are dropped.
-        backend: ``"torch"`` (the only backend so far).
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (:mod:`rtseg.backends`).
+        engine: for ``onnxruntime`` an ``.onnx`` file, for ``tensorrt`` an engine file, each
+            with the manifest ``rtseg export`` writes beside it. ``None`` with
+            ``onnxruntime``: export the model (with these weights) once into ``cache_dir``
+            and reuse that file while model, weights, opset and versions stay the same.
+        cache_dir: where automatic exports go (default ``$RTSEG_CACHE`` or ``./engines``).
+
+    The torch network is built in every case: post-processing reads its parameters
+    (anchors, YOLACT++'s mask re-scoring head), and it is what gets exported.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | None = None, device: str = "cpu",
-                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch") -> None:
-        if backend != "torch":
-            raise ConfigError(f"unknown backend '{backend}', expected 'torch' (ONNX Runtime and TensorRT backends are not built yet)")
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch",
+                 engine: str | None = None, cache_dir: str | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend '{backend}', expected one of {', '.join(BACKENDS)}")
+        if engine is not None and backend == "torch":
+            raise ConfigError("an engine file is for --backend onnxruntime or tensorrt, not torch")
         if not 0.0 <= score_threshold < 1.0:
             raise ConfigError(f"score threshold must be in [0, 1), got {score_threshold}")
         self.config: ModelConfig = get_config(model)
@@ -96,6 +108,24 @@ class Segmenter:
             log.warning("model '%s' has no built-in weights and no --weights was given: running with a random "
                         "initialisation, so the detections are meaningless (%s)", model, self.config.weights_source)
         self.net = net.eval().to(self.device)
+        self.weights_path = weights
+        self.backend = self._make_backend(backend, engine, cache_dir)
+
+    def _make_backend(self, backend: str, engine: str | None, cache_dir: str | None) -> Backend:
+        if backend == "torch":
+            return TorchBackend(self.net)
+        if backend == "onnxruntime":
+            from rtseg.backends.onnxruntime_backend import OnnxRuntimeBackend
+            from rtseg.export.cache import cached_onnx
+
+            path = engine or cached_onnx(self.net, self.config, self.weights_path, cache_dir)
+            return OnnxRuntimeBackend(path, model=self.model_name, device=self.device)
+        from rtseg.backends.tensorrt_backend import TensorRTBackend
+
+        if engine is None:
+            raise ConfigError(f"--backend tensorrt needs an engine file: rtseg export --model {self.model_name} "
+                              "--format engine, then pass --engine PATH")
+        return TensorRTBackend(engine, model=self.model_name, device=self.device)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -118,10 +148,10 @@ class Segmenter:
         batch = torch.from_numpy(image).to(self.device, non_blocking=True)[None]
         return self.family.preprocess(batch, self.config)
 
-    @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named raw head outputs (see the family's network, e.g. :class:`rtseg.models.yolact.Yolact`)."""
-        return self.net(batch)
+        """Named raw head outputs from the backend (see the family's network, e.g.
+        :class:`rtseg.models.yolact.Yolact`)."""
+        return self.backend(batch)
 
     @torch.inference_mode()
     def postprocess(self, outputs: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Instances:

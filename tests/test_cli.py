@@ -176,3 +176,28 @@ def test_data_train_eval_commands_work_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "eval.json").read_text())
     assert 0.0 <= result["segm"]["AP"] <= 1.0 and "AP" in proc.stdout
+
+
+def test_export_writes_onnx_and_manifest_and_run_uses_it(tmp_path):
+    out = tmp_path / "m.onnx"
+    proc = run_cli("export", "--format", "onnx", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and (tmp_path / "m.json").is_file()
+    assert "outputs loc[1, 9207, 4]" in proc.stdout
+    summary = tmp_path / "summary.json"
+    proc = run_cli("run", "--backend", "onnxruntime", "--engine", str(out), "--max-frames", "6",
+                   "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(summary.read_text())["frames_processed"] == 6
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (("export", "--format", "engine"), 6, "TensorRT is not installed: pip install 'rtseg[gpu]'"),
+    (("run", "--backend", "tensorrt", "--engine", "x.engine", "--max-frames", "1"), 6, "TensorRT is not installed"),
+    (("run", "--backend", "onnxruntime", "--engine", "missing.onnx", "--max-frames", "1"), 6, "'missing.onnx' not found"),
+    (("export", "--size", "320x320"), 2, "takes 384x384 input, got --size 320x320"),
+    (("export", "--dynamic-batch", "4,2,8"), 2, "needs 1 <= MIN <= OPT <= MAX"),
+    (("build-engine", "--onnx", "nothing.onnx"), 6, "no manifest"),
+])
+def test_export_and_engine_errors_are_one_line(args, code, fragment):
+    assert_one_line_error(run_cli(*args), code, fragment)

@@ -1,0 +1,45 @@
+"""Automatic exports, cached by what they depend on.
+
+``rtseg run --backend onnxruntime`` without ``--engine`` exports the model once and reuses
+the file while the model, the weights (by SHA-256), the opset and the rtseg / torch versions
+stay the same: the key is in the file name, so a change simply makes a new file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from rtseg.export.onnx_export import DEFAULT_OPSET, export_onnx, sha256_file
+
+log = logging.getLogger("rtseg.export")
+
+
+def default_cache_dir() -> str:
+    """``$RTSEG_CACHE``, else ``engines/`` in the working directory."""
+    return os.environ.get("RTSEG_CACHE") or "engines"
+
+
+def onnx_cache_key(cfg: Any, weights: str | None, opset: int = DEFAULT_OPSET, batch: int = 1) -> str:
+    from rtseg import __version__
+
+    parts = [cfg.name, sha256_file(weights) if weights else "random-init-seed-0", f"opset{opset}", f"b{batch}",
+             "x".join(map(str, cfg.input_size)), __version__, torch.__version__]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def cached_onnx(net: nn.Module, cfg: Any, weights: str | None, cache_dir: str | None = None) -> str:
+    """Path of the ONNX export of ``net`` (batch 1), exporting it first if the cache lacks it."""
+    folder = cache_dir or default_cache_dir()
+    path = os.path.join(folder, f"{cfg.name}-{onnx_cache_key(cfg, weights)}.onnx")
+    if not (os.path.isfile(path) and os.path.isfile(os.path.splitext(path)[0] + ".json")):
+        log.info("exporting %s to %s (once; reused while model and weights stay the same)", cfg.name, path)
+        was_training = net.training
+        export_onnx(net, cfg, path, weights=weights)
+        net.train(was_training)
+    return path

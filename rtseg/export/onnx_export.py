@@ -1,0 +1,218 @@
+"""``rtseg export --format onnx``: the network up to its named raw head outputs, as ONNX.
+
+- Exporter: torch's TorchScript-based ``torch.onnx.export(dynamo=False)``; it gives plain
+  static graphs that the TensorRT parser takes (the dynamo exporter needs ``onnxscript``
+  and is not needed for these convolutional networks).
+- Deformable convolution (YOLACT++ DCNv2, ``torchvision::deform_conv2d``) becomes the
+  standard ONNX ``DeformConv`` (opset 19), which ONNX Runtime and the TensorRT 10 parser
+  both run. Hence the default opset 19 (TensorRT 10 parses 9-20).
+- Constant folding by the exporter, then ``onnxsim`` (shape arithmetic folded away).
+- Post-processing stays out of the graph: it is data-dependent (NMS) and runs as torch
+  ops (or the CUDA kernels) on the named outputs, the same for every backend.
+- Every graph is checked against the TensorRT 10 parser's operator table
+  (:mod:`rtseg.export.tensorrt_ops`) before it is written; an unsupported operator is
+  refused by name.
+
+A manifest ``<file>.json`` is written beside the ``.onnx``: model, family, classes, input
+and output names and shapes, opset, SHA-256 of the weights and of the ONNX file, versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from rtseg.errors import ConfigError, EngineError
+from rtseg.export.tensorrt_ops import MAX_OPSET, MIN_OPSET, unsupported_nodes
+
+#: DeformConv entered the ONNX standard at opset 19
+DEFAULT_OPSET = 19
+INPUT_NAME = "images"
+MANIFEST_SCHEMA = "rtseg.onnx/1"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_REGISTERED = False
+
+
+def _register_deform_conv() -> None:
+    """Map ``torchvision::deform_conv2d`` to ONNX ``DeformConv`` (same offset layout: (dy, dx)
+    pairs per kernel tap; mask multiplies each tap) for the TorchScript exporter."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx import symbolic_helper as sh
+
+    # torchvision.ops.deform_conv2d's op: (input, weight, offset, mask, bias, stride_h, stride_w,
+    # pad_h, pad_w, dilation_h, dilation_w, n_weight_grps, n_offset_grps, use_mask)
+    @sh.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+    def symbolic(g, inp, weight, offset, mask, bias, st_h, st_w, pad_h, pad_w, dil_h, dil_w, n_wgrp, n_ogrp, use_mask):
+        inputs = [inp, weight, offset, bias] + ([mask] if use_mask else [])
+        return g.op("DeformConv", *inputs, dilations_i=[dil_h, dil_w], group_i=n_wgrp, offset_group_i=n_ogrp,
+                    pads_i=[pad_h, pad_w, pad_h, pad_w], strides_i=[st_h, st_w])
+
+    register_custom_op_symbolic("torchvision::deform_conv2d", symbolic, DEFAULT_OPSET)
+    _REGISTERED = True
+
+
+class _NamedOutputs(nn.Module):
+    """The network with its dict of outputs flattened to a tuple (ONNX outputs are positional)."""
+
+    def __init__(self, net: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.net = net
+        self.names = names
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net(x)
+        return tuple(out[n] for n in self.names)
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote."""
+
+    path: str
+    manifest_path: str
+    manifest: dict[str, Any]
+
+
+def manifest_path_for(path: str) -> str:
+    return os.path.splitext(path)[0] + ".json"
+
+
+def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_batch: bool = False,
+                opset: int = DEFAULT_OPSET, weights: str | None = None, simplify: bool = True) -> OnnxExport:
+    """Export ``net`` (any family's network, eval mode) to ``path``.
+
+    Args:
+        net: the network; its eval-mode ``forward`` returns the named head outputs.
+        cfg: its config (``name``, ``family``, ``class_names``, ``input_size``).
+        batch: the batch size baked into the graph (the example input's), ``>= 1``.
+        dynamic_batch: make the batch dimension symbolic (``batch``) instead.
+        opset: ONNX opset, within what TensorRT 10 parses (``9..20``; DCN needs ``>= 19``).
+        weights: path of the weights file (hashed into the manifest), if any.
+        simplify: run ``onnxsim`` after export.
+
+    Raises:
+        ConfigError: a bad batch or opset.
+        EngineError: a missing ``onnx`` / ``onnxsim`` package, a graph TensorRT would refuse
+            (the unsupported operators named), or an exporter failure.
+    """
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConfigError(f"export batch must be an integer >= 1, got {batch!r}")
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET} (what TensorRT 10 parses), got {opset!r}")
+    try:
+        import onnx
+    except ImportError:
+        raise EngineError("ONNX export needs the 'onnx' package: pip install 'rtseg[onnx]'") from None
+    uses_dcn = any(type(m).__name__ == "ModulatedDeformConv2d" for m in net.modules())
+    if uses_dcn and opset < 19:
+        raise ConfigError(f"model {cfg.name} has deformable convolutions: ONNX DeformConv needs opset >= 19, got {opset}")
+
+    net = net.eval()
+    device = next(net.parameters()).device
+    h, w = cfg.input_size
+    example = torch.zeros(batch, 3, h, w, device=device)
+    with torch.inference_mode():
+        names = tuple(net(example).keys())
+    wrapper = _NamedOutputs(net, names).eval()  # eval: the exporter restores the wrapper's mode afterwards
+    if uses_dcn:
+        _register_deform_conv()
+    dynamic_axes = {n: {0: "batch"} for n in (INPUT_NAME, *names)} if dynamic_batch else None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(wrapper, (example,), tmp, input_names=[INPUT_NAME], output_names=list(names),
+                              opset_version=opset, do_constant_folding=True, dynamic_axes=dynamic_axes, dynamo=False)
+    except Exception as exc:  # the exporter raises many types
+        _remove(tmp)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EngineError(f"ONNX export of {cfg.name} failed: {first[:300]}") from None
+    model = onnx.load(tmp)
+    if simplify:
+        try:
+            import onnxsim
+        except ImportError:
+            _remove(tmp)
+            raise EngineError("ONNX simplification needs 'onnxsim': pip install 'rtseg[onnx]' (or pass simplify=False)") from None
+        model, ok = onnxsim.simplify(model)
+        if not ok:
+            _remove(tmp)
+            raise EngineError(f"onnxsim could not validate the simplified graph of {cfg.name}")
+    problems = unsupported_nodes(model)
+    if problems:
+        _remove(tmp)
+        raise EngineError(f"{cfg.name}: the exported graph has {len(problems)} node(s) the TensorRT 10 ONNX parser "
+                          f"refuses: {'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+
+    def dims(value_info) -> list:
+        return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "model": cfg.name,
+        "family": cfg.family,
+        "class_names": list(cfg.class_names),
+        "input": {"name": INPUT_NAME, "shape": dims(model.graph.input[0]), "dtype": "float32"},
+        "outputs": [{"name": o.name, "shape": dims(o)} for o in model.graph.output],
+        "opset": opset,
+        "dynamic_batch": bool(dynamic_batch),
+        "weights": weights,
+        "weights_sha256": sha256_file(weights) if weights and os.path.isfile(weights) else None,
+        "onnx_sha256": sha256_file(path),
+        "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    from rtseg import __version__
+
+    manifest["rtseg"] = __version__
+    mpath = manifest_path_for(path)
+    with open(mpath, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return OnnxExport(path, mpath, manifest)
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The manifest beside an ``.onnx`` or engine file, or :class:`EngineError` saying what is wrong."""
+    mpath = manifest_path_for(path)
+    if not os.path.isfile(mpath):
+        raise EngineError(f"no manifest '{mpath}' beside '{path}': make the file with 'rtseg export'")
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"manifest '{mpath}' is not readable JSON: {exc}") from None
+    if not isinstance(manifest, dict) or "model" not in manifest or "input" not in manifest:
+        raise EngineError(f"manifest '{mpath}' lacks the 'model' and 'input' fields 'rtseg export' writes")
+    return manifest
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

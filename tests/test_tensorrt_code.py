@@ -1,0 +1,179 @@
+"""The TensorRT path, checked without TensorRT (it cannot be installed where rtseg is developed).
+
+- every TensorRT 10 API name the code uses exists in the official API (the names of the
+  ``tensorrt-stubs`` wheel, kept in ``tests/fixtures/tensorrt/tensorrt10_api.json``);
+- manifests, cache keys and the refusal of an engine built for another machine;
+- the error paths a user meets without TensorRT or a GPU.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rtseg.backends.tensorrt_backend as trt_backend
+import rtseg.export.engine as engine
+from rtseg.errors import ConfigError, EngineError
+from rtseg.export.engine import (TRT_API, BuildSettings, MachineFacts, calibration_batches, check_engine_manifest,
+                                 engine_cache_key, engine_manifest, import_tensorrt, manifest_mismatches)
+
+API = json.loads((Path(__file__).parent / "fixtures" / "tensorrt" / "tensorrt10_api.json").read_text())
+SOURCES = [Path(engine.__file__), Path(trt_backend.__file__)]
+
+#: how the TensorRT-facing code names its TensorRT objects -> their TensorRT 10 class
+VARIABLES = {"builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser", "config": "IBuilderConfig",
+             "profile": "IOptimizationProfile", "inp": "ITensor", "self.engine": "ICudaEngine",
+             "self.context": "IExecutionContext", "self.logger": "Logger", "logger": "Logger"}
+
+
+def members(cls: str) -> set[str]:
+    """Members of a TensorRT class, inherited ones included."""
+    entry = API["classes"][cls]
+    out = set(entry["members"])
+    for base in entry["bases"]:
+        if base in API["classes"]:
+            out |= members(base)
+    return out
+
+
+def test_every_declared_tensorrt_name_exists_in_the_tensorrt_10_api():
+    missing = [f"trt.{n}" for n in TRT_API["trt"] if n not in API["module"]]
+    for owner, names in TRT_API.items():
+        if owner != "trt":
+            assert owner in API["classes"], f"no TensorRT 10 class {owner}"
+            missing += [f"{owner}.{n}" for n in names if n not in members(owner)]
+    assert missing == []
+
+
+def _uses(source: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """``trt.X`` names and ``(variable, attribute)`` pairs used in ``source``."""
+    module_names, pairs = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            base = ast.unparse(node.value)
+            if base == "trt":
+                module_names.add(node.attr)
+            elif base.startswith("trt.") and base.count(".") == 1:
+                pairs.add((base[4:], node.attr))  # e.g. trt.Logger.WARNING
+            elif base in VARIABLES:
+                pairs.add((VARIABLES[base], node.attr))
+    return module_names, pairs
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.name)
+def test_the_code_uses_only_declared_tensorrt_names(path):
+    module_names, pairs = _uses(path.read_text())
+    assert module_names, "the scan found no TensorRT use: has the code changed shape?"
+    assert module_names <= set(TRT_API["trt"]), module_names - set(TRT_API["trt"])
+    undeclared = {f"{c}.{a}" for c, a in pairs if a not in TRT_API.get(c, ())}
+    assert undeclared == set()
+    unknown = {f"{c}.{a}" for c, a in pairs if a not in members(c)}
+    assert unknown == set()
+
+
+def test_without_tensorrt_the_error_names_the_extra():
+    try:
+        import tensorrt  # noqa: F401
+        if getattr(tensorrt, "__file__", None) is not None:
+            pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(EngineError, match=r"TensorRT is not installed: pip install 'rtseg\[gpu\]'"):
+        import_tensorrt()
+
+
+FACTS = MachineFacts(tensorrt="10.13.0", gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+
+
+def _write_engine(tmp_path, settings=BuildSettings()) -> str:
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"graph bytes")
+    onnx_manifest = {"model": "yolact_resnet18_half_384", "family": "yolact",
+                     "input": {"name": "images", "shape": [1, 3, 384, 384]}}
+    m = engine_manifest(str(onnx_path), onnx_manifest, settings, FACTS, [1, 3, 384, 384])
+    path = tmp_path / f"m-{engine_cache_key(m)}.engine"
+    path.write_bytes(b"engine")
+    (tmp_path / f"m-{engine_cache_key(m)}.json").write_text(json.dumps(m))
+    return str(path)
+
+
+def test_an_engine_loads_on_the_machine_it_was_built_for(tmp_path):
+    saved = check_engine_manifest(_write_engine(tmp_path), FACTS)
+    assert saved["precision"] == "fp16" and saved["compute_capability"] == "9.0"
+    assert len(saved["onnx_sha256"]) == 64
+
+
+@pytest.mark.parametrize("other, field", [
+    (MachineFacts("10.13.0", "NVIDIA A100-SXM4-40GB", "8.0"), "compute_capability: engine has '9.0', here '8.0'"),
+    (MachineFacts("10.0.1", FACTS.gpu, FACTS.compute_capability), "tensorrt: engine has '10.13.0', here '10.0.1'"),
+])
+def test_an_engine_from_another_machine_is_refused_with_the_rebuild_command(tmp_path, other, field):
+    path = _write_engine(tmp_path)
+    with pytest.raises(EngineError) as err:
+        check_engine_manifest(path, other)
+    message = str(err.value)
+    assert field in message and "rebuild it: rtseg build-engine --onnx" in message and "--precision fp16" in message
+    assert "\n" not in message
+
+
+def test_cache_key_follows_what_the_engine_depends_on(tmp_path):
+    base = engine_manifest(_onnx(tmp_path), _onnx_manifest(), BuildSettings(), FACTS, [1, 3, 384, 384])
+    same = engine_manifest(_onnx(tmp_path), _onnx_manifest(), BuildSettings(), FACTS, [1, 3, 384, 384])
+    assert engine_cache_key(base) == engine_cache_key(same)
+    for changed in (engine_manifest(_onnx(tmp_path), _onnx_manifest(), BuildSettings(precision="int8"), FACTS, [1, 3, 384, 384]),
+                    engine_manifest(_onnx(tmp_path), _onnx_manifest(), BuildSettings(batch=(1, 4, 8)), FACTS, [4, 3, 384, 384]),
+                    dict(base, gpu="another GPU"), dict(base, onnx_sha256="0" * 64)):
+        assert engine_cache_key(changed) != engine_cache_key(base)
+        assert manifest_mismatches(base, changed)
+    assert manifest_mismatches(base, dict(base, built="later")) == []  # not a binding field
+
+
+def _onnx(tmp_path) -> str:
+    p = tmp_path / "x.onnx"
+    p.write_bytes(b"x")
+    return str(p)
+
+
+def _onnx_manifest() -> dict:
+    return {"model": "m", "family": "yolact", "input": {"name": "images", "shape": [1, 3, 384, 384]}}
+
+
+@pytest.mark.parametrize("settings, message", [
+    (BuildSettings(precision="int4"), "precision must be one of fp32, fp16, int8"),
+    (BuildSettings(batch=(2, 1, 4)), "1 <= min <= opt <= max"),
+    (BuildSettings(precision="fp16", strongly_typed=True), "strongly typed engine takes its precision from the ONNX"),
+    (BuildSettings(workspace_mib=8), "workspace must be >= 64 MiB"),
+])
+def test_build_settings_are_checked(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        settings.check()
+
+
+def test_int8_without_calibration_data_is_refused_before_anything_is_built(tmp_path):
+    with pytest.raises(ConfigError, match="INT8 needs calibration data"):
+        engine.build_engine(_onnx(tmp_path), str(tmp_path), BuildSettings(precision="int8"))
+
+
+def test_calibration_batches_come_from_a_folder_of_images(tmp_path):
+    import cv2
+
+    from rtseg.synthetic import SyntheticVideo
+
+    video = SyntheticVideo(seed=4, size=(48, 64))
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), video.frame(i).image)
+    seen = []
+
+    def preprocess(image: np.ndarray) -> np.ndarray:
+        seen.append(image.shape)
+        return np.zeros((1, 3, 32, 32), np.float32) + len(seen)
+
+    batches = list(calibration_batches(str(tmp_path), preprocess, batch=2))
+    assert [b.shape for b in batches] == [(2, 3, 32, 32), (2, 3, 32, 32)]  # the odd fifth image is left out
+    assert seen == [(48, 64, 3)] * 5
+    assert batches[1][0, 0, 0, 0] == 3 and batches[1].flags["C_CONTIGUOUS"]
