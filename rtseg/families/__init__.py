@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from rtseg.families.base import Family, ModelConfig
 from rtseg.families.yolact import YOLACT
+from rtseg.families.centermask import CENTERMASK
 
 FAMILIES: dict[str, Family] = {
     YOLACT.name: YOLACT,
+    CENTERMASK.name: CENTERMASK,
 }
 
 

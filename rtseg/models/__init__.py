@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from rtseg.data.coco_classes import COCO_CLASSES
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import YolactConfig
+from rtseg.models.centermask import CENTERMASK_VARIANTS
 
 if TYPE_CHECKING:
     from rtseg.families.base import ModelConfig
@@ -63,6 +64,7 @@ MODELS: dict[str, ModelConfig] = {
     cfg.name: cfg
     for cfg in (
         *YOLACT_VARIANTS,
+        *CENTERMASK_VARIANTS,
     )
 }
 
