@@ -14,6 +14,7 @@ from rtseg.data.coco_classes import COCO_CLASSES
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import YolactConfig
 from rtseg.models.centermask import CENTERMASK_VARIANTS
+from rtseg.models.solov2 import SOLOV2_VARIANTS
 
 if TYPE_CHECKING:
     from rtseg.families.base import ModelConfig
@@ -65,6 +66,7 @@ MODELS: dict[str, ModelConfig] = {
     for cfg in (
         *YOLACT_VARIANTS,
         *CENTERMASK_VARIANTS,
+        *SOLOV2_VARIANTS,
     )
 }
 
