@@ -13,10 +13,12 @@ from __future__ import annotations
 from rtseg.families.base import Family, ModelConfig
 from rtseg.families.yolact import YOLACT
 from rtseg.families.centermask import CENTERMASK
+from rtseg.families.solov2 import SOLOV2
 
 FAMILIES: dict[str, Family] = {
     YOLACT.name: YOLACT,
     CENTERMASK.name: CENTERMASK,
+    SOLOV2.name: SOLOV2,
 }
 
 
