@@ -159,7 +159,7 @@ def test_small_model_is_what_the_docs_say():
 
 # -- against the official network (tests/fixtures/official/centermask_outputs) --------------------
 
-def _compare_with_official(variant: str, tmp_path) -> None:
+def _compare_with_official(variant: str, tmp_path, device: str = "cpu") -> None:
     from official_reference_centermask import (
         deterministic_state_dict,
         load_official_keys,
@@ -174,7 +174,7 @@ def _compare_with_official(variant: str, tmp_path) -> None:
     state = deterministic_state_dict(load_official_keys(variant)["keys"])
     assert sum(float(v.double().sum()) for v in state.values()) == pytest.approx(float(ref["weights_sum"]), rel=1e-9)
     torch.save({"model": state, "iteration": 0}, weights)  # detectron2's checkpoint layout
-    seg = Segmenter(variant, weights=str(weights), score_threshold=0.0)
+    seg = Segmenter(variant, weights=str(weights), score_threshold=0.0, device=device)
     image = reference_image()
     assert int(image.astype(np.int64).sum()) == int(ref["image_sum"])
 
@@ -183,7 +183,11 @@ def _compare_with_official(variant: str, tmp_path) -> None:
     assert float(batch.double().sum()) == pytest.approx(float(ref["input_sum"]), rel=1e-9)
     assert float(batch.double().abs().sum()) == pytest.approx(float(ref["input_abs_sum"]), rel=1e-9)
 
-    out = seg.infer(batch)
+    raw = seg.infer(batch)
+    h, w = ref["output_size"].tolist()  # as if the original image were 480 x 800 (resized to 600 x 1000)
+    inst = seg.postprocess(raw, (h, w))  # the whole pipeline on the segmenter's device
+    out = {k: v.cpu() for k, v in raw.items()}  # intermediate checks on the CPU
+    net = seg.net.cpu()
     idx = torch.from_numpy(ref["location_index"])
     for ours, theirs in (("cls_logits", "cls_logits_rows"), ("bbox_reg", "bbox_reg_rows"), ("ctrness_logits", "ctrness_rows")):
         np.testing.assert_allclose(out[ours][0][idx].numpy(), ref[theirs], rtol=1e-4, atol=1e-4, err_msg=ours)
@@ -191,7 +195,7 @@ def _compare_with_official(variant: str, tmp_path) -> None:
     for i, level in enumerate((3, 4, 5)):
         assert float(out[f"p{level}"].double().abs().sum()) == pytest.approx(float(ref["fpn_abs_sums"][i]), rel=1e-5)
 
-    net, cfg = seg.net, seg.config
+    cfg = seg.config
     with torch.inference_mode():
         cand = post.fcos_candidates(out["cls_logits"][0], out["bbox_reg"][0], out["ctrness_logits"][0], net.locations,
                                     net.location_strides, net.level_sizes, cfg.score_thresh, cfg.pre_nms_topk)
@@ -205,8 +209,6 @@ def _compare_with_official(variant: str, tmp_path) -> None:
         np.testing.assert_allclose(probs.numpy(), ref["roi_mask_probs"], atol=1e-4)
         np.testing.assert_allclose((torch.sqrt(cand.scores[keep]) * maskiou).numpy(), ref["roi_mask_scores"], atol=1e-5)
 
-    h, w = ref["output_size"].tolist()  # as if the original image were 480 x 800 (resized to 600 x 1000)
-    inst = seg.postprocess(out, (h, w))
     # rtseg's score is upstream's mask_scores (box score x maskiou), sorted by it
     order = np.argsort(-ref["mask_scores"], kind="stable")
     assert len(inst) == len(order)
@@ -224,3 +226,18 @@ def test_matches_official_lite_v19_slim_dw(tmp_path):
 @pytest.mark.slow
 def test_matches_official_lite_v39(tmp_path):
     _compare_with_official("centermask2_lite_v39", tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["centermask2_lite_v19_slim_dw", "centermask2_lite_v39"])
+def test_matches_official_on_cuda(variant, tmp_path):
+    """The whole pipeline on the GPU with TF32 off (fp32 as the reference; TF32 convolutions
+    move scores by ~1e-4, enough to swap near-tied detections)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        _compare_with_official(variant, tmp_path, device="cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

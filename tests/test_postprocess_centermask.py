@@ -328,3 +328,29 @@ def test_segmenter_runs_the_small_model_on_a_photograph():
     assert (np.diff(inst.scores) <= 0).all() and (inst.scores <= 1).all()
     assert (inst.boxes[:, [0, 2]] <= 512).all() and (inst.boxes[:, [1, 3]] <= 400).all() and (inst.boxes >= 0).all()
     assert times.inference > 0
+
+
+@pytest.mark.gpu
+def test_cuda_ops_match_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(7)
+    n = 3000  # > 4000 would switch torchvision's batched_nms to its per-class path on the CPU only
+    xy = torch.rand(n, 2, generator=g) * 900
+    boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 200 + 1], 1)
+    scores, classes = torch.rand(n, generator=g), torch.randint(0, 80, (n,), generator=g)
+    cpu = post.class_aware_nms(boxes, scores, classes, 0.6, 50)
+    assert post.class_aware_nms(boxes.to(dev), scores.to(dev), classes.to(dev), 0.6, 50).cpu().tolist() == cpu.tolist()
+    masks = torch.rand(50, 28, 28, generator=g)
+    xy = torch.rand(50, 2, generator=g) * 600 - 20
+    pboxes = torch.cat([xy, xy + torch.rand(50, 2, generator=g) * 300 + 0.5], 1)
+    on_gpu = post.paste_masks(masks.to(dev), pboxes.to(dev), (480, 640)).cpu()
+    assert int((on_gpu != paste_mask_loop(masks, pboxes, (480, 640))).sum()) <= 2
+    feats = [torch.randn(1, 16, 608 // s, 1024 // s, generator=g) for s in (8, 16, 32)]
+    levels = post.assign_roi_levels(pboxes, 608 * 1024.0)
+    assert post.assign_roi_levels(pboxes.to(dev), 608 * 1024.0).cpu().tolist() == levels.tolist()
+    batch = torch.zeros(50, dtype=torch.int64)
+    ref = post.pool_rois(feats, pboxes, batch, levels, 14)
+    got = post.pool_rois([f.to(dev) for f in feats], pboxes.to(dev), batch.to(dev), levels.to(dev), 14).cpu()
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
