@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="pipeline inference workers (default: one per core, as 'rtseg run' on a CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--json", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = (int(v) for v in args.size.split("x"))
     segs = {}
     for name in models:
-        segs[name] = Segmenter(name)
+        segs[name] = Segmenter(name, device=args.device)
         segs[name].warmup()
     runs: dict[str, dict[str, list[float]]] = {n: {} for n in models}
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in runs.items()}
     first = rows[models[0]]["end_to_end_fps"]
     print(f"{args.frames} frames {w}x{h}, median of {args.repeats} interleaved rounds, "
-          f"{hardware()['cpu']} ({os.cpu_count()} cores), pipeline with {args.workers} workers")
+          f"{hardware()['cpu']} ({os.cpu_count()} cores), GPU {hardware()['gpu']}, device {args.device}, "
+          f"pipeline with {args.workers} workers")
     print(f"{'model':<36}{'family':<12}{'input':>10}{'pre ms':>9}{'model ms':>10}{'post ms':>9}{'e2e FPS':>9}{'ratio':>7}")
     for name, r in rows.items():
         cfg = MODELS[name]
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['postprocess_ms']:>9.1f}{r['end_to_end_fps']:>9.2f}{r['end_to_end_fps'] / first:>7.2f}")
     if args.json:
         result = {"date": datetime.date.today().isoformat(), **hardware(), "frames": args.frames,
-                  "video_size": [h, w], "workers": args.workers, "medians": rows, "runs": runs}
+                  "video_size": [h, w], "device": args.device, "workers": args.workers, "medians": rows,
+                  "runs": runs}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0
