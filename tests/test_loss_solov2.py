@@ -193,7 +193,7 @@ def test_a_few_sgd_steps_make_the_loss_fall():
         targets.append(target(bx, [k % 3 for k in range(len(bx))], m))
     opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
     totals = []
-    for _ in range(12):
+    for _ in range(10):
         losses = SOLOV2.loss(net(images), targets, net, TINY)
         opt.zero_grad()
         losses["total"].backward()

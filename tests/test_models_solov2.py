@@ -18,6 +18,7 @@ import torch
 from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import MODELS, SYNTHETIC_CLASSES
 from rtseg.models.checkpoint import load_weights
+from rtseg.models.mmdet_resnet import make_conv
 from rtseg.models.solov2 import Solov2, Solov2Config, point_nms
 from rtseg.models.solov2_checkpoints import convert_state_dict, detect_layout
 from reference_ops_solov2 import point_nms_reference
@@ -120,19 +121,17 @@ def test_adelaidet_layout_converts_key_for_key(name, wx_name):
     assert [ours for ours, theirs in pairs.items() if converted[ours] is not state[theirs]] == []
 
 
-def test_official_files_load_strictly_through_load_weights(tmp_path):
+def test_mmdetection_file_loads_strictly_through_load_weights(tmp_path):
+    # (a WXinlong-layout mmcv file goes the same way in test_official_outputs_solov2.py)
     name = "solov2_light_448_r18"
     net = Solov2(MODELS[name])
-    for layout, wrap in (("mmdetection", lambda st: {"meta": {"mmdet_version": "3.3.0"}, "state_dict": st}),
-                         (None, lambda st: {"meta": {}, "state_dict": st})):  # mmcv save_checkpoint layout
-        state = official_state(fixture(layout, name)["keys"] if layout else fixture(name)["keys"])
-        path = tmp_path / f"{layout}.pth"
-        torch.save(wrap(state), path)
-        load_weights(net, str(path), model_name=name, convert=net.load_official_state_dict)
-        src = "mask_head.conv_kernel.bias" if layout else "bbox_head.solo_kernel.bias"
-        assert torch.equal(net.state_dict()["bbox_head.solo_kernel.bias"], state[src])
+    state = official_state(fixture("mmdetection", name)["keys"])
+    torch.save({"meta": {"mmdet_version": "3.3.0"}, "state_dict": state}, tmp_path / "mmdet.pth")
+    load_weights(net, str(tmp_path / "mmdet.pth"), model_name=name, convert=net.load_official_state_dict)
+    assert torch.equal(net.state_dict()["bbox_head.solo_kernel.bias"], state["mask_head.conv_kernel.bias"])
 
 
+@pytest.mark.slow
 def test_adelaidet_file_loads_strictly_into_its_variant(tmp_path):
     name = "solov2_adet_r50_fpn"
     state = official_state(fixture("adelaidet", name)["keys"])
@@ -183,7 +182,7 @@ def test_convert_does_not_modify_its_input():
     assert list(state) == list(before) and all(state[k] is before[k] for k in before)
 
 
-@pytest.mark.parametrize("name", ["solov2_light_512_dcn_r50", SMALL,
+@pytest.mark.parametrize("name", [SMALL, pytest.param("solov2_light_512_dcn_r50", marks=pytest.mark.slow),
                                   pytest.param("solov2_r101_dcn_fpn", marks=pytest.mark.slow)])
 def test_output_names_and_shapes(name):
     # official grids make the head cost ~10 GMAC at any input size: tiny grids keep this fast
@@ -219,6 +218,34 @@ def test_eval_cate_is_point_nms_of_sigmoid_of_train_logits_cell_order_row_major(
         torch.testing.assert_close(cate[start: start + s * s], expected)
         start += s * s
     assert start == cate.shape[0]
+
+
+def test_deformable_convs_with_zero_offsets_are_plain_convolutions():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 9, 11, generator=g)
+    for conv_type, scale in (("DCN", 1.0), ("DCNv2", 0.5)):  # DCNv2: zero mask logits -> sigmoid(0) = 0.5
+        for kernel, stride, padding in ((3, 1, 1), (3, 2, 1), (1, 1, 0)):
+            dcn = make_conv(conv_type, 4, 6, kernel, stride=stride, padding=padding, bias=False)
+            assert list(dict(dcn.named_parameters())) == ["weight", "conv_offset.weight", "conv_offset.bias"]
+            assert dcn.conv_offset.out_channels == (2 if conv_type == "DCN" else 3) * kernel * kernel
+            with torch.no_grad():
+                dcn.weight.copy_(torch.randn(dcn.weight.shape, generator=g))
+                plain = torch.nn.functional.conv2d(x, dcn.weight, stride=stride, padding=padding)
+                torch.testing.assert_close(dcn(x), scale * plain, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no bias"):
+        make_conv("DCN", 4, 6, 3, bias=True)
+
+
+def test_deformable_conv_offsets_move_the_sampling_point():
+    # a 1x1 DCN whose offset is a constant +1 px in x reads the right-hand neighbour
+    dcn = make_conv("DCN", 1, 1, 1, bias=False)
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)
+    with torch.no_grad():
+        dcn.weight.fill_(1.0)
+        dcn.conv_offset.bias.copy_(torch.tensor([0.0, 1.0]))  # channel 0 = dy, channel 1 = dx
+        out = dcn(x)
+    torch.testing.assert_close(out[..., :3], x[..., 1:])
+    assert (out[..., 3] == 0).all()  # sampled outside the input: zero
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -385,7 +385,16 @@ def _rtseg_variants() -> tuple[Solov2Config, ...]:
 
     return (
         # rtseg's own real-time CPU model, trained from scratch on the synthetic shapes (no ImageNet
-        # weights can be fetched here). Light-448's design scaled down: see SOLOV2.md / the report.
+        # weights can be fetched here): light-448's design scaled down to the budget of the built-in
+        # yolact_resnet18_half_384 (3.8 M parameters, 3.7 GMAC; trains at ~1.3 it/s, batch 8, on 2
+        # CPU cores per docs/builtin-model.md). This one: 3.8 M parameters, 3.3 GMAC at 384 x 384
+        # (torch FlopCounterMode): backbone 1.4, FPN 0.5, mask branch 0.7, towers 0.8.
+        # - square 384 stretched (keep_ratio=False), as the training data pipeline feeds square images
+        # - half-width R-18 (C2..C5: 32/64/128/256 ch), FPN 64 ch, mask branch 64 ch, E = 64
+        # - light-448's 2-conv towers at half width (128 ch)
+        # - scale ranges: light-448's scaled by 384/448; grids (24, 20, 16, 12, 8) instead of 40..12:
+        #   1440 cells instead of 3872 (the towers run per cell: 0.8 instead of 2 GMAC); level-0
+        #   cells are 16 px, the synthetic shapes' radii 13-61 px (rtseg/synthetic.py) at 384 px
         Solov2Config(name="solov2_light_resnet18_half_384", class_names=synthetic, canvas=(384, 384),
                      resize_max=(384, 384), keep_ratio=False, backbone_depth=18, backbone_width=0.5,
                      fpn_channels=64, head_convs=2, head_channels=128, num_grids=(24, 20, 16, 12, 8),
