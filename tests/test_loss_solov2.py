@@ -162,6 +162,19 @@ def test_loss_refuses_eval_outputs_and_wrong_mask_size():
         solov2_loss(outs, [bad], TINY)
 
 
+def test_loss_settings_are_every_official_configs():
+    import json
+    from pathlib import Path
+
+    cfg = Solov2LossConfig()
+    for path in sorted((Path(__file__).parent / "fixtures" / "official" / "solov2_keys").glob("*.json")):
+        f = json.loads(path.read_text())
+        assert (f["loss_cate"]["type"], f["loss_cate"]["use_sigmoid"], f["loss_ins"]["type"]) == ("FocalLoss", True, "DiceLoss")
+        assert (cfg.focal_alpha, cfg.focal_gamma, cfg.cate_weight) == (
+            f["loss_cate"]["alpha"], f["loss_cate"]["gamma"], f["loss_cate"]["loss_weight"]), path.name
+        assert cfg.mask_weight == f["loss_ins"]["loss_weight"] and f["bbox_head"]["sigma"] == 0.2, path.name
+
+
 def test_family_is_registered():
     from rtseg.families import FAMILIES, family_of
 
