@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--seed", type=int, default=0, help="random seed (use different seeds for train / val / test)")
     syn.add_argument("--size", default="384x512", help="HxW of the images (default 384x512)")
     syn.add_argument("--overwrite", action="store_true", help="replace a previous set in OUT")
+    syn.add_argument("--workers", type=_positive_int, default=1,
+                     help="processes rendering in parallel (same files for any number; default 1)")
 
     tr = sub.add_parser("train", help="train a model on a COCO-format folder")
     tr.add_argument("--model", default=DEFAULT_MODEL, help=f"model variant (default {DEFAULT_MODEL})")
@@ -149,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
+    tr.add_argument("--workers", type=int, default=0,
+                    help="data-loading processes (default 0: load in the training process)")
 
     ev = sub.add_parser("eval", help="COCO mask and box AP (pycocotools) and FPS on a COCO-format folder")
     ev.add_argument("--model", default=DEFAULT_MODEL)
@@ -197,7 +201,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--size must be HxW, e.g. 384x512, got '{args.size}'") from None
     path = generate_dataset(args.out, images=args.images, seed=args.seed, size=(h, w), overwrite=args.overwrite,
-                            progress=True)
+                            progress=True, workers=args.workers)
     print(f"wrote {args.images} images and {path}")
     return 0
 
@@ -210,7 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(model=args.model, data=args.data, out=args.out, iterations=args.iterations,
                    batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
                    warmup_iters=args.warmup_iters, init_weights=args.init_weights, resume=args.resume,
-                   val_data=args.val_data, checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device)
+                   val_data=args.val_data, checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                   workers=args.workers)
     print(f"trained {args.model} to iteration {result.iterations} in {result.seconds / 60:.1f} min; "
           f"final weights {result.final_weights}")
     return result.exit_code

@@ -23,6 +23,7 @@ same images as a smaller one.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -77,9 +78,26 @@ def image_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 
+def _render_one(job: tuple) -> tuple[str, list[tuple]]:
+    """Render and write image ``k``; return its file name and ``(rle, area, box, class)`` per object."""
+    from rtseg.synthetic import render_scene
+
+    seed, k, h, w, lo, hi, out_dir, ext, params = job
+    scene = render_scene(image_rng(seed, k), (h, w), (lo, hi))
+    file_name = f"{k:06d}{ext}"
+    path = os.path.join(out_dir, "images", file_name)
+    if not cv2.imwrite(path, scene.image, list(params)):
+        raise ConfigError(f"could not write image '{path}' (is the folder writable and the disk not full?)")
+    rles = scene.to_instances().to_rle()  # pycocotools compressed RLE, counts as str
+    areas = scene.masks.reshape(len(rles), -1).sum(axis=1) if rles else []
+    objects = [(rle, float(area), tuple(float(v) for v in box), int(cls))
+               for rle, area, box, cls in zip(rles, areas, scene.boxes, scene.class_ids)]
+    return file_name, objects
+
+
 def generate_dataset(out_dir: str, *, images: int, seed: int, size: tuple[int, int] = (384, 512),
                      n_objects: tuple[int, int] = (2, 8), image_format: str = "png",
-                     overwrite: bool = False, progress: bool = False) -> str:
+                     overwrite: bool = False, progress: bool = False, workers: int = 1) -> str:
     """Render ``images`` synthetic scenes into a COCO-format folder; returns the path of
     its ``annotations.json``.
 
@@ -93,40 +111,45 @@ def generate_dataset(out_dir: str, *, images: int, seed: int, size: tuple[int, i
         n_objects: ``(min, max)`` objects drawn per image (fewer may stay visible).
         image_format: ``"png"`` (lossless, default) or ``"jpg"`` (quality 95).
         progress: print a line to stderr every 10% of images.
+        workers: processes rendering images in parallel; the files are the same for any
+            number (image ``k`` depends only on ``seed`` and ``k``).
 
     Categories are ids ``1..5`` named by :data:`rtseg.synthetic.CLASS_NAMES`;
     annotations hold compressed RLE (``counts`` a string), ``area`` in pixels, tight
     ``bbox`` ``[x, y, w, h]`` with the pixel-edge convention, and ``iscrowd`` 0.
     """
     from rtseg import __version__ as rtseg_version
-    from rtseg.synthetic import CLASS_NAMES, render_scene
+    from rtseg.synthetic import CLASS_NAMES
 
     (h, w), (lo, hi) = _check_args(images, seed, size, n_objects, image_format)
     _prepare_folder(out_dir, overwrite)
     ext, params = _FORMATS[image_format]
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
     image_entries, annotations = [], []
-    for k in range(images):
-        scene = render_scene(image_rng(seed, k), (h, w), (lo, hi))
-        file_name = f"{k:06d}{ext}"
-        path = os.path.join(out_dir, "images", file_name)
-        if not cv2.imwrite(path, scene.image, list(params)):
-            raise ConfigError(f"could not write image '{path}' (is the folder writable and the disk not full?)")
-        image_entries.append({"id": k, "file_name": file_name, "height": h, "width": w})
-        rles = scene.to_instances().to_rle()  # pycocotools compressed RLE, counts as str
-        areas = scene.masks.reshape(len(rles), -1).sum(axis=1) if rles else []
-        for rle, area, box, cls in zip(rles, areas, scene.boxes, scene.class_ids):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            annotations.append({
-                "id": len(annotations) + 1,  # pycocotools' matcher needs ids > 0
-                "image_id": k,
-                "category_id": int(cls) + 1,
-                "segmentation": rle,
-                "area": float(area),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "iscrowd": 0,
-            })
-        if progress and images >= 10 and (k + 1) % max(1, images // 10) == 0:
-            print(f"generated {k + 1}/{images} images", file=sys.stderr, flush=True)
+    jobs = [(seed, k, h, w, lo, hi, out_dir, ext, params) for k in range(images)]
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        rendered = pool.imap(_render_one, jobs, chunksize=8) if pool else map(_render_one, jobs)
+        for k, (file_name, objects) in enumerate(rendered):
+            image_entries.append({"id": k, "file_name": file_name, "height": h, "width": w})
+            for rle, area, box, cls in objects:
+                x1, y1, x2, y2 = box
+                annotations.append({
+                    "id": len(annotations) + 1,  # pycocotools' matcher needs ids > 0
+                    "image_id": k,
+                    "category_id": cls + 1,
+                    "segmentation": rle,
+                    "area": area,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "iscrowd": 0,
+                })
+            if progress and images >= 10 and (k + 1) % max(1, images // 10) == 0:
+                print(f"generated {k + 1}/{images} images", file=sys.stderr, flush=True)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
 
     coco = {
         "info": {
