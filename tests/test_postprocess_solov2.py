@@ -243,6 +243,13 @@ def test_postprocess_matches_loop_reference(seed, kernel):
     np.testing.assert_array_equal(res.boxes.numpy(), masks_to_boxes(res.masks).numpy())
 
 
+def test_cell_strides_follow_levels_in_order():
+    expected = []
+    for grid, stride in zip(LIGHT.num_grids, LIGHT.strides):
+        expected += [float(stride)] * (grid * grid)
+    assert cell_strides(LIGHT).tolist() == expected and len(expected) == 3872
+
+
 def test_postprocess_area_filter_is_strict_greater_than_stride():
     cfg = tiny_cfg(num_grids=(2, 2, 2, 2, 2), strides=(8, 8, 16, 32, 32))
     g = cfg.num_cells
