@@ -46,7 +46,7 @@ def test_matches_official_outputs(name, image, tmp_path):
     np.testing.assert_allclose(out["coef"][0, rows].numpy(), ref["coeff_rows"], rtol=1e-4, atol=1e-5)
     ys, xs = torch.from_numpy(ref["proto_y"]), torch.from_numpy(ref["proto_x"])
     np.testing.assert_allclose(out["proto"][0][ys][:, xs].numpy(), ref["proto_samples"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(seg.priors[rows].numpy(), ref["priors_rows"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(seg.net.priors[rows].numpy(), ref["priors_rows"], rtol=1e-6, atol=1e-7)
 
     inst = seg.postprocess(out, image.shape[:2])
     if "mask_scores" in ref:
