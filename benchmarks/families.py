@@ -36,12 +36,14 @@ from rtseg.sources import open_source
 
 
 def default_models() -> list[str]:
-    """One model per family: the first variant that ships built-in weights."""
+    """One model per family: the variant with built-in weights, else the smallest input
+    (rtseg's real-time CPU model of that family)."""
     chosen = []
     for family in FAMILIES:
         names = [n for n, c in MODELS.items() if c.family == family]
         built_in = [n for n in names if builtin_weights_path(n)]
-        chosen.append((built_in or names)[0])
+        smallest = min(names, key=lambda n: MODELS[n].input_size[0] * MODELS[n].input_size[1])
+        chosen.append(built_in[0] if built_in else smallest)
     return chosen
 
 
@@ -72,14 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="pipeline inference workers (default: one per core, as 'rtseg run' on a CPU)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
+                        help="weights for a model without built-in ones (repeatable)")
     parser.add_argument("--json", help="also write the results as JSON")
     args = parser.parse_args(argv)
+    weights = dict(w.split("=", 1) for w in args.weights)
 
     models = args.models.split(",") if args.models else default_models()
     h, w = (int(v) for v in args.size.split("x"))
     segs = {}
     for name in models:
-        segs[name] = Segmenter(name, device=args.device)
+        segs[name] = Segmenter(name, device=args.device, weights=weights.get(name))
         segs[name].warmup()
     runs: dict[str, dict[str, list[float]]] = {n: {} for n in models}
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.frames} frames {w}x{h}, median of {args.repeats} interleaved rounds, "
           f"{hardware()['cpu']} ({os.cpu_count()} cores), GPU {hardware()['gpu']}, device {args.device}, "
           f"pipeline with {args.workers} workers")
-    print(f"{'model':<36}{'family':<12}{'input':>10}{'pre ms':>9}{'model ms':>10}{'post ms':>9}{'e2e FPS':>9}{'ratio':>7}")
+    print(f"{'model':<38}{'family':<12}{'input':>10}{'pre ms':>9}{'model ms':>10}{'post ms':>9}{'e2e FPS':>9}{'ratio':>7}")
     for name, r in rows.items():
         cfg = MODELS[name]
         size = "x".join(map(str, cfg.input_size))
-        print(f"{name:<36}{cfg.family:<12}{size:>10}{r['preprocess_ms']:>9.1f}{r['model_ms']:>10.1f}"
+        print(f"{name:<38}{cfg.family:<12}{size:>10}{r['preprocess_ms']:>9.1f}{r['model_ms']:>10.1f}"
               f"{r['postprocess_ms']:>9.1f}{r['end_to_end_fps']:>9.2f}{r['end_to_end_fps'] / first:>7.2f}")
     if args.json:
         result = {"date": datetime.date.today().isoformat(), **hardware(), "frames": args.frames,

@@ -292,3 +292,23 @@ def test_postprocess_does_not_modify_outputs():
     copies = {k: v.clone() for k, v in outputs.items()}
     postprocess(outputs, cfg, (30, 30))
     assert all(torch.equal(outputs[k], copies[k]) for k in outputs)
+
+
+def test_many_candidates_are_scored_in_chunks_with_the_same_result(monkeypatch):
+    """Above MAX_CANDIDATES_AT_ONCE candidates the masks are computed in chunks (memory);
+    the instances equal those of the all-at-once path."""
+    import rtseg.postprocess.solov2 as post
+    from rtseg.models import MODELS
+
+    cfg = MODELS["solov2_light_resnet18_half_384"]
+    g = torch.Generator().manual_seed(0)
+    cells = sum(n * n for n in cfg.num_grids)
+    outputs = {"cate": torch.rand(1, cells, len(cfg.class_names), generator=g),
+               "kernel": torch.randn(1, cells, 8, generator=g),
+               "mask_feat": torch.randn(1, 8, 96, 96, generator=g)}
+    whole = post.postprocess(outputs, cfg, (120, 160))
+    monkeypatch.setattr(post, "MAX_CANDIDATES_AT_ONCE", 100)
+    chunked = post.postprocess(outputs, cfg, (120, 160))
+    assert len(whole.scores) > 10
+    torch.testing.assert_close(chunked.scores, whole.scores)
+    assert torch.equal(chunked.class_ids, whole.class_ids) and torch.equal(chunked.masks, whole.masks)

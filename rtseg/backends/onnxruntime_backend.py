@@ -50,6 +50,10 @@ class OnnxRuntimeBackend:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's pool threads spin-wait after each run by default; that spinning takes the cores
+        # from the torch post-processing that follows (measured: whole frame 0.92x of torch's
+        # speed with spinning, see BENCHMARKS.md), so they sleep instead
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(path, sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own exception types

@@ -187,6 +187,14 @@ def masks_to_image(soft: torch.Tensor, cfg: Solov2Config, image_size: tuple[int,
     return F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False)[0] > cfg.mask_thr
 
 
+#: candidates (cell x class above ``score_thr``) whose masks are computed at once. Upstream
+#: computes all of them in one go; an untrained or odd network can pass hundreds of thousands
+#: (e.g. 3872 cells x 80 classes), which at 1/4 resolution needs tens of GB, so beyond this
+#: they go in chunks (same result: only the ``nms_pre`` best survive, and their masks are
+#: recomputed).
+MAX_CANDIDATES_AT_ONCE = 1024
+
+
 def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size: tuple[int, int], *,
                 score_threshold: float = 0.0, batch_index: int = 0) -> Solov2Result:
     """Eval-mode head outputs of one image -> final instances (upstream ``get_seg_single``).
@@ -225,17 +233,39 @@ def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size:
     if cell.numel() == 0:
         return empty()
     scores = cate[cell, cls]
-    soft = torch.sigmoid(dynamic_conv(mask_feat, kernels[cell]))
-    binary = soft > cfg.mask_thr
-    areas = binary.sum((1, 2)).to(soft.dtype)
-    keep = areas > cell_strides(cfg, device)[cell]
-    soft, binary, areas, scores, cls = soft[keep], binary[keep], areas[keep], scores[keep], cls[keep]
-    if scores.numel() == 0:
-        return empty()
-    scores = scores * (soft * binary).sum((1, 2)) / areas  # maskness
-    scores, order = scores.sort(descending=True, stable=True)
-    order, scores = order[: cfg.nms_pre], scores[: cfg.nms_pre]
-    soft, binary, areas, cls = soft[order], binary[order], areas[order], cls[order]
+    strides = cell_strides(cfg, device)
+    if cell.numel() <= MAX_CANDIDATES_AT_ONCE:
+        soft = torch.sigmoid(dynamic_conv(mask_feat, kernels[cell]))
+        binary = soft > cfg.mask_thr
+        areas = binary.sum((1, 2)).to(soft.dtype)
+        keep = areas > strides[cell]
+        soft, binary, areas, scores, cls = soft[keep], binary[keep], areas[keep], scores[keep], cls[keep]
+        if scores.numel() == 0:
+            return empty()
+        scores = scores * (soft * binary).sum((1, 2)) / areas  # maskness
+        scores, order = scores.sort(descending=True, stable=True)
+        order, scores = order[: cfg.nms_pre], scores[: cfg.nms_pre]
+        soft, binary, areas, cls = soft[order], binary[order], areas[order], cls[order]
+    else:  # the same steps in chunks (memory), then the nms_pre survivors' masks again
+        kept, kept_scores = [], []
+        for start in range(0, cell.numel(), MAX_CANDIDATES_AT_ONCE):
+            part = slice(start, start + MAX_CANDIDATES_AT_ONCE)
+            soft = torch.sigmoid(dynamic_conv(mask_feat, kernels[cell[part]]))
+            binary = soft > cfg.mask_thr
+            areas = binary.sum((1, 2)).to(soft.dtype)
+            keep = areas > strides[cell[part]]
+            maskness = (soft * binary).sum((1, 2))[keep] / areas[keep]
+            kept.append(torch.nonzero(keep).squeeze(1) + start)
+            kept_scores.append(scores[part][keep] * maskness)
+        index, scores = torch.cat(kept), torch.cat(kept_scores)
+        if scores.numel() == 0:
+            return empty()
+        scores, order = scores.sort(descending=True, stable=True)
+        index, scores = index[order[: cfg.nms_pre]], scores[: cfg.nms_pre]
+        cell, cls = cell[index], cls[index]
+        soft = torch.sigmoid(dynamic_conv(mask_feat, kernels[cell]))
+        binary = soft > cfg.mask_thr
+        areas = binary.sum((1, 2)).to(soft.dtype)
     scores = matrix_nms(binary, cls, scores, kernel=cfg.nms_kernel, sigma=cfg.nms_sigma, areas=areas)
     keep = scores >= cfg.update_thr
     soft, scores, cls = soft[keep], scores[keep], cls[keep]
