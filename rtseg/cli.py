@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="symbolic batch dimension; for engines the optimisation profile, e.g. 1,4,8")
     ex.add_argument("--opset", type=int, default=19, help="ONNX opset, 9..20 (default 19: DeformConv)")
     ex.add_argument("--out", help="output .onnx path (default engines/<model>.onnx)")
+    ex.add_argument("--half", action="store_true",
+                    help="export in float16 (what a --strongly-typed TensorRT engine then runs in)")
     _add_engine_args(ex)
 
     be = sub.add_parser("build-engine", help="build a TensorRT engine from an 'rtseg export' ONNX file")
@@ -267,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "part of the variant (anchors, grids): pick a variant with that size ('rtseg models')")
     out = args.out or os.path.join(args.engine_dir, f"{args.model}.onnx")
     result = export_onnx(seg.net, seg.config, out, batch=args.batch, dynamic_batch=profile is not None,
-                         opset=args.opset, weights=seg.weights_path)
+                         opset=args.opset, weights=seg.weights_path, half=args.half)
     outputs = ", ".join(f"{o['name']}{o['shape']}" for o in result.manifest["outputs"])
     print(f"wrote {result.path} (input {result.manifest['input']['shape']}; outputs {outputs}) and {result.manifest_path}")
     if args.format == "engine":

@@ -215,3 +215,18 @@ def test_eval_gives_the_same_ap_with_both_backends(builtin_pair, tmp_path):
     assert by_torch.segm["AP"] > 0.2  # the built-in model really segments these
     assert abs(by_torch.segm["AP"] - by_ort.segm["AP"]) <= 0.005
     assert abs(by_torch.bbox["AP"] - by_ort.bbox["AP"]) <= 0.005
+
+
+def test_half_export_carries_float16_and_stays_close_to_torch(tmp_path, photo):
+    seg = Segmenter(DEFAULT_MODEL)
+    result = export_onnx(seg.net, seg.config, str(tmp_path / "half.onnx"), half=True)
+    model = onnx.load(result.path)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert result.manifest["input"]["dtype"] == "float16"
+    assert next(seg.net.parameters()).dtype == torch.float32  # the segmenter's own network is untouched
+    batch = seg.preprocess(photo)
+    ref = seg.infer(batch)
+    got = OnnxRuntimeBackend(result.path, model=DEFAULT_MODEL, device=torch.device("cpu"))(batch)
+    for name in ref:
+        assert got[name].dtype == torch.float32
+        assert rel_err(got[name], ref[name]) <= 2e-2, name  # float16 precision

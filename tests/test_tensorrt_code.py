@@ -177,3 +177,10 @@ def test_calibration_batches_come_from_a_folder_of_images(tmp_path):
     assert [b.shape for b in batches] == [(2, 3, 32, 32), (2, 3, 32, 32)]  # the odd fifth image is left out
     assert seen == [(48, 64, 3)] * 5
     assert batches[1][0, 0, 0, 0] == 3 and batches[1].flags["C_CONTIGUOUS"]
+
+
+def test_a_strongly_typed_engine_records_the_graphs_precision(tmp_path):
+    manifest = {"model": "m", "family": "yolact", "input": {"name": "images", "shape": [1, 3, 8, 8], "dtype": "float16"}}
+    m = engine_manifest(_onnx(tmp_path), manifest, BuildSettings(precision="fp32", strongly_typed=True), FACTS, [1, 3, 8, 8])
+    assert m["precision"] == "onnx-float16" and m["strongly_typed"] is True
+    assert "--strongly-typed" in engine.rebuild_command(m) and "--precision" not in engine.rebuild_command(m)

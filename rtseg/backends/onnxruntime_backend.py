@@ -68,6 +68,8 @@ class OnnxRuntimeBackend:
         found = list(batch.shape)
         if len(found) != len(expected) or any(isinstance(e, int) and e != f for e, f in zip(expected, found)):
             raise EngineError(f"ONNX graph takes input {expected}, got {found}")
-        x = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
+        dtype = torch.float16 if self.manifest["input"].get("dtype") == "float16" else torch.float32
+        x = np.ascontiguousarray(batch.detach().to("cpu", dtype).numpy())
         outs = self.session.run(self.output_names, {self.input_name: x})
-        return {n: torch.from_numpy(o).to(self.device) for n, o in zip(self.output_names, outs)}
+        # post-processing runs in float32 whatever precision the graph computed in
+        return {n: torch.from_numpy(o).to(self.device, torch.float32) for n, o in zip(self.output_names, outs)}

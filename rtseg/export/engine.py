@@ -115,7 +115,7 @@ class BuildSettings:
             raise ConfigError(f"batch profile must satisfy 1 <= min <= opt <= max, got {self.batch}")
         if self.strongly_typed and self.precision != "fp32":
             raise ConfigError("a strongly typed engine takes its precision from the ONNX file; "
-                              "export the model in fp16 instead of passing --precision")
+                              "export it with 'rtseg export --half' for float16 instead of passing --precision")
         if self.workspace_mib < 64:
             raise ConfigError(f"workspace must be >= 64 MiB, got {self.workspace_mib}")
 
@@ -130,7 +130,9 @@ def engine_manifest(onnx_path: str, onnx_manifest: dict[str, Any], settings: Bui
         "tensorrt": machine.tensorrt,
         "gpu": machine.gpu,
         "compute_capability": machine.compute_capability,
-        "precision": settings.precision,
+        # strongly typed: the precision is the graph's own (float16 after 'rtseg export --half')
+        "precision": (f"onnx-{onnx_manifest['input'].get('dtype', 'float32')}" if settings.strongly_typed
+                      else settings.precision),
         "strongly_typed": settings.strongly_typed,
         "input": {"name": onnx_manifest["input"]["name"], "shape": input_shape, "batch_profile": list(settings.batch)},
         "onnx": os.path.abspath(onnx_path),
@@ -150,6 +152,8 @@ def engine_cache_key(manifest: dict[str, Any]) -> str:
 
 def rebuild_command(manifest: dict[str, Any]) -> str:
     prec = "" if manifest.get("strongly_typed") else f" --precision {manifest.get('precision', 'fp16')}"
+    if manifest.get("precision") == "int8":
+        prec += " --calibration <images or video>"
     typed = " --strongly-typed" if manifest.get("strongly_typed") else ""
     return f"rtseg build-engine --onnx {manifest.get('onnx', '<model.onnx>')}{prec}{typed}"
 

@@ -97,7 +97,8 @@ def manifest_path_for(path: str) -> str:
 
 
 def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_batch: bool = False,
-                opset: int = DEFAULT_OPSET, weights: str | None = None, simplify: bool = True) -> OnnxExport:
+                opset: int = DEFAULT_OPSET, weights: str | None = None, simplify: bool = True,
+                half: bool = False) -> OnnxExport:
     """Export ``net`` (any family's network, eval mode) to ``path``.
 
     Args:
@@ -108,6 +109,9 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
         opset: ONNX opset, within what TensorRT 10 parses (``9..20``; DCN needs ``>= 19``).
         weights: path of the weights file (hashed into the manifest), if any.
         simplify: run ``onnxsim`` after export.
+        half: export in float16 (weights, input and outputs): the precision a strongly typed
+            TensorRT network takes from the graph. The network is exported from a float16
+            copy; ``net`` itself is left as it is.
 
     Raises:
         ConfigError: a bad batch or opset.
@@ -128,8 +132,12 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
 
     net = net.eval()
     device = next(net.parameters()).device
+    if half:
+        import copy
+
+        net = copy.deepcopy(net).half()
     h, w = cfg.input_size
-    example = torch.zeros(batch, 3, h, w, device=device)
+    example = torch.zeros(batch, 3, h, w, device=device, dtype=torch.float16 if half else torch.float32)
     with torch.inference_mode():
         names = tuple(net(example).keys())
     wrapper = _NamedOutputs(net, names).eval()  # eval: the exporter restores the wrapper's mode afterwards
@@ -177,7 +185,7 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
         "model": cfg.name,
         "family": cfg.family,
         "class_names": list(cfg.class_names),
-        "input": {"name": INPUT_NAME, "shape": dims(model.graph.input[0]), "dtype": "float32"},
+        "input": {"name": INPUT_NAME, "shape": dims(model.graph.input[0]), "dtype": "float16" if half else "float32"},
         "outputs": [{"name": o.name, "shape": dims(o)} for o in model.graph.output],
         "opset": opset,
         "dynamic_batch": bool(dynamic_batch),
