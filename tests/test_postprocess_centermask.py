@@ -20,6 +20,7 @@ from rtseg.models import MODELS
 from rtseg.models.centermask import CenterMask, CenterMaskConfig
 from rtseg.models.vovnet import VoVNetSpec
 from rtseg.postprocess import centermask as post
+from rtseg.postprocess import to_numpy_instances
 
 LITE = MODELS["centermask2_lite_v19_slim_dw"]
 FULL = MODELS["centermask2_v39"]
@@ -271,7 +272,7 @@ def test_postprocess_nothing_above_threshold_gives_empty_result():
     out = _tiny_outputs(net)
     out = dict(out, cls_logits=torch.full_like(out["cls_logits"], -10.0))
     res = post.postprocess(out, net, TINY, (50, 70))
-    inst = post.to_numpy_instances(res, (50, 70))
+    inst = to_numpy_instances(res, (50, 70))
     assert len(inst) == 0 and inst.masks.shape == (0, 50, 70) and inst.image_size == (50, 70)
 
 

@@ -14,7 +14,8 @@ from reference_ops_solov2 import (dynamic_conv_reference, masks_to_boxes_referen
                                   matrix_nms_reference, postprocess_reference)
 from rtseg.models import MODELS
 from rtseg.postprocess.solov2 import (cell_strides, dynamic_conv, masks_to_boxes, masks_to_image, matrix_nms,
-                                      postprocess, preprocess, resized_shape, to_numpy_instances)
+                                      postprocess, preprocess, resized_shape)
+from rtseg.postprocess import to_numpy_instances
 from rtseg.structures import Instances
 
 SMALL = MODELS["solov2_light_resnet18_half_384"]

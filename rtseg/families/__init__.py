@@ -11,9 +11,9 @@ trainer and the CLI.
 from __future__ import annotations
 
 from rtseg.families.base import Family, ModelConfig
-from rtseg.families.yolact import YOLACT
 from rtseg.families.centermask import CENTERMASK
 from rtseg.families.solov2 import SOLOV2
+from rtseg.families.yolact import YOLACT
 
 FAMILIES: dict[str, Family] = {
     YOLACT.name: YOLACT,

@@ -11,6 +11,7 @@ import torch
 from rtseg.families.base import Family
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.postprocess import yolact as post
+from rtseg.postprocess import to_numpy_instances
 from rtseg.structures import Instances
 from rtseg.train.init import init_convs
 from rtseg.train.yolact_loss import YolactLossConfig, yolact_loss
@@ -27,7 +28,7 @@ def postprocess(outputs: dict[str, torch.Tensor], net: Yolact, cfg: YolactConfig
                 score_threshold: float) -> Instances:
     maskiou = getattr(net, "maskiou_net", None)
     result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold, maskiou_fn=maskiou)
-    return post.to_numpy_instances(result, image_size)
+    return to_numpy_instances(result, image_size)
 
 
 def loss(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: Yolact, cfg: YolactConfig,

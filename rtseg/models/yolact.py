@@ -23,7 +23,7 @@ functions in :mod:`rtseg.postprocess.yolact`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 from itertools import product
 from math import sqrt

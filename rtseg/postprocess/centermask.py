@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -344,15 +343,3 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
     masks = paste_masks(probs, boxes, (h, w), cfg.mask_threshold)
     return CenterMaskResult(boxes, scores, class_ids, masks)
 
-
-def to_numpy_instances(result: CenterMaskResult, image_size: tuple[int, int]):
-    """The one deliberate device->host copy: tensors -> :class:`rtseg.structures.Instances`."""
-    from rtseg.structures import Instances
-
-    return Instances(
-        boxes=result.boxes.detach().to("cpu", torch.float32).numpy().reshape(-1, 4),
-        scores=result.scores.detach().to("cpu", torch.float32).numpy().reshape(-1),
-        class_ids=result.class_ids.detach().to("cpu", torch.int64).numpy().reshape(-1),
-        masks=np.ascontiguousarray(result.masks.detach().cpu().numpy()),
-        image_size=(int(image_size[0]), int(image_size[1])),
-    )

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rtseg.models.solov2 import CAFFE_MEAN_BGR, CAFFE_STD_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Solov2Config
-from rtseg.structures import Instances
 
 #: stride of the mask features relative to the input (``MaskFeatHead`` output is at P2's 1/4)
 MASK_STRIDE = 4
@@ -278,15 +276,3 @@ def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size:
     masks = masks_to_image(soft, cfg, (h, w))
     return Solov2Result(masks_to_boxes(masks), scores, cls, masks)
 
-
-def to_numpy_instances(result: Solov2Result, image_size: tuple[int, int]) -> Instances:
-    """The one deliberate device->host copy: tensors -> :class:`rtseg.structures.Instances`."""
-    if result.scores.shape[0] == 0:
-        return Instances.empty(image_size)
-    return Instances(
-        boxes=result.boxes.detach().to("cpu", torch.float32).numpy().reshape(-1, 4),
-        scores=result.scores.detach().to("cpu", torch.float32).numpy().reshape(-1),
-        class_ids=result.class_ids.detach().to("cpu", torch.int64).numpy().reshape(-1),
-        masks=np.ascontiguousarray(result.masks.detach().cpu().numpy()),
-        image_size=(int(image_size[0]), int(image_size[1])),
-    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -219,15 +218,3 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
     pixel_boxes = torch.stack([x1, y1, x2, y2], dim=1)
     return YolactResult(pixel_boxes, scores, class_ids, masks_to_image(soft, (h, w)))
 
-
-def to_numpy_instances(result: YolactResult, image_size: tuple[int, int]):
-    """The one deliberate device->host copy: tensors -> :class:`rtseg.structures.Instances`."""
-    from rtseg.structures import Instances
-
-    return Instances(
-        boxes=result.boxes.detach().to("cpu", torch.float32).numpy().reshape(-1, 4),
-        scores=result.scores.detach().to("cpu", torch.float32).numpy().reshape(-1),
-        class_ids=result.class_ids.detach().to("cpu", torch.int64).numpy().reshape(-1),
-        masks=np.ascontiguousarray(result.masks.detach().cpu().numpy()),
-        image_size=(int(image_size[0]), int(image_size[1])),
-    )
