@@ -108,10 +108,18 @@ def masks_to_image_reference(soft: np.ndarray, resized: tuple[int, int], image_s
 
 def postprocess_reference(cate: np.ndarray, kernels: np.ndarray, mask_feat: np.ndarray, cell_strides: np.ndarray,
                           cfg, resized: tuple[int, int], image_size: tuple[int, int]):
-    """``get_seg_single`` one candidate at a time: returns ``(classes, scores, masks)`` lists.
+    """Point NMS per level, then ``get_seg_single`` one candidate at a time: returns
+    ``(classes, scores, masks)`` lists. ``cate``: sigmoid scores ``[G, C]`` as the network
+    gives them (cells of each level row-major).
 
     Sorting is by score, ties by candidate order (cell-major, then class).
     """
+    levels, start = [], 0
+    for s in cfg.num_grids:
+        level = cate[start: start + s * s].reshape(s, s, -1).transpose(2, 0, 1)
+        levels.append(point_nms_reference(level).transpose(1, 2, 0).reshape(s * s, -1))
+        start += s * s
+    cate = np.concatenate(levels, 0)
     cands = []
     for cell in range(cate.shape[0]):
         for cls in range(cate.shape[1]):

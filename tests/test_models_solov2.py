@@ -19,7 +19,8 @@ from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import MODELS, SYNTHETIC_CLASSES
 from rtseg.models.checkpoint import load_weights
 from rtseg.models.mmdet_resnet import make_conv
-from rtseg.models.solov2 import Solov2, Solov2Config, point_nms
+from rtseg.models.solov2 import Solov2, Solov2Config
+from rtseg.postprocess.solov2 import point_nms, point_nms_cells
 from rtseg.models.solov2_checkpoints import convert_state_dict, detect_layout
 from reference_ops_solov2 import point_nms_reference
 
@@ -200,7 +201,7 @@ def test_output_names_and_shapes(name):
     assert ((ev["cate"] >= 0) & (ev["cate"] <= 1)).all()
 
 
-def test_eval_cate_is_point_nms_of_sigmoid_of_train_logits_cell_order_row_major():
+def test_eval_cate_is_sigmoid_of_train_logits_and_point_nms_cells_is_per_level_row_major():
     cfg = MODELS[SMALL]
     net = Solov2(cfg)
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
@@ -211,6 +212,8 @@ def test_eval_cate_is_point_nms_of_sigmoid_of_train_logits_cell_order_row_major(
     with torch.no_grad():
         logits = net(x)["cate_logits"][0]
         cate = net.eval()(x)["cate"][0]
+    torch.testing.assert_close(cate, torch.sigmoid(logits))
+    cate = point_nms_cells(cate, cfg.num_grids)
     start = 0
     for s in cfg.num_grids:
         level = torch.sigmoid(logits[start: start + s * s]).reshape(s, s, -1).permute(2, 0, 1)  # [C, S, S]

@@ -23,7 +23,7 @@ variant listed here (light-448 R-18/34/50 and light-512 DCN included); the other
 are converted by :meth:`Solov2.load_official_state_dict`.
 
 The module returns named raw head outputs (fixed shapes, no data-dependent control flow, so
-it exports to ONNX); everything after the point NMS lives in :mod:`rtseg.postprocess.solov2`.
+it exports to ONNX); everything from the point NMS on lives in :mod:`rtseg.postprocess.solov2`.
 """
 
 from __future__ import annotations
@@ -154,16 +154,6 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([xs, ys], dim=1)
 
 
-def point_nms(heat: torch.Tensor) -> torch.Tensor:
-    """SOLO's "point NMS": keep a score only where it equals the max of the 2x2 window whose
-    bottom-right corner it is (``max_pool2d(k=2, stride=1, padding=1)[..., :-1, :-1]``).
-
-    ``heat float32[B, C, S, S]`` (sigmoid scores) -> same shape, non-maxima set to 0. Ties keep
-    every tied cell, as upstream (``hmax == heat``)."""
-    hmax = F.max_pool2d(heat, 2, stride=1, padding=1)[..., :-1, :-1]
-    return heat * (hmax == heat).to(heat.dtype)
-
-
 class ConvModule(nn.Module):
     """mmdet's ``ConvModule`` key layout: ``conv`` (+ ``gn``), then an optional ReLU."""
 
@@ -286,8 +276,11 @@ class Solov2(nn.Module):
     ``H, W`` multiples of 32) returns a dict, with ``G = cfg.num_cells`` grid cells (levels in
     order, each row-major), ``C`` classes and ``E = cfg.mask_channels``:
 
-    - eval mode: ``cate``: ``float32[B, G, C]`` category scores after sigmoid and
-      :func:`point_nms` (what upstream's ``get_seg`` reads)
+    - eval mode: ``cate``: ``float32[B, G, C]`` category scores after sigmoid. Upstream's
+      "point NMS" (keep a score only where it is the max of its 2x2 window) follows in
+      post-processing (:func:`rtseg.postprocess.solov2.point_nms_cells`), not in the graph:
+      an equality test between neighbouring scores flips on the last-bit differences between
+      backends (ONNX Runtime, TensorRT FP16), so it must run on one set of numbers.
     - training mode: ``cate_logits``: ``float32[B, G, C]`` raw logits (what the loss reads)
     - ``kernel``: ``float32[B, G, E]`` dynamic 1x1 mask kernels, one per cell
     - ``mask_feat``: ``float32[B, E, H/4, W/4]`` unified mask features
@@ -312,7 +305,7 @@ class Solov2(nn.Module):
         if self.training:
             out["cate_logits"] = _flatten_cells(cates)
         else:
-            out["cate"] = _flatten_cells([point_nms(torch.sigmoid(c)) for c in cates])
+            out["cate"] = _flatten_cells([torch.sigmoid(c) for c in cates])
         return out
 
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

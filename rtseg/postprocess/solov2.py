@@ -82,6 +82,29 @@ def cell_strides(cfg: Solov2Config, device: torch.device | str = "cpu") -> torch
     return torch.repeat_interleave(torch.tensor(cfg.strides, dtype=torch.float32, device=device), counts)
 
 
+def point_nms(heat: torch.Tensor) -> torch.Tensor:
+    """SOLO's "point NMS": keep a score only where it equals the max of the 2x2 window whose
+    bottom-right corner it is (``max_pool2d(k=2, stride=1, padding=1)[..., :-1, :-1]``).
+
+    ``heat float32[B, C, S, S]`` (sigmoid scores) -> same shape, non-maxima set to 0. Ties keep
+    every tied cell, as upstream (``hmax == heat``)."""
+    hmax = F.max_pool2d(heat, 2, stride=1, padding=1)[..., :-1, :-1]
+    return heat * (hmax == heat).to(heat.dtype)
+
+
+def point_nms_cells(cate: torch.Tensor, num_grids: tuple[int, ...]) -> torch.Tensor:
+    """:func:`point_nms` on the network's flattened cells: ``float32[G, C]`` (levels in order,
+    cells row-major, ``G = sum S_i^2``) -> the same shape."""
+    if cate.shape[0] != sum(s * s for s in num_grids):
+        raise ValueError(f"cate has {cate.shape[0]} cells, grids {num_grids} make {sum(s * s for s in num_grids)}")
+    out, start = [], 0
+    for s in num_grids:
+        level = cate[start: start + s * s].reshape(s, s, -1).permute(2, 0, 1)[None]  # [1, C, S, S]
+        out.append(point_nms(level)[0].permute(1, 2, 0).reshape(s * s, -1))
+        start += s * s
+    return torch.cat(out, 0)
+
+
 def dynamic_conv(mask_feat: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """The dynamic 1x1 convolution: ``mask_feat float32[E, h, w]`` with one kernel per instance
     ``kernels float32[N, E]`` -> mask logits ``float32[N, h, w]`` (upstream
@@ -198,13 +221,13 @@ def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size:
     """Eval-mode head outputs of one image -> final instances (upstream ``get_seg_single``).
 
     Args:
-        outputs: the network's named outputs (``cate`` after sigmoid + point NMS,
+        outputs: the network's named outputs (``cate`` after sigmoid,
             ``kernel``, ``mask_feat``), batched; see :class:`rtseg.models.solov2.Solov2`.
         image_size: ``(H, W)`` of the original image; masks and boxes are returned in it.
         score_threshold: instances whose final score is ``<=`` this are dropped before the
             masks are upsampled (0 keeps all; upstream has no such step).
 
-    Steps (all vectorised): cells x classes with score ``> score_thr``; their kernels
+    Steps (all vectorised): :func:`point_nms_cells`; cells x classes with score ``> score_thr``; their kernels
     convolved with the mask features (:func:`dynamic_conv`), sigmoid; binary masks
     ``> mask_thr``; drop masks whose area (at 1/4 resolution) is ``<=`` their level's stride;
     score *= maskness (mean soft value inside the binary mask); keep the ``nms_pre`` best;
@@ -216,7 +239,7 @@ def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size:
     if "cate" not in outputs:
         raise ValueError("postprocess needs eval-mode outputs ('cate' scores); got keys "
                          f"{sorted(outputs)} (put the network in eval mode)")
-    cate = outputs["cate"][batch_index]  # [G, C]
+    cate = point_nms_cells(outputs["cate"][batch_index], cfg.num_grids)  # [G, C]
     kernels = outputs["kernel"][batch_index]  # [G, E]
     mask_feat = outputs["mask_feat"][batch_index]  # [E, h, w]
     h, w = int(image_size[0]), int(image_size[1])
