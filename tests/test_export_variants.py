@@ -36,8 +36,22 @@ def test_variant_exports_and_onnxruntime_matches_torch(name, tmp_path):
     a = ref_seg.postprocess(ref, image.shape[:2])
     b = ort_seg.postprocess(got, image.shape[:2])
     assert len(a) == len(b)
-    np.testing.assert_array_equal(a.class_ids, b.class_ids)
-    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
-    np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
-    if len(a):
-        assert (a.masks != b.masks).mean() < 1e-3
+    for i, j in enumerate(_pair(a, b)):
+        assert a.class_ids[i] == b.class_ids[j]
+        assert abs(a.scores[i] - b.scores[j]) <= 1e-4
+        np.testing.assert_allclose(a.boxes[i], b.boxes[j], atol=0.5)
+        assert (a.masks[i] != b.masks[j]).mean() < 1e-3
+
+
+def _pair(a, b) -> list[int]:
+    """For each instance of ``a``, the index of the same instance in ``b``: the same order,
+    except that instances whose scores differ by less than 1e-4 may come in either order
+    (with random weights such near-ties are common, and the last bits decide them)."""
+    pairs, used = [], set()
+    for i in range(len(a)):
+        near = [j for j in range(len(b)) if j not in used and abs(a.scores[i] - b.scores[j]) <= 1e-4
+                and a.class_ids[i] == b.class_ids[j]]
+        j = max(near, key=lambda j: (a.masks[i] == b.masks[j]).mean(), default=i)
+        used.add(j)
+        pairs.append(j)
+    return pairs

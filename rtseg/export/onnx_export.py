@@ -126,7 +126,9 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
         import onnx
     except ImportError:
         raise EngineError("ONNX export needs the 'onnx' package: pip install 'rtseg[onnx]'") from None
-    uses_dcn = any(type(m).__name__ == "ModulatedDeformConv2d" for m in net.modules())
+    # rtseg's deformable convolutions (YOLACT++ DCNv2, mmdet-style DCN / DCNv2 in SOLOv2) all call
+    # torchvision.ops.deform_conv2d from a module whose class name says DeformConv
+    uses_dcn = any("DeformConv" in type(m).__name__ for m in net.modules())
     if uses_dcn and opset < 19:
         raise ConfigError(f"model {cfg.name} has deformable convolutions: ONNX DeformConv needs opset >= 19, got {opset}")
 
