@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import zlib
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,20 +80,22 @@ def uniform_from_key(key: str, shape: Sequence[int], low: float, high: float) ->
     return (low + (high - low) * unit).astype(np.float32).reshape(tuple(shape))
 
 
-def _weight_gain(key: str) -> float:
+def by_key_part(key: str, table: Mapping[str, Any], default: Any) -> Any:
+    """The value of the first entry of ``table`` whose name is one of ``key``'s dot-separated
+    parts (e.g. a gain for every tensor under ``fpn.pred_layers``), else ``default``."""
     parts = key.split(".")
-    for part, gain in WEIGHT_GAIN_BY_KEY_PART.items():
+    for part, value in table.items():
         if part in parts:
-            return gain
-    return 1.0
+            return value
+    return default
+
+
+def _weight_gain(key: str) -> float:
+    return by_key_part(key, WEIGHT_GAIN_BY_KEY_PART, 1.0)
 
 
 def _bias_range(key: str) -> tuple[float, float]:
-    parts = key.split(".")
-    for part, bias_range in BIAS_RANGE_BY_KEY_PART.items():
-        if part in parts:
-            return bias_range
-    return CONV_BIAS_RANGE
+    return by_key_part(key, BIAS_RANGE_BY_KEY_PART, CONV_BIAS_RANGE)
 
 
 def _num_classes(conf_bias_key: str, conf_bias_shape: Sequence[int], key_shapes: Mapping) -> int:

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from official_reference import uniform_from_key
+from official_reference import by_key_part, uniform_from_key
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "official"
 
@@ -39,11 +39,7 @@ WEIGHT_GAIN_BY_KEY_PART = {
 
 
 def _gain(key: str) -> float:
-    parts = key.split(".")
-    for part, gain in WEIGHT_GAIN_BY_KEY_PART.items():
-        if part in parts:
-            return gain
-    return 1.0
+    return by_key_part(key, WEIGHT_GAIN_BY_KEY_PART, 1.0)
 
 
 def deterministic_state_dict(key_shapes: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
