@@ -137,12 +137,19 @@ def test_record_writes_every_frame(tmp_path):
     cap.release()
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default. A test runner started in the background by a
+    non-interactive shell inherits SIGINT *ignored*, and Python then installs no Ctrl-C handler,
+    so the signal this test sends would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signals_stop_the_run_cleanly_and_flush_the_recording(sig, tmp_path):
     out = tmp_path / "stopped.avi"
     summary_path = tmp_path / "summary.json"
     proc = subprocess.Popen([*RTSEG, "run", "--record", str(out), "--summary-json", str(summary_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out.exists() and out.stat().st_size > 0):
         time.sleep(0.2)
