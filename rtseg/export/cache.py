@@ -39,7 +39,5 @@ def cached_onnx(net: nn.Module, cfg: Any, weights: str | None, cache_dir: str | 
     path = os.path.join(folder, f"{cfg.name}-{onnx_cache_key(cfg, weights)}.onnx")
     if not (os.path.isfile(path) and os.path.isfile(os.path.splitext(path)[0] + ".json")):
         log.info("exporting %s to %s (once; reused while model and weights stay the same)", cfg.name, path)
-        was_training = net.training
         export_onnx(net, cfg, path, weights=weights)
-        net.train(was_training)
     return path

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
             TensorRT network takes from the graph. The network is exported from a float16
             copy; ``net`` itself is left as it is.
 
+    ``net`` is exported in eval mode and comes back in the mode it was in.
+
     Raises:
         ConfigError: a bad batch or opset.
         EngineError: a missing ``onnx`` / ``onnxsim`` package, a graph TensorRT would refuse
@@ -122,17 +125,27 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
         raise ConfigError(f"export batch must be an integer >= 1, got {batch!r}")
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET} (what TensorRT 10 parses), got {opset!r}")
-    try:
-        import onnx
-    except ImportError:
-        raise EngineError("ONNX export needs the 'onnx' package: pip install 'rtseg[onnx]'") from None
+    if importlib.util.find_spec("onnx") is None:
+        raise EngineError("ONNX export needs the 'onnx' package: pip install 'rtseg[onnx]'")
     # rtseg's deformable convolutions (YOLACT++ DCNv2, mmdet-style DCN / DCNv2 in SOLOv2) all call
     # torchvision.ops.deform_conv2d from a module whose class name says DeformConv
     uses_dcn = any("DeformConv" in type(m).__name__ for m in net.modules())
     if uses_dcn and opset < 19:
         raise ConfigError(f"model {cfg.name} has deformable convolutions: ONNX DeformConv needs opset >= 19, got {opset}")
 
-    net = net.eval()
+    was_training = net.training  # the caller's network comes back in the mode it was in
+    try:
+        return _export(net.eval(), cfg, path, batch=batch, dynamic_batch=dynamic_batch, opset=opset, weights=weights,
+                       simplify=simplify, half=half, uses_dcn=uses_dcn)
+    finally:
+        net.train(was_training)
+
+
+def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: bool, opset: int,
+            weights: str | None, simplify: bool, half: bool, uses_dcn: bool) -> OnnxExport:
+    """:func:`export_onnx` after its checks, with ``net`` in eval mode."""
+    import onnx
+
     device = next(net.parameters()).device
     if half:
         import copy

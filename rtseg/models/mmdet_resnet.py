@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torchvision.ops import deform_conv2d
 
+from rtseg.models import resnet
+
 #: the deformable convolution types of mmdet's ``build_conv_layer`` registry
 DCN_TYPES = ("DCN", "DCNv2")
 
@@ -90,28 +92,16 @@ def make_conv(conv_type: str | None, in_channels: int, out_channels: int, kernel
     raise ValueError(f"conv type must be None, 'Conv', 'DCN' or 'DCNv2', got {conv_type!r}")
 
 
-class BasicBlock(nn.Module):
-    """ResNet-18/34 block: two 3x3 convs (mmdet ``BasicBlock``; no DCN upstream)."""
-
-    expansion = 1
+class BasicBlock(resnet.BasicBlock):
+    """ResNet-18/34 block (mmdet ``BasicBlock``): rtseg's basic block, whose layers, key names
+    and forward pass are the same, with mmdet's constructor arguments (no DCN upstream;
+    ``style`` only moves the stride inside bottlenecks)."""
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
                  dcn: str | None = None, style: str = "pytorch") -> None:
-        super().__init__()
         if dcn is not None:
             raise ValueError(f"DCN is only defined for Bottleneck ResNets (50/101) upstream, got {dcn!r} on a BasicBlock")
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        super().__init__(inplanes, planes, stride, downsample)
 
 
 class Bottleneck(nn.Module):
