@@ -27,12 +27,15 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 import numpy as np
 
 from rtseg.errors import ConfigError, PublishError
 from rtseg.structures import Frame, Instances
+
+if TYPE_CHECKING:
+    from rtseg.keys import ClientKeys, ServerKeys
 
 logger = logging.getLogger(__name__)
 
@@ -390,14 +393,54 @@ def binds_all_interfaces(endpoint: str) -> bool:
     return host in ("*", "0.0.0.0", "::", "[::]", "[*]")
 
 
+def binds_loopback_only(endpoint: str) -> bool:
+    """True for an endpoint other machines cannot reach: ``ipc://``, ``inproc://``, or TCP on
+    a loopback address (``127.x.x.x``, ``::1``, ``localhost``, the ``lo`` interface)."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint.startswith(("ipc://", "inproc://"))
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    return host.startswith("127.") or host in ("::1", "localhost", "lo")
+
+
+#: where ``rtseg run --publish`` binds when given no endpoint: loopback only (docs/wire-format.md, section 8)
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
 @dataclass(frozen=True)
 class PublisherStats:
     """Counts since the publisher was made: messages ``sent`` (accepted by ZeroMQ),
-    ``dropped`` (refused because a subscriber's queue was full), and ``bytes_sent``."""
+    ``dropped`` (refused because a subscriber's queue was full), ``bytes_sent``, and
+    ``rejected_clients`` (CURVE handshakes refused)."""
 
     sent: int
     dropped: int
     bytes_sent: int
+    #: CURVE only: handshakes refused because the subscriber's public key is not allowed
+    rejected_clients: int = 0
+
+
+class _AllowedKeys:
+    """CURVE credentials check for :class:`zmq.auth.thread.ThreadAuthenticator` (runs in its
+    thread): a subscriber gets in if its public key is one of ``allowed``."""
+
+    def __init__(self, allowed: frozenset[bytes], endpoint: str) -> None:
+        self.allowed = allowed
+        self.endpoint = endpoint
+        self.rejected = 0
+        self._logged: set[bytes] = set()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        from zmq.utils import z85
+
+        encoded = z85.encode(key) if len(key) == 32 else key
+        if encoded in self.allowed:
+            return True
+        self.rejected += 1
+        if encoded not in self._logged and len(self._logged) < 100:  # once per key, bounded
+            self._logged.add(encoded)
+            logger.warning("refused a subscriber on %s: its public key %s is not in the allowed keys",
+                           self.endpoint, encoded.decode("ascii", "replace"))
+        return False
 
 
 class Publisher:
@@ -407,7 +450,15 @@ class Publisher:
     ``tcp://*:5555`` (every interface: reachable from the network, logged as a warning),
     ``tcp://127.0.0.1:*`` (a free port; read it back from :attr:`endpoint`) or
     ``ipc:///tmp/rtseg.sock``. ``sndhwm`` is how many messages ZeroMQ queues per
-    subscriber; ``linger_ms`` how long :meth:`close` may wait to flush them.
+    subscriber; ``linger_ms`` how long :meth:`close` may wait to flush them (so the last
+    frames of a run still reach subscribers that keep up).
+
+    ``curve_keys``: a key folder (``rtseg keys generate DIR``, see :mod:`rtseg.keys`) or
+    loaded :class:`rtseg.keys.ServerKeys`. The socket is then a CURVE server: traffic is
+    encrypted and only subscribers holding the secret key of one of the folder's
+    ``allowed_clients/*.key`` complete the handshake (checked by a
+    ``zmq.auth.thread.ThreadAuthenticator``); others receive nothing and are counted in
+    ``stats.rejected_clients``.
 
     :meth:`publish` never blocks. The socket sets ``ZMQ_XPUB_NODROP``, so a full queue is
     reported (and counted in :attr:`stats`) instead of silently dropped by ZeroMQ. The
@@ -424,7 +475,8 @@ class Publisher:
         *,
         topic: bytes = b"rtseg",
         sndhwm: int = 10,
-        linger_ms: int = 0,
+        linger_ms: int = 250,
+        curve_keys: "str | os.PathLike | ServerKeys | None" = None,
     ) -> None:
         if not isinstance(endpoint, str):
             raise ConfigError(f"publish endpoint must be a string like 'tcp://127.0.0.1:5555', got {type(endpoint).__name__}")
@@ -437,30 +489,66 @@ class Publisher:
         if isinstance(linger_ms, bool) or not isinstance(linger_ms, int) or linger_ms < -1:
             raise ConfigError(f"linger_ms must be an integer >= -1 (-1 = wait forever), got {linger_ms!r}")
         zmq = _import_zmq()
+        keys = None
+        if curve_keys is not None:
+            from rtseg.keys import ServerKeys, load_server_keys
+
+            keys = curve_keys if isinstance(curve_keys, ServerKeys) else load_server_keys(curve_keys)
         self._zmq = zmq
         self._class_names = list(class_names)
         self._topic = topic
         self._sent = self._dropped = self._bytes_sent = 0
         self._dropping = False
         self._context = zmq.Context()
+        self._auth = None
+        self._allowed: _AllowedKeys | None = None
         socket = self._context.socket(zmq.PUB)
         try:
             socket.setsockopt(zmq.SNDHWM, sndhwm)
             socket.setsockopt(zmq.LINGER, linger_ms)
             socket.setsockopt(zmq.XPUB_NODROP, 1)
+            if keys is not None:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                self._allowed = _AllowedKeys(keys.allowed_clients, endpoint)
+                self._auth = ThreadAuthenticator(self._context, log=logging.getLogger("rtseg.publish.auth"))
+                self._auth.start()
+                self._auth.configure_curve_callback("*", credentials_provider=self._allowed)
+                socket.curve_secretkey = keys.secret
+                socket.curve_publickey = keys.public
+                socket.curve_server = True
             socket.bind(endpoint)
         except zmq.ZMQError as exc:
             socket.close(linger=0)
+            self._stop_auth()
             self._context.term()
             raise PublishError(
                 f"cannot bind ZeroMQ PUB socket to {endpoint!r} (expected e.g. tcp://127.0.0.1:5555 or ipc:///tmp/rtseg.sock): {exc.strerror}"
             ) from None
         self._socket = socket
         self._endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        if binds_all_interfaces(endpoint):
-            logger.warning("publishing on %s: every network interface, reachable from the network (unencrypted)", self._endpoint)
+        if keys is not None:
+            protection = f"CURVE-encrypted, {len(keys.allowed_clients)} allowed subscriber key(s) from {keys.folder}"
         else:
-            logger.info("publishing on %s", self._endpoint)
+            protection = "unencrypted, no authentication"
+        if binds_all_interfaces(endpoint):
+            level = logging.INFO if keys is not None else logging.WARNING
+            logger.log(level, "publishing on %s: every network interface, reachable from the network (%s)", self._endpoint, protection)
+        elif not binds_loopback_only(endpoint):
+            level = logging.INFO if keys is not None else logging.WARNING
+            logger.log(level, "publishing on %s: reachable from the network (%s)", self._endpoint, protection)
+        else:
+            logger.info("publishing on %s: this machine only (%s)", self._endpoint, protection)
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    @property
+    def curve(self) -> bool:
+        """True when the socket is a CURVE server (``curve_keys`` was given)."""
+        return self._allowed is not None
 
     @property
     def endpoint(self) -> str:
@@ -469,7 +557,8 @@ class Publisher:
 
     @property
     def stats(self) -> PublisherStats:
-        return PublisherStats(sent=self._sent, dropped=self._dropped, bytes_sent=self._bytes_sent)
+        rejected = self._allowed.rejected if self._allowed is not None else 0
+        return PublisherStats(sent=self._sent, dropped=self._dropped, bytes_sent=self._bytes_sent, rejected_clients=rejected)
 
     @property
     def closed(self) -> bool:
@@ -502,6 +591,7 @@ class Publisher:
             return
         self._socket.close()
         self._socket = None
+        self._stop_auth()
         self._context.term()
 
     def __enter__(self) -> "Publisher":
@@ -524,6 +614,7 @@ def subscribe(
     topic: bytes = b"rtseg",
     timeout: float | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    curve_keys: "str | os.PathLike | ClientKeys | None" = None,
 ) -> Iterator[Message]:
     """Connect a SUB socket to ``endpoint`` and yield each decoded :class:`Message`.
 
@@ -534,6 +625,11 @@ def subscribe(
     ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``); malformed messages are logged, counted
     and skipped. Messages published before the subscription reaches the publisher are
     not received (ZeroMQ's "slow joiner").
+
+    ``curve_keys``: a key folder (:mod:`rtseg.keys`: ``client.key_secret`` and
+    ``server.key``) or loaded :class:`rtseg.keys.ClientKeys`, for a publisher that uses
+    CURVE. A publisher that does not accept the key (or a key for another publisher)
+    completes no handshake: nothing is received, and ``timeout`` ends the wait.
     """
     if not isinstance(endpoint, str):
         raise PublishError(f"subscribe endpoint must be a string like 'tcp://127.0.0.1:5555', found {type(endpoint).__name__}")
@@ -541,11 +637,22 @@ def subscribe(
         raise ConfigError(f"topic must be bytes, got {type(topic).__name__}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
         raise ConfigError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+    if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
+        raise ConfigError(f"max_message_bytes must be an integer >= 1, got {max_message_bytes!r}")
     zmq = _import_zmq()
+    keys = None
+    if curve_keys is not None:
+        from rtseg.keys import ClientKeys, load_client_keys
+
+        keys = curve_keys if isinstance(curve_keys, ClientKeys) else load_client_keys(curve_keys)
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     try:
         socket.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            socket.curve_secretkey = keys.secret
+            socket.curve_publickey = keys.public
+            socket.curve_serverkey = keys.server_public
         # Retry a refused connection every 20 ms (ZeroMQ's default is 100 ms), so a
         # subscriber started before the publisher misses as few first frames as possible.
         socket.setsockopt(zmq.RECONNECT_IVL, 20)
@@ -610,15 +717,18 @@ def run_subscriber(
     timeout: float | None = None,
     save_dir: str | None = None,
     out: TextIO | None = None,
+    curve_keys: str | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> int:
-    """``rtseg subscribe ENDPOINT [--topic T] [--count N] [--timeout S] [--save DIR]``; returns the exit code.
+    """``rtseg subscribe ENDPOINT [--topic T] [--count N] [--timeout S] [--save DIR] [--curve-keys DIR]``; returns the exit code.
 
     Prints one line per message to ``out`` (default ``sys.stdout``): seq, source,
     publish-to-receive latency in ms (wall clocks: across machines it includes their
     clock offset), number of instances and each class name and score. With ``save_dir``,
     writes ``<seq>.json`` per message: the header, the receive time and the masks as
     COCO RLEs (``Instances.to_rle()``). Stops after ``count`` messages, or after
-    ``timeout`` seconds without one.
+    ``timeout`` seconds without one. ``curve_keys``: a key folder for a CURVE publisher
+    (``--curve-keys DIR``); ``max_message_bytes``: larger messages are not accepted.
     """
     out = sys.stdout if out is None else out
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
@@ -629,7 +739,7 @@ def run_subscriber(
         except OSError as exc:
             raise ConfigError(f"--save must be a directory that can be created, got {save_dir!r}: {exc.strerror}") from None
     received = 0
-    messages = subscribe(endpoint, topic=topic, timeout=timeout)
+    messages = subscribe(endpoint, topic=topic, timeout=timeout, curve_keys=curve_keys, max_message_bytes=max_message_bytes)
     try:
         for message in messages:
             received_time = time.time()
