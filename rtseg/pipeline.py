@@ -91,13 +91,18 @@ class Summary:
     fps: float  #: processed frames / seconds between first capture and last output
     stages_ms: dict[str, dict[str, float]]
     stopped_by: str
+    #: live source: outages as ``[start, end]`` wall-clock times (last frame before, first
+    #: frame after; an outage that never ended ends when the source gave up)
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+    outage_seconds: float = 0.0  #: total length of ``gaps``
 
     def format(self) -> str:
         lines = [
             f"source {self.source}: read {self.frames_read}, processed {self.frames_processed}, "
             f"published {self.frames_published}, dropped {self.dropped_source + self.dropped_stale} "
             f"(source {self.dropped_source}, stale {self.dropped_stale}), corrupt skipped {self.skipped_corrupt}, "
-            f"publish dropped {self.publish_dropped}, reconnects {self.reconnects}",
+            f"publish dropped {self.publish_dropped}, reconnects {self.reconnects}"
+            + (f" ({len(self.gaps)} outage(s), {self.outage_seconds:.1f} s without frames)" if self.gaps else ""),
             f"{self.fps:.2f} FPS over {self.wall_seconds:.2f} s ({self.stopped_by})",
             f"{'stage':<14}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}",
         ]
@@ -349,6 +354,7 @@ class Pipeline:
         processed = self.frames_processed
         # throughput between the first capture and the last output (includes the first frame's latency)
         fps = processed / span if span > 0 else 0.0
+        gaps = [(float(a), float(b)) for a, b in getattr(stats, "gaps", [])]
         return Summary(
             source=self.source.source_id,
             frames_read=self.frames_read,
@@ -363,4 +369,6 @@ class Pipeline:
             fps=fps,
             stages_ms={k: v.percentiles_ms() for k, v in self.stages.items() if v.samples},
             stopped_by=self._stopped_by,
+            gaps=gaps,
+            outage_seconds=float(sum(b - a for a, b in gaps)),
         )

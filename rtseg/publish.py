@@ -621,9 +621,9 @@ def subscribe(
     A generator: the socket is made at the first ``next()`` (a bad endpoint raises
     :class:`PublishError` there) and closed when the generator ends or is closed.
     ``timeout`` (seconds): stop once that long passes with no valid message; ``None``
-    waits forever. ZeroMQ disconnects a peer that sends a part above
-    ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``); malformed messages are logged, counted
-    and skipped. Messages published before the subscription reaches the publisher are
+    waits forever. ZeroMQ drops the connection of a peer that sends a part above
+    ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``) before buffering it; the subscriber then
+    connects again (logged). Malformed messages are logged, counted and skipped. Messages published before the subscription reaches the publisher are
     not received (ZeroMQ's "slow joiner").
 
     ``curve_keys``: a key folder (:mod:`rtseg.keys`: ``client.key_secret`` and
@@ -647,6 +647,7 @@ def subscribe(
         keys = curve_keys if isinstance(curve_keys, ClientKeys) else load_client_keys(curve_keys)
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
+    monitor = None
     try:
         socket.setsockopt(zmq.LINGER, 0)
         if keys is not None:
@@ -664,13 +665,34 @@ def subscribe(
             raise PublishError(
                 f"cannot connect ZeroMQ SUB socket to {endpoint!r} (expected e.g. tcp://127.0.0.1:5555): {exc.strerror}"
             ) from None
-        malformed = 0
+        # libzmq ends a connection on a protocol error -- including a part above
+        # ZMQ_MAXMSGSIZE -- *without* reconnecting (session_base_t::engine_error), so one
+        # oversized message would silently end the subscription for good. A monitor sees
+        # the disconnect and the subscriber connects again.
+        monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        malformed = disconnects = 0
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if deadline is not None:
-                wait_ms = max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
-                if not socket.poll(wait_ms, zmq.POLLIN):
+            wait_ms = None if deadline is None else max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
+            ready = dict(poller.poll(wait_ms))
+            if monitor in ready:
+                monitor.recv_multipart()  # [event id + value, endpoint]: only DISCONNECTED is subscribed
+                disconnects += 1
+                logger.warning("connection to %s dropped (%d so far: publisher gone, or a message above "
+                               "max_message_bytes=%d); reconnecting", endpoint, disconnects, max_message_bytes)
+                try:
+                    socket.disconnect(endpoint)
+                except zmq.ZMQError:
+                    pass  # already gone
+                socket.connect(endpoint)
+                continue
+            if socket not in ready:
+                if deadline is not None and time.monotonic() >= deadline:
                     return
+                continue
             parts = socket.recv_multipart()
             try:
                 message = decode_message(parts, max_message_bytes=max_message_bytes)
@@ -682,6 +704,9 @@ def subscribe(
             if timeout is not None:
                 deadline = time.monotonic() + timeout
     finally:
+        if monitor is not None:
+            socket.disable_monitor()
+            monitor.close(linger=0)
         socket.close(linger=0)
         context.term()
 

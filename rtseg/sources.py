@@ -54,6 +54,10 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 #: a video file ends after this many failed reads in a row (a single corrupt frame makes
 #: one read fail, a truncated file makes every further read fail)
 MAX_CONSECUTIVE_DECODE_FAILURES = 25
+#: largest image (pixels) an image file may declare; OpenCV refuses larger ones before
+#: allocating (``OPENCV_IO_MAX_IMAGE_PIXELS``, default 2^30 = 3 GiB of BGR). 2^26 is
+#: 8192 x 8192, above 8K UHD (7680 x 4320); a decoded image then needs at most 192 MiB.
+MAX_IMAGE_PIXELS = 2**26
 #: reconnect back-off: first wait, doubling up to the cap
 RECONNECT_FIRST_DELAY_S = 0.5
 RECONNECT_MAX_DELAY_S = 8.0
@@ -78,6 +82,21 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
+
+
+def _limit_image_pixels() -> None:
+    """Cap what OpenCV's image decoders allocate for a file's declared size (see
+    :data:`MAX_IMAGE_PIXELS`), unless the user set ``OPENCV_IO_MAX_IMAGE_PIXELS``. OpenCV
+    reads the variable at its first image decode in the process, so this runs before it."""
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+
+
+def _cv2_reason(exc: Exception) -> str:
+    """The useful last line of a ``cv2.error`` (its first lines are a file/line banner)."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    if "CV_IO_MAX_IMAGE_PIXELS" in text:
+        return f"declared size above {MAX_IMAGE_PIXELS} pixels"
+    return text[:200]
 
 
 def _make_frame(seq: int, source_id: str, image: np.ndarray) -> Frame:
@@ -221,8 +240,10 @@ class ImageFilesSource(Source):
         self._seq_base = 0  # seq of position 0 in the current pass
         self._delivered_this_pass = 0
         self._first: Frame | None = None
+        self._last_skip_reason = ""
 
     def _open(self) -> None:
+        _limit_image_pixels()
         if self.path.is_dir():
             entries = sorted(self.path.iterdir(), key=lambda p: p.name)
             files = [p for p in entries if p.is_file()]
@@ -239,7 +260,7 @@ class ImageFilesSource(Source):
         first = self._next_image()
         if first is None:
             if len(self._paths) == 1:
-                raise self._error("the image could not be decoded")
+                raise self._error(f"the image could not be decoded ({self._last_skip_reason})")
             raise self._error(f"none of the {len(self._paths)} image files could be decoded")
         self._first = first
 
@@ -260,10 +281,15 @@ class ImageFilesSource(Source):
             path = self._paths[self._index]
             seq = self._seq_base + self._index
             self._index += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
+            reason = "not a decodable image"
+            try:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            except cv2.error as exc:  # e.g. a header declaring more than MAX_IMAGE_PIXELS
+                image, reason = None, _cv2_reason(exc)
+            if image is None or image.size == 0:
                 self.stats.frames_skipped += 1
-                log.warning("%s: skipped undecodable image %s", self.source_id, path.name)
+                self._last_skip_reason = reason
+                log.warning("%s: skipped undecodable image %s (%s)", self.source_id, path.name, reason)
                 continue
             self._delivered_this_pass += 1
             return _make_frame(seq, self.source_id, image)
@@ -370,8 +396,12 @@ class VideoFileSource(Source):
     def _next_frame(self) -> Frame | None:
         failures = 0
         while True:
-            ok, image = self._cap.read()
-            if ok and image is not None:
+            try:
+                ok, image = self._cap.read()
+            except cv2.error as exc:  # a decoder failure OpenCV raises instead of reporting
+                log.debug("%s: read failed at position %d: %s", self.source_id, self._position, _cv2_reason(exc))
+                ok, image = False, None
+            if ok and image is not None and image.size:
                 if failures:
                     self.stats.frames_skipped += failures
                     log.warning("%s: skipped %d undecodable frame(s) before position %d", self.source_id, failures, self._position)

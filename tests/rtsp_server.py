@@ -5,8 +5,11 @@ Two halves in one file:
 - ``main()`` runs under Debian's ``/usr/bin/python3`` (NOT the project venv), which has
   GObject introspection and GStreamer's RTSP server (packages ``python3-gi``,
   ``gir1.2-gst-rtsp-server-1.0``, ``gstreamer1.0-plugins-{base,good,ugly}``). It serves an
-  H.264 test stream (a moving ball with the running time burned in, so no two frames are
-  alike) at ``rtsp://127.0.0.1:PORT/test`` and prints ``READY <url>`` once it listens::
+  H.264 test stream at ``rtsp://127.0.0.1:PORT/test`` and prints ``READY <url>`` once it
+  listens. Every frame carries a visible stamp (:func:`stamp_image`, read back with
+  :func:`read_stamp`): its frame counter and the wall-clock time it was made, as blocks
+  big enough to survive H.264, so tests can tell duplicates, black frames and stale frames
+  apart and measure end-to-end latency::
 
       /usr/bin/python3 tests/rtsp_server.py --port 8554
       /usr/bin/python3 tests/rtsp_server.py --check   # exit 0 if everything needed is installed
@@ -31,20 +34,60 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = os.path.abspath(__file__)
 MOUNT = "/test"
 
-# 320x240 at 25 fps keeps x264 (ultrafast, zero latency) cheap on a 2-core machine. The
-# ball moves every frame; the burned-in running time (timeoverlay, from gstreamer1.0-x,
-# used when installed) makes every frame unique even where the ball pauses.
+# 320x240 at 25 fps keeps x264 (ultrafast, zero latency) cheap on a 2-core machine. Frames
+# come from an appsrc fed by a 40 ms GLib timer (live: made at the moment they are sent).
+WIDTH, HEIGHT, FPS = 320, 240, 25
 PIPELINE = (
-    "( videotestsrc is-live=true pattern=ball "
-    "! video/x-raw,width=320,height=240,framerate=25/1 "
-    "{overlay}"
+    "( appsrc name=stamps is-live=true format=time do-timestamp=true "
+    f"caps=video/x-raw,format=GRAY8,width={WIDTH},height={HEIGHT},framerate={FPS}/1 "
     "! videoconvert "
     "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 "
     "! rtph264pay name=pay0 pt=96 config-interval=1 )"
 )
-OVERLAY = "! timeoverlay font-desc=\"Sans 24\" "
 
-REQUIRED_ELEMENTS = ("videotestsrc", "videoconvert", "x264enc", "rtph264pay")
+REQUIRED_ELEMENTS = ("appsrc", "videoconvert", "x264enc", "rtph264pay")
+
+# The stamp: a grid of 10 x 8 blocks of 32 x 30 pixels (the whole 320 x 240 frame), each
+# dark (bit 0) or light (bit 1), row-major, least significant bit first: bits 0-31 the
+# frame counter, bits 32-79 the wall-clock time the frame was made in milliseconds.
+STAMP_COLUMNS, STAMP_ROWS, BLOCK_W, BLOCK_H = 10, 8, 32, 30
+DARK, LIGHT = 16, 235  # video-range levels: nothing clips
+
+
+def stamp_image(counter: int, time_ms: int) -> bytes:
+    """A GRAY8 ``WIDTH x HEIGHT`` frame carrying ``counter`` and ``time_ms`` (pure Python:
+    the server's interpreter need not have numpy)."""
+    value = (counter & 0xFFFFFFFF) | ((time_ms & (2**48 - 1)) << 32)
+    rows = []
+    for r in range(STAMP_ROWS):
+        line = b"".join(
+            bytes([LIGHT if (value >> (r * STAMP_COLUMNS + c)) & 1 else DARK]) * BLOCK_W for c in range(STAMP_COLUMNS)
+        )
+        rows.append(line * BLOCK_H)
+    return b"".join(rows)
+
+
+def read_stamp(image) -> tuple[int, float] | None:
+    """``(counter, made_at)`` from a decoded ``uint8[240, 320, 3]`` frame (``made_at`` in
+    ``time.time()`` seconds), or ``None`` when a block is neither clearly dark nor light
+    (not a stamped frame: black, grey, garbled)."""
+    import numpy as np
+
+    gray = np.asarray(image, dtype=np.float32)
+    gray = gray.mean(axis=2) if gray.ndim == 3 else gray
+    if gray.shape != (HEIGHT, WIDTH):
+        return None
+    middle = (LIGHT + DARK) / 2
+    value = 0
+    for r in range(STAMP_ROWS):
+        for c in range(STAMP_COLUMNS):
+            y, x = r * BLOCK_H, c * BLOCK_W
+            level = float(gray[y + 8:y + BLOCK_H - 8, x + 8:x + BLOCK_W - 8].mean())
+            if level > middle + 60:
+                value |= 1 << (r * STAMP_COLUMNS + c)
+            elif level > middle - 60:
+                return None
+    return value & 0xFFFFFFFF, (value >> 32) / 1000.0
 
 
 # --------------------------------------------------------------------------------------
@@ -83,13 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         return _check()
 
     GLib, Gst, GstRtspServer = _import_gst()
-    overlay = OVERLAY if Gst.ElementFactory.find("timeoverlay") is not None else ""
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(PIPELINE.format(overlay=overlay))
+    factory.set_launch(PIPELINE)
     factory.set_shared(True)  # all clients watch one encoder
+    counter = [0]
+
+    def on_media_configure(_factory, media) -> None:
+        appsrc = media.get_element().get_by_name_recurse_up("stamps")
+
+        def push() -> bool:  # every 1/FPS s while the media lives; False ends the timer
+            data = stamp_image(counter[0], int(time.time() * 1000))
+            counter[0] += 1
+            return appsrc.emit("push-buffer", Gst.Buffer.new_wrapped(data)) == Gst.FlowReturn.OK
+
+        GLib.timeout_add(1000 // FPS, push)
+
+    factory.connect("media-configure", on_media_configure)
     server.get_mount_points().add_factory(MOUNT, factory)
     if server.attach(None) == 0:
         print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
