@@ -5,32 +5,18 @@ Scripts run as ``python benchmarks/<name>.py``, so this module is importable as 
 
 from __future__ import annotations
 
-import os
-import platform
 import socket
 
-import cv2
-import torch
-
-from rtseg.synthetic import SyntheticVideo
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from rtseg.bench import cpu_model, machine_info  # noqa: F401  (cpu_model: re-exported for the scripts)
+from rtseg.bench import write_video as bench_write_video
 
 
 def hardware() -> dict:
-    """The machine a figure was measured on, for the JSON results."""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+    """The machine a figure was measured on, for the JSON results (``rtseg bench``'s record:
+    CPU, cores, memory, GPU, library versions, load average), plus the flat keys older
+    results used."""
+    info = machine_info()
+    return {**info, "torch": info["versions"].get("torch")}
 
 
 def free_port() -> int:
@@ -41,8 +27,4 @@ def free_port() -> int:
 
 def write_video(path: str, frames: int, size: tuple[int, int]) -> None:
     """An MJPG file of ``frames`` frames of the synthetic video (seed 7), ``size = (H, W)``."""
-    video = SyntheticVideo(seed=7, size=size)
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (size[1], size[0]))
-    for i in range(frames):
-        writer.write(video.frame(i).image)
-    writer.release()
+    bench_write_video(path, size, frames)
