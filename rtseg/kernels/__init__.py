@@ -67,7 +67,7 @@ from rtseg.errors import EngineError
 
 __all__ = [
     "ARCHS", "CUDA_DIR", "KernelError", "KernelFunction", "KernelModule", "build_fatbin", "cache_dir",
-    "check_tensor", "compile_nvrtc", "function", "kernels_available", "module", "nvcc_path",
+    "check_tensor", "compile_nvrtc", "fatbin_targets", "function", "kernels_available", "module", "nvcc_path", "pack_arguments",
 ]
 
 #: ``cuda/`` beside the package (a source checkout); ``$RTSEG_CUDA_DIR`` overrides it
@@ -152,10 +152,16 @@ def cache_dir() -> Path:
     return Path(base) / "rtseg" / "cuda"
 
 
+def _include_flags(src: Path) -> list[str]:
+    """``-I`` for the file's own folder and for ``cuda/`` (its shared ``*.cuh`` headers)."""
+    dirs = dict.fromkeys([src.parent.resolve(), CUDA_DIR.resolve()])
+    return [f"-I{d}" for d in dirs]
+
+
 def _sources_digest(src: Path, extra: str) -> str:
     h = hashlib.sha256(extra.encode())
-    # every header beside the file can be included by it
-    for path in sorted([src, *src.parent.glob("*.cuh")]):
+    # every header the file can include: beside it and in cuda/
+    for path in sorted({src, *src.parent.glob("*.cuh"), *CUDA_DIR.glob("*.cuh")}):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:20]
@@ -177,7 +183,7 @@ def nvcc_command(src: Path, out: Path, archs: Sequence[int] = ARCHS, nvcc: str |
     nvcc = nvcc or nvcc_path()
     if nvcc is None:
         raise KernelError("nvcc not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
-    cmd = [nvcc, "-fatbin", *_COMMON_FLAGS, "-O3", "-I", str(src.parent)]
+    cmd = [nvcc, "-fatbin", *_COMMON_FLAGS, "-O3", *_include_flags(src)]
     for arch in archs:
         cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     top = max(archs)
@@ -257,8 +263,7 @@ def compile_nvrtc(src: Path | str, arch: int, *, cache: Path | None = None) -> P
     if rc != 0:
         raise KernelError(f"NVRTC could not create a program for {src}: {lib.nvrtcGetErrorString(rc).decode()}")
     try:
-        opts = [f"--gpu-architecture=sm_{arch}", "-std=c++17", "--generate-line-info",
-                f"--include-path={src.parent}"]
+        opts = [f"--gpu-architecture=sm_{arch}", "-std=c++17", "--generate-line-info", *_include_flags(src)]
         c_opts = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         rc = lib.nvrtcCompileProgram(prog, len(opts), c_opts)
         log_size = ctypes.c_size_t()
@@ -284,6 +289,24 @@ def compile_nvrtc(src: Path | str, arch: int, *, cache: Path | None = None) -> P
     tmp.write_bytes(image.raw[: size.value])
     tmp.replace(out)
     return out
+
+
+def fatbin_targets(path: Path | str) -> set[str]:
+    """What a fatbin holds: ``{"sm_75", ..., "compute_90"}`` (``sm_*`` machine code, ``compute_*``
+    PTX), read from its container headers (the layout ``cuobjdump`` reads)."""
+    import struct
+
+    data = Path(path).read_bytes()
+    magic, _version, header_size, fat_size = struct.unpack_from("<IHHQ", data, 0)
+    if magic != 0xBA55ED50:
+        raise KernelError(f"{path} is not a CUDA fatbin (magic {magic:#x})")
+    targets, offset = set(), header_size
+    while offset < header_size + fat_size:
+        kind, _, entry_header, size = struct.unpack_from("<HHIQ", data, offset)
+        arch = struct.unpack_from("<I", data, offset + 28)[0]
+        targets.add(f"{'compute' if kind == 1 else 'sm'}_{arch}")
+        offset += entry_header + size
+    return targets
 
 
 def source_path(name: str) -> Path:
@@ -371,17 +394,7 @@ class KernelFunction:
         dev = self.module.device
         grid3 = _dims("grid", grid)
         block3 = _dims("block", block)
-        packed = []
-        for i, a in enumerate(args):
-            if isinstance(a, torch.Tensor):
-                if a.device != dev:
-                    raise ValueError(f"argument {i} of {self.name} must be on {dev}, got {a.device}")
-                packed.append(np.uint64(a.data_ptr()))
-            elif isinstance(a, np.generic) and a.dtype.kind in "iuf":
-                packed.append(a)
-            else:
-                raise TypeError(f"argument {i} of {self.name} must be a torch.Tensor or a numpy scalar "
-                                f"(np.int32, np.int64, np.float32, ...), got {type(a).__name__}")
+        packed = pack_arguments(self.name, args, dev)
         if grid3[0] * grid3[1] * grid3[2] == 0:
             return  # nothing to cover; CUDA refuses an empty grid
         stream = torch.cuda.current_stream(dev)
@@ -407,6 +420,23 @@ class KernelFunction:
             ctx.pop()
 
     __call__ = launch
+
+
+def pack_arguments(kernel: str, args: Sequence[Any], device: torch.device) -> list[np.generic]:
+    """Kernel arguments as numpy scalars: tensors become ``uint64`` device pointers (each must be on
+    ``device``), numpy scalars pass as they are; anything else is a ``TypeError``."""
+    packed: list[np.generic] = []
+    for i, a in enumerate(args):
+        if isinstance(a, torch.Tensor):
+            if a.device != device:
+                raise ValueError(f"argument {i} of {kernel} must be on {device}, got {a.device}")
+            packed.append(np.uint64(a.data_ptr()))
+        elif isinstance(a, np.generic) and a.dtype.kind in "iuf":
+            packed.append(a)
+        else:
+            raise TypeError(f"argument {i} of {kernel} must be a torch.Tensor or a numpy scalar "
+                            f"(np.int32, np.int64, np.float32, ...), got {type(a).__name__}")
+    return packed
 
 
 def _dims(what: str, dims: Sequence[int]) -> tuple[int, int, int]:
