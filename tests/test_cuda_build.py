@@ -144,6 +144,17 @@ def test_build_is_cached_by_source(tmp_path):
     assert kernels.build_fatbin(src, (75,), cache=tmp_path) != first
 
 
+def test_each_gpu_gets_code_it_can_run(monkeypatch, tmp_path):
+    # sm_86 machine code runs on 8.6 / 8.7 / 8.9 parts, compute_90 PTX on 9.0 and later; an A100
+    # (8.0) can run neither, so it gets a build of its own
+    _needs_nvcc()
+    monkeypatch.setenv("RTSEG_CUDA_CACHE", str(tmp_path))
+    common = {f"sm_{a}" for a in kernels.ARCHS} | {f"compute_{max(kernels.ARCHS)}"}
+    for capability in ((7, 5), (8, 9), (9, 0), (12, 0)):
+        assert kernels.fatbin_targets(kernels.binary_for("greedy_nms", capability)) == common
+    assert kernels.fatbin_targets(kernels.binary_for("greedy_nms", (8, 0))) == {"sm_80", "compute_80"}
+
+
 def test_missing_source_is_named():
     with pytest.raises(kernels.KernelError, match=r"cuda/no_such_op\.cu"):
         kernels.source_path("no_such_op")

@@ -66,8 +66,9 @@ import torch
 from rtseg.errors import EngineError
 
 __all__ = [
-    "ARCHS", "CUDA_DIR", "KernelError", "KernelFunction", "KernelModule", "build_fatbin", "cache_dir",
-    "check_tensor", "compile_nvrtc", "fatbin_targets", "function", "kernels_available", "module", "nvcc_path", "pack_arguments",
+    "ARCHS", "CUDA_DIR", "KernelError", "KernelFunction", "KernelModule", "binary_for", "build_fatbin",
+    "cache_dir", "check_tensor", "compile_nvrtc", "fatbin_targets", "function", "kernels_available",
+    "launcher_name", "module", "nvcc_path", "pack_arguments", "source_path",
 ]
 
 #: ``cuda/`` beside the package (a source checkout); ``$RTSEG_CUDA_DIR`` overrides it
@@ -322,14 +323,18 @@ def binary_for(name: str, capability: tuple[int, int]) -> Path:
     """The compiled image of ``cuda/<name>.cu`` for a device of this compute capability: the
     nvcc fatbin when nvcc exists, else an NVRTC build for that architecture."""
     src = source_path(name)
+    arch = capability[0] * 10 + capability[1]
     if nvcc_path() is not None:
-        return build_fatbin(src)
-    return compile_nvrtc(src, capability[0] * 10 + capability[1])
+        # machine code runs on later minor versions of its major version, PTX on anything newer;
+        # other GPUs (e.g. an A100, 8.0) get a fatbin of their own, built once and cached
+        covered = any(a // 10 == capability[0] and a % 10 <= capability[1] for a in ARCHS) or arch >= max(ARCHS)
+        return build_fatbin(src, ARCHS if covered else (arch,))
+    return compile_nvrtc(src, arch)
 
 
 # -- launchers ---------------------------------------------------------------------------------------
 
-def _launcher_name() -> str:
+def launcher_name() -> str:
     """``"pycuda"`` or ``"cupy"``, whichever imports first; :class:`KernelError` naming the extra otherwise."""
     try:
         import pycuda.driver  # noqa: F401  (imported where used, never at rtseg import)
@@ -471,7 +476,7 @@ def module(name: str, device: torch.device | str | int | None = None) -> KernelM
     with _lock:
         if key in _modules:
             return _modules[key]
-        launcher = _launcher_name()
+        launcher = launcher_name()
         torch.cuda.init()
         path = binary_for(name, torch.cuda.get_device_capability(dev))
         if launcher == "cupy":
