@@ -406,7 +406,7 @@ class KernelFunction:
         if self.module.launcher == "cupy":
             import cupy
 
-            with cupy.cuda.Device(dev.index), cupy.cuda.ExternalStream(stream.cuda_stream, dev.index):
+            with cupy.cuda.Device(dev.index), cupy.cuda.ExternalStream(stream.cuda_stream, device_id=dev.index):
                 self.handle(grid3, block3, tuple(packed), shared_mem=int(shared_mem))
             return
         ctx = self.module.context
@@ -507,7 +507,9 @@ def function(mod: KernelModule, name: str) -> KernelFunction:
         return fn
     try:
         if mod.launcher == "cupy":
-            with __import__("cupy").cuda.Device(mod.device.index):
+            import cupy
+
+            with cupy.cuda.Device(mod.device.index):
                 handle = mod.handle.get_function(name)
         else:
             mod.context.push()
