@@ -97,10 +97,114 @@ OPS: dict[str, Callable[[int, torch.device, torch.Generator], Workload]] = {
 }
 
 # -- mask ops (cuda/mask_*.cu, cuda/preprocess.cu: rtseg/kernels/masks.py) ------------------------------
-# Add a builder like the ones above and register it in OPS, e.g.
-#     OPS["assemble_masks"] = assemble_masks_workload
-# where ``size`` is the candidate count and the frame size (720p / 1080p) is part of the description
-# (or register one entry per frame size, "assemble_masks_720p", "assemble_masks_1080p").
+# One entry per frame size. ``size`` (candidates) maps to size // 100 instances for the mask ops
+# (1 / 10 / 100 at the default sizes; 100 is YOLACT's max_num_detections and CenterMask's
+# post_nms_topk) and to max(1, size // 1000) frames for preprocessing (1 / 1 / 10).
+
+FRAME_SIZES = {"720p": (720, 1280), "1080p": (1080, 1920)}
+
+
+def _instances(size: int) -> int:
+    return max(1, size // 100)
+
+
+def _pixel_boxes(g: torch.Generator, n: int, frame: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Boxes of 5..50 % of the frame side, inside it."""
+    h, w = frame
+    wh = (0.05 + 0.45 * torch.rand(n, 2, generator=g)) * torch.tensor([w, h])
+    xy = torch.rand(n, 2, generator=g) * (torch.tensor([w, h]) - wh)
+    return torch.cat([xy, xy + wh], dim=1).to(device)
+
+
+def assemble_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch.Generator], Workload]:
+    def build(size: int, device: torch.device, g: torch.Generator) -> Workload:
+        from rtseg.kernels.masks import assemble_masks_cuda
+        from rtseg.postprocess.yolact import assemble_masks, masks_to_image
+
+        frame = FRAME_SIZES[frame_name]
+        n = _instances(size)
+        proto = torch.randn(138, 138, 32, generator=g).to(device)  # YOLACT-550 prototypes
+        coef = torch.randn(n, 32, generator=g).to(device)
+        boxes = _pixel_boxes(g, n, frame, device) / torch.tensor([frame[1], frame[0]] * 2, device=device)
+        return Workload(f"{n} instances, 138 x 138 x 32 prototypes -> {frame[0]} x {frame[1]} masks", {
+            "kernel": lambda: assemble_masks_cuda(proto, coef, boxes, frame),
+            "torch": lambda: masks_to_image(assemble_masks(proto, coef, boxes), frame),
+        })
+    return build
+
+
+def paste_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch.Generator], Workload]:
+    def build(size: int, device: torch.device, g: torch.Generator) -> Workload:
+        from rtseg.kernels.masks import paste_masks_cuda
+        from rtseg.postprocess.centermask import paste_masks
+
+        frame = FRAME_SIZES[frame_name]
+        n = _instances(size)
+        masks = torch.rand(n, 28, 28, generator=g).to(device)  # CenterMask RoI masks (2 x pooler 14)
+        boxes = _pixel_boxes(g, n, frame, device)
+        return Workload(f"{n} RoI masks 28 x 28 -> {frame[0]} x {frame[1]}", {
+            "kernel": lambda: paste_masks_cuda(masks, boxes, frame),
+            "torch": lambda: paste_masks(masks, boxes, frame),
+        })
+    return build
+
+
+def preprocess_workload(family: str, frame_name: str) -> Callable[[int, torch.device, torch.Generator], Workload]:
+    def build(size: int, device: torch.device, g: torch.Generator) -> Workload:
+        from rtseg.kernels.masks import preprocess_cuda
+        from rtseg.models import MODELS
+        from rtseg.postprocess import centermask, yolact
+
+        frame = FRAME_SIZES[frame_name]
+        frames = max(1, size // 1000)
+        # the shipped configs: YOLACT-550 (plain bilinear), CenterMask-Lite V-39 (antialiased, 600 / 1000)
+        name, module = {"yolact": ("yolact_base", yolact), "centermask": ("centermask2_lite_v39", centermask)}[family]
+        cfg = MODELS[name]
+        images = torch.randint(0, 256, (frames, *frame, 3), generator=g, dtype=torch.uint8).to(device)
+        return Workload(f"{frames} BGR frame(s) {frame[0]} x {frame[1]} -> {family} input {tuple(cfg.input_size)}", {
+            "kernel": lambda: preprocess_cuda(images, cfg),
+            "torch": lambda: module.preprocess(images, cfg),
+        })
+    return build
+
+
+def encode_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch.Generator], Workload]:
+    def build(size: int, device: torch.device, g: torch.Generator) -> Workload:
+        import numpy as np
+
+        from rtseg.kernels.masks import encode_masks_cuda
+        from rtseg.publish import mask_windows
+
+        frame = FRAME_SIZES[frame_name]
+        n = _instances(size)
+        boxes = _pixel_boxes(g, n, frame, torch.device("cpu")).long()
+        masks = torch.zeros(n, *frame, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+            masks[i, y0:y1, x0:x1] = torch.rand(y1 - y0, x1 - x0, generator=g) < 0.8
+        masks = masks.to(device)
+
+        def kernel() -> bytes:
+            enc = encode_masks_cuda(masks)
+            return enc.blob.cpu().numpy().tobytes()
+
+        def torch_path() -> bytes:  # what the publisher does today: copy N x H x W bools, pack on the CPU
+            host = masks.cpu().numpy()
+            return b"".join(np.packbits(host[i, y0:y1, x0:x1]).tobytes()
+                            for i, (x0, y0, x1, y1) in enumerate(mask_windows(host).tolist()))
+
+        return Workload(f"{n} masks {frame[0]} x {frame[1]} -> bit-packed windows on the host", {
+            "kernel": kernel,
+            "torch": torch_path,
+        })
+    return build
+
+
+for _frame in FRAME_SIZES:
+    OPS[f"assemble_masks_{_frame}"] = assemble_masks_workload(_frame)
+    OPS[f"paste_masks_{_frame}"] = paste_masks_workload(_frame)
+    OPS[f"preprocess_yolact_{_frame}"] = preprocess_workload("yolact", _frame)
+    OPS[f"preprocess_centermask_{_frame}"] = preprocess_workload("centermask", _frame)
+    OPS[f"encode_masks_{_frame}"] = encode_masks_workload(_frame)
 
 
 # -- timing ------------------------------------------------------------------------------------------------
