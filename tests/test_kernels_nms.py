@@ -144,18 +144,18 @@ def random_greedy_case(g: torch.Generator):
     # Non-negative coordinates on a 1/8 grid: torchvision's batched_nms offsets each class by
     # class * (max coordinate + 1), exact for such boxes; for others it rounds, and with negative
     # coordinates it can suppress across classes (see rtseg.kernels.nms.greedy_nms).
-    n = int(torch.randint(0, 60, (1,), generator=g))
+    n = int(torch.randint(0, 150, (1,), generator=g))  # up to three 64-wide blocks of the bitmask
     boxes = random_boxes(g, n, quantum=0.125, non_negative=True)
     scores = random_scores(g, (n,))
     class_ids = torch.randint(0, 4, (n,), generator=g)
     thr = THRESHOLDS[int(torch.randint(0, len(THRESHOLDS), (1,), generator=g))]
-    top_k = int(torch.randint(0, 70, (1,), generator=g))
+    top_k = int(torch.randint(0, 200, (1,), generator=g))
     return boxes, scores, class_ids, thr, top_k
 
 
 def random_matrix_case(g: torch.Generator):
     n = int(torch.randint(0, 14, (1,), generator=g))
-    h, w = (int(v) for v in torch.randint(1, 10, (2,), generator=g))
+    h, w = (int(v) for v in torch.randint(1, 40, (2,), generator=g))  # up to 48 words: beyond one per lane
     density = torch.rand(n, 1, 1, generator=g)
     masks = torch.rand(n, h, w, generator=g) < density
     if n > 2 and torch.rand(1, generator=g).item() < 0.3:
@@ -188,15 +188,15 @@ def test_fast_nms_random_cases_match_twin(fast_lib):
 
 def test_greedy_nms_random_cases_match_twin(greedy_lib):
     g = torch.Generator().manual_seed(6002)
-    kept = suppressed = 0
+    kept = suppressing = 0
     for case in range(CASES):
         boxes, scores, class_ids, thr, top_k = random_greedy_case(g)
         ref = class_aware_nms(boxes, scores, class_ids, thr, top_k)
         got = host_greedy_nms(greedy_lib, boxes, scores, class_ids, thr, top_k)
         assert torch.equal(got, ref), f"case {case}: {got.tolist()} != {ref.tolist()}"
         kept += got.numel()
-        suppressed += min(top_k, boxes.shape[0]) - got.numel()
-    assert kept > CASES and suppressed > CASES  # both outcomes are exercised
+        suppressing += got.numel() < min(top_k, boxes.shape[0])
+    assert kept > CASES and suppressing > CASES // 4  # many cases suppress something
 
 
 def test_matrix_nms_random_cases_match_twin(matrix_lib):
