@@ -598,6 +598,21 @@ def test_mask_encode_crafted(encode_lib, shape):
         check_encode_case(encode_lib, np.full(shape, fill), f"{shape} fill {fill}")
 
 
+def test_wrappers_refuse_what_they_cannot_launch():
+    """Without a GPU the wrappers still check their inputs: CPU tensors and non-tensors are refused
+    with what was expected, before anything is compiled."""
+    from rtseg.kernels.masks import assemble_masks_cuda, encode_masks_cuda, paste_masks_cuda, preprocess_cuda
+
+    with pytest.raises(ValueError, match="proto must be on a CUDA device"):
+        assemble_masks_cuda(torch.zeros(4, 4, 2), torch.zeros(1, 2), torch.zeros(1, 4), (8, 8))
+    with pytest.raises(ValueError, match="masks must be on a CUDA device"):
+        paste_masks_cuda(torch.zeros(1, 28, 28), torch.zeros(1, 4), (8, 8))
+    with pytest.raises(ValueError, match="images must be on a CUDA device"):
+        preprocess_cuda(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), YOLACT)
+    with pytest.raises(TypeError, match="masks must be a torch.Tensor, got ndarray"):
+        encode_masks_cuda(np.zeros((1, 4, 4), bool))
+
+
 # -- GPU: the real kernels -------------------------------------------------------------------------------
 
 def _cuda_or_skip() -> torch.device:

@@ -34,6 +34,10 @@ __all__ = [
 ]
 
 _BLOCK = 256
+#: CUDA's limit on grid dimension y, which indexes instances (or frames) in these launches
+_MAX_GRID_Y = 65535
+#: antialiased resizing keeps at most 32 taps per axis (RTSEG_AA_CAPACITY in cuda/preprocess.cu)
+_MAX_AA_DOWNSCALE = 15.0
 
 
 def _blocks(count: int) -> int:
@@ -48,6 +52,11 @@ def _image_size(image_size: Any) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise ValueError(f"image_size must be (H, W) with positive ints, got {image_size!r}")
     return h, w
+
+
+def _check_count(what: str, count: int) -> None:
+    if count > _MAX_GRID_Y:
+        raise ValueError(f"at most {_MAX_GRID_Y} {what} per launch, got {count}")
 
 
 def _cuda_tensor(name: str, t: Any) -> torch.device:
@@ -82,6 +91,7 @@ def assemble_masks_cuda(proto: torch.Tensor, coef: torch.Tensor, boxes: torch.Te
     n = int(coef.shape[0])
     kernels.check_tensor("boxes", boxes, dtype=torch.float32, shape=(n, 4), device=dev)
     height, width = _image_size(image_size)
+    _check_count("instances", n)
     masks = torch.empty((n, height, width), dtype=torch.bool, device=dev)
     if n == 0:
         return masks
@@ -113,6 +123,7 @@ def paste_masks_cuda(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple
         raise ValueError(f"masks must have shape (N, M, M) with M >= 1, got {tuple(masks.shape)}")
     kernels.check_tensor("boxes", boxes, dtype=torch.float32, shape=(n, 4), device=dev)
     height, width = _image_size(image_size)
+    _check_count("instances", n)
     out = torch.empty((n, height, width), dtype=torch.bool, device=dev)
     if n == 0:
         return out
@@ -185,7 +196,11 @@ def preprocess_cuda(images: torch.Tensor, cfg: Any, *, half: bool = False) -> to
     b, h, w = (int(s) for s in images.shape[:3])
     if h < 1 or w < 1:
         raise ValueError(f"images must have shape (B, H, W, 3) with H, W >= 1, got {tuple(images.shape)}")
+    _check_count("frames", b)
     p = preprocess_params(cfg, (h, w))
+    if p.antialias and max(h / p.resized[0], w / p.resized[1]) > _MAX_AA_DOWNSCALE:
+        raise ValueError(f"antialiased resizing handles downscaling by at most {_MAX_AA_DOWNSCALE:g}x, "
+                         f"got {(h, w)} -> {p.resized}")
     hc, wc = p.canvas
     out = torch.empty((b, 3, hc, wc), dtype=torch.float16 if half else torch.float32, device=dev)
     if b == 0:
