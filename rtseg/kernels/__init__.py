@@ -54,7 +54,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
