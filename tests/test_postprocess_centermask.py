@@ -174,6 +174,15 @@ def test_nms_tied_scores_keep_the_earlier_box_and_classes_do_not_interact():
     assert post.class_aware_nms(boxes, scores, torch.tensor([0, 1, 2]), 0.6, 2).tolist() == [0, 1]
 
 
+def test_nms_classes_stay_apart_when_boxes_have_negative_coordinates():
+    # FCOS boxes are not clipped before NMS. Shifting class c by c * (max + 1), as batched_nms
+    # does, lets class 1's copy of this box overlap class 0's (IoU 0.68) when x1 = -100.
+    boxes = torch.tensor([[-100.0, -100.0, 10.0, 10.0], [-100.0, -100.0, 10.0, 10.0]])
+    scores = torch.tensor([0.9, 0.8])
+    keep = post.class_aware_nms(boxes, scores, torch.tensor([0, 1]), 0.6, 10)
+    assert keep.tolist() == [0, 1] == nms_loop(boxes.numpy(), scores.numpy(), np.array([0, 1]), 0.6, 10)
+
+
 def test_nms_empty():
     keep = post.class_aware_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.6, 50)
     assert keep.shape == (0,) and keep.dtype == torch.int64

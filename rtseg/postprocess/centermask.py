@@ -173,7 +173,15 @@ def class_aware_nms(boxes: torch.Tensor, scores: torch.Tensor, class_ids: torch.
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
-    keep = batched_nms(boxes[order].float(), scores[order], class_ids[order], iou_threshold)
+    boxes = boxes[order].float()
+    # batched_nms keeps classes apart by shifting class c by c * (max coordinate + 1), which
+    # only separates them when no coordinate is negative; FCOS boxes are not clipped before
+    # NMS and can be. Moving the set to non-negative coordinates first keeps the classes apart
+    # (and changes nothing when they already are non-negative).
+    lowest = boxes.min()
+    if lowest < 0:
+        boxes = boxes - lowest
+    keep = batched_nms(boxes, scores[order], class_ids[order], iou_threshold)
     return order[keep[:top_k]]
 
 
