@@ -216,7 +216,8 @@ def instances_to_results(instances, image_id: int, category_of: dict[int, int]) 
 
 def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu", score_threshold: float = 0.0,
              max_images: int | None = None, progress: bool = True, ann_file: str | None = None,
-             images_dir: str | None = None, backend: str = "torch", engine: str | None = None) -> EvalResult:
+             images_dir: str | None = None, backend: str = "torch", engine: str | None = None,
+             postprocess: str = "torch") -> EvalResult:
     """COCO AP and speed of ``model`` on the COCO-format folder ``data``.
 
     Args:
@@ -240,7 +241,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         raise ConfigError(f"max images must be a positive integer, got {max_images!r}")
     folder = load_coco_folder(data, ann_file, images_dir=images_dir)
     segmenter = Segmenter(model, weights=weights, device=device, score_threshold=score_threshold, backend=backend,
-                          engine=engine)
+                          engine=engine, postprocess=postprocess)
     category_of = category_mapping(segmenter.class_names, folder.categories)
     images = folder.images if max_images is None else folder.images[:max_images]
     if not images:

@@ -21,6 +21,7 @@ from rtseg.families import family_of
 from rtseg.families.base import ModelConfig
 from rtseg.models import DEFAULT_MODEL, get_config
 from rtseg.models.checkpoint import load_weights
+from rtseg.postprocess import TORCH_OPS, PostprocessOps, cuda_ops
 from rtseg.structures import Instances
 
 log = logging.getLogger("rtseg.segmenter")
@@ -75,6 +76,9 @@ class Segmenter:
             ``onnxruntime``: export the model (with these weights) once into ``cache_dir``
             and reuse that file while model, weights, opset and versions stay the same.
         cache_dir: where automatic exports go (default ``$RTSEG_CACHE`` or ``./engines``).
+        postprocess: ``"torch"`` (torch ops on the model's device) or ``"cuda"``: rtseg's CUDA
+            kernels (``cuda/``, :mod:`rtseg.kernels`) for preprocessing, NMS and mask assembly
+            / pasting; needs a CUDA device, pycuda (the ``gpu`` extra) or CuPy, and nvcc or NVRTC.
 
     The torch network is built in every case: post-processing reads its parameters
     (anchors, YOLACT++'s mask re-scoring head), and it is what gets exported.
@@ -82,7 +86,7 @@ class Segmenter:
 
     def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | None = None, device: str = "cpu",
                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch",
-                 engine: str | None = None, cache_dir: str | None = None) -> None:
+                 engine: str | None = None, cache_dir: str | None = None, postprocess: str = "torch") -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend '{backend}', expected one of {', '.join(BACKENDS)}")
         if engine is not None and backend == "torch":
@@ -90,6 +94,7 @@ class Segmenter:
         if not 0.0 <= score_threshold < 1.0:
             raise ConfigError(f"score threshold must be in [0, 1), got {score_threshold}")
         self.config: ModelConfig = get_config(model)
+        self.ops = self._postprocess_ops(postprocess, device)
         self.family = family_of(self.config)
         self.device = parse_device(device)
         self.score_threshold = float(score_threshold)
@@ -110,6 +115,22 @@ class Segmenter:
         self.net = net.eval().to(self.device)
         self.weights_path = weights
         self.backend = self._make_backend(backend, engine, cache_dir)
+
+    @staticmethod
+    def _postprocess_ops(postprocess: str, device: str) -> PostprocessOps:
+        if postprocess == "torch":
+            return TORCH_OPS
+        if postprocess != "cuda":
+            raise ConfigError(f"unknown post-processing '{postprocess}', expected torch or cuda")
+        from rtseg import kernels
+
+        dev = parse_device(device)
+        if dev.type != "cuda":
+            raise ConfigError(f"--postprocess cuda runs rtseg's CUDA kernels and needs --device cuda[:N], got '{device}'")
+        if not kernels.kernels_available(dev):
+            raise ConfigError(f"--postprocess cuda: cannot launch kernels on {dev} (needs a CUDA GPU torch can use, "
+                              "pycuda (pip install 'rtseg[gpu]') or CuPy, and nvcc or NVRTC); use --postprocess torch")
+        return cuda_ops()
 
     def _make_backend(self, backend: str, engine: str | None, cache_dir: str | None) -> Backend:
         if backend == "torch":
@@ -146,7 +167,7 @@ class Segmenter:
             found = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")
         batch = torch.from_numpy(image).to(self.device, non_blocking=True)[None]
-        return self.family.preprocess(batch, self.config)
+        return (self.ops.preprocess or self.family.preprocess)(batch, self.config)
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named raw head outputs from the backend (see the family's network, e.g.
@@ -155,7 +176,7 @@ class Segmenter:
 
     @torch.inference_mode()
     def postprocess(self, outputs: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Instances:
-        return self.family.postprocess(outputs, self.net, self.config, image_size, self.score_threshold)
+        return self.family.postprocess(outputs, self.net, self.config, image_size, self.score_threshold, self.ops)
 
     def process(self, image: np.ndarray) -> tuple[Instances, StageTimes]:
         """Segment one image and report the time of each stage."""

@@ -40,10 +40,11 @@ class Family:
       layout to its own (identity where they already match).
     - ``preprocess(images uint8[B, H, W, 3] BGR, cfg) -> float32[B, 3, *cfg.input_size]``
       on the images' device: resize, pad, normalise, channel order.
-    - ``postprocess(outputs, net, cfg, image_size, score_threshold) -> Instances``: the
-      outputs of one image (batch index 0) to host :class:`Instances` in original-image
+    - ``postprocess(outputs, net, cfg, image_size, score_threshold, ops=TORCH_OPS) -> Instances``:
+      the outputs of one image (batch index 0) to host :class:`Instances` in original-image
       pixels; ``net`` gives access to parameter-carrying post-processing (mask re-scoring
-      heads, anchors). Detections scoring ``<= score_threshold`` are dropped.
+      heads, anchors). Detections scoring ``<= score_threshold`` are dropped. ``ops``
+      (:class:`rtseg.postprocess.PostprocessOps`) swaps in the CUDA kernels.
     - ``loss(outputs, targets, net, cfg) -> {"<term>": scalar, ..., "total": scalar}`` from
       train-mode outputs and ``targets`` as produced by
       :func:`rtseg.data.coco.collate` (``boxes`` relative xyxy, ``labels``, ``masks`` at
@@ -57,7 +58,7 @@ class Family:
     name: str
     build: Callable[[Any], nn.Module]
     preprocess: Callable[[torch.Tensor, Any], torch.Tensor]
-    postprocess: Callable[[dict[str, torch.Tensor], nn.Module, Any, tuple[int, int], float], Instances]
+    postprocess: Callable[..., Instances]
     loss: Callable[[dict[str, torch.Tensor], Sequence[dict[str, Any]], nn.Module, Any], dict[str, torch.Tensor]]
     init_from_scratch: Callable[[nn.Module], None]
     class_dependent_prefixes: tuple[str, ...]

@@ -13,7 +13,7 @@ from torch import nn
 from rtseg.families.base import Family
 from rtseg.models.centermask import CenterMask, CenterMaskConfig
 from rtseg.postprocess import centermask as post
-from rtseg.postprocess import to_numpy_instances
+from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
 from rtseg.structures import Instances
 from rtseg.train.centermask_loss import CenterMaskLossConfig, centermask_loss
 from rtseg.train.init import init_convs
@@ -30,8 +30,8 @@ PRIOR_PROB = 0.01
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: CenterMask, cfg: CenterMaskConfig, image_size: tuple[int, int],
-                score_threshold: float) -> Instances:
-    result = post.postprocess(outputs, net, cfg, image_size, score_threshold=score_threshold)
+                score_threshold: float, ops: PostprocessOps = TORCH_OPS) -> Instances:
+    result = post.postprocess(outputs, net, cfg, image_size, score_threshold=score_threshold, ops=ops)
     return to_numpy_instances(result, image_size)
 
 

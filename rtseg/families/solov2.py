@@ -12,7 +12,7 @@ from torch import nn
 from rtseg.families.base import Family
 from rtseg.models.solov2 import Solov2, Solov2Config
 from rtseg.postprocess import solov2 as post
-from rtseg.postprocess import to_numpy_instances
+from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
 from rtseg.structures import Instances
 from rtseg.train.init import init_convs
 from rtseg.train.solov2_loss import Solov2LossConfig, solov2_loss
@@ -26,8 +26,8 @@ PRIOR_PROB = 0.01
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: Solov2, cfg: Solov2Config, image_size: tuple[int, int],
-                score_threshold: float) -> Instances:
-    result = post.postprocess(outputs, cfg, image_size, score_threshold=score_threshold)
+                score_threshold: float, ops: PostprocessOps = TORCH_OPS) -> Instances:
+    result = post.postprocess(outputs, cfg, image_size, score_threshold=score_threshold, ops=ops)
     return to_numpy_instances(result, image_size)
 
 

@@ -11,7 +11,7 @@ import torch
 from rtseg.families.base import Family
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.postprocess import yolact as post
-from rtseg.postprocess import to_numpy_instances
+from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
 from rtseg.structures import Instances
 from rtseg.train.init import init_convs
 from rtseg.train.yolact_loss import YolactLossConfig, yolact_loss
@@ -25,9 +25,10 @@ CLASS_DEPENDENT_PREFIXES = (
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: Yolact, cfg: YolactConfig, image_size: tuple[int, int],
-                score_threshold: float) -> Instances:
+                score_threshold: float, ops: PostprocessOps = TORCH_OPS) -> Instances:
     maskiou = getattr(net, "maskiou_net", None)
-    result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold, maskiou_fn=maskiou)
+    result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold, maskiou_fn=maskiou,
+                            ops=ops)
     return to_numpy_instances(result, image_size)
 
 

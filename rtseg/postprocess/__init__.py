@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +21,42 @@ class TensorResult(Protocol):
     scores: torch.Tensor
     class_ids: torch.Tensor
     masks: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PostprocessOps:
+    """The ops of the families' pre- and post-processing that have a CUDA twin.
+
+    ``None`` means the torch op (the default everywhere); :func:`cuda_ops` fills in rtseg's
+    CUDA kernels (:mod:`rtseg.kernels`), which take the same arguments and give the same
+    results as their torch twins:
+
+    - ``preprocess(images uint8[B, H, W, 3], cfg) -> float32[B, 3, h, w]`` (every family);
+    - ``fast_nms`` (YOLACT), ``matrix_nms`` (SOLOv2), ``class_aware_nms`` (CenterMask);
+    - ``yolact_masks(proto, coef, boxes, image_size) -> bool[N, H, W]``: assembly, crop, resize
+      and threshold fused (YOLACT without mask re-scoring, which needs the soft masks);
+    - ``paste_masks(masks, boxes, image_size, threshold) -> bool[N, H, W]`` (CenterMask).
+    """
+
+    preprocess: Callable[..., Any] | None = None
+    fast_nms: Callable[..., Any] | None = None
+    matrix_nms: Callable[..., Any] | None = None
+    class_aware_nms: Callable[..., Any] | None = None
+    yolact_masks: Callable[..., Any] | None = None
+    paste_masks: Callable[..., Any] | None = None
+
+
+#: every op in torch (the default)
+TORCH_OPS = PostprocessOps()
+
+
+def cuda_ops() -> PostprocessOps:
+    """rtseg's CUDA kernels for every op that has one (see ``cuda/``)."""
+    from rtseg.kernels import masks, nms
+
+    return PostprocessOps(preprocess=masks.preprocess_cuda, fast_nms=nms.fast_nms, matrix_nms=nms.matrix_nms,
+                          class_aware_nms=nms.greedy_nms, yolact_masks=masks.assemble_masks_cuda,
+                          paste_masks=masks.paste_masks_cuda)
 
 
 def to_numpy_instances(result: TensorResult, image_size: tuple[int, int]) -> Instances:

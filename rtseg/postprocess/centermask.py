@@ -32,6 +32,7 @@ from torch import nn
 from torchvision.ops import batched_nms, roi_align
 
 from rtseg.models.centermask import CenterMaskConfig
+from rtseg.postprocess import TORCH_OPS, PostprocessOps
 
 #: FPN levels the RoI heads pool from (``ROI_HEADS.IN_FEATURES = ["p3", "p4", "p5"]``)
 ROI_LEVELS = (3, 4, 5)
@@ -300,7 +301,8 @@ def mask_head_outputs(net: nn.Module, cfg: CenterMaskConfig, features: list[torc
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMaskConfig, image_size: tuple[int, int],
-                *, score_threshold: float = 0.0, batch_index: int = 0) -> CenterMaskResult:
+                *, score_threshold: float = 0.0, batch_index: int = 0,
+                ops: PostprocessOps = TORCH_OPS) -> CenterMaskResult:
     """Network outputs of one image -> final detections in original-image pixels.
 
     1. FCOS candidates (:func:`fcos_candidates`), class-aware NMS and the ``post_nms_topk``
@@ -324,7 +326,7 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
     device = outputs["cls_logits"].device
     cand = fcos_candidates(outputs["cls_logits"][b], outputs["bbox_reg"][b], outputs["ctrness_logits"][b],
                            net.locations, net.location_strides, net.level_sizes, cfg.score_thresh, cfg.pre_nms_topk)
-    keep = class_aware_nms(cand.boxes, cand.scores, cand.class_ids, cfg.nms_thresh, cfg.post_nms_topk)
+    keep = (ops.class_aware_nms or class_aware_nms)(cand.boxes, cand.scores, cand.class_ids, cfg.nms_thresh, cfg.post_nms_topk)
     boxes, class_ids = cand.boxes[keep], cand.class_ids[keep]
     scores = torch.sqrt(cand.scores[keep])
     keep = scores > score_threshold
@@ -348,6 +350,6 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
     boxes = torch.minimum((boxes * scale).clamp(min=0.0), limit)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, class_ids, probs = boxes[keep], scores[keep], class_ids[keep], probs[keep]
-    masks = paste_masks(probs, boxes, (h, w), cfg.mask_threshold)
+    masks = (ops.paste_masks or paste_masks)(probs, boxes, (h, w), cfg.mask_threshold)
     return CenterMaskResult(boxes, scores, class_ids, masks)
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rtseg.models.solov2 import CAFFE_MEAN_BGR, CAFFE_STD_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Solov2Config
+from rtseg.postprocess import TORCH_OPS, PostprocessOps
 
 #: stride of the mask features relative to the input (``MaskFeatHead`` output is at P2's 1/4)
 MASK_STRIDE = 4
@@ -217,7 +218,8 @@ MAX_CANDIDATES_AT_ONCE = 1024
 
 
 def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size: tuple[int, int], *,
-                score_threshold: float = 0.0, batch_index: int = 0) -> Solov2Result:
+                score_threshold: float = 0.0, batch_index: int = 0,
+                ops: PostprocessOps = TORCH_OPS) -> Solov2Result:
     """Eval-mode head outputs of one image -> final instances (upstream ``get_seg_single``).
 
     Args:
@@ -287,7 +289,7 @@ def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size:
         soft = torch.sigmoid(dynamic_conv(mask_feat, kernels[cell]))
         binary = soft > cfg.mask_thr
         areas = binary.sum((1, 2)).to(soft.dtype)
-    scores = matrix_nms(binary, cls, scores, kernel=cfg.nms_kernel, sigma=cfg.nms_sigma, areas=areas)
+    scores = (ops.matrix_nms or matrix_nms)(binary, cls, scores, kernel=cfg.nms_kernel, sigma=cfg.nms_sigma, areas=areas)
     keep = scores >= cfg.update_thr
     soft, scores, cls = soft[keep], scores[keep], cls[keep]
     scores, order = scores.sort(descending=True, stable=True)
