@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rtseg.models.yolact import YOLACT_MEANS_BGR, YOLACT_STD_BGR, YolactConfig
+from rtseg.postprocess import TORCH_OPS, PostprocessOps
 
 #: SSD box-regression variances (``box_utils.decode``)
 VARIANCES = (0.1, 0.2)
@@ -154,7 +155,10 @@ def masks_to_image(masks: torch.Tensor, image_size: tuple[int, int], threshold: 
     to the image size, then ``> threshold`` (``output_utils.postprocess``)."""
     if masks.shape[0] == 0:
         return torch.zeros((0, *image_size), dtype=torch.bool, device=masks.device)
-    up = F.interpolate(masks[None], image_size, mode="bilinear", align_corners=False)[0]
+    # assemble_masks returns a transposed view; upstream makes it contiguous before the resize
+    # too (output_utils.postprocess), and on the CPU a channels-last-strided input makes
+    # interpolate about 3x slower (benchmarks/postprocess.py)
+    up = F.interpolate(masks.contiguous()[None], image_size, mode="bilinear", align_corners=False)[0]
     return up > threshold
 
 
@@ -174,7 +178,8 @@ class YolactResult:
 
 def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: YolactConfig,
                 image_size: tuple[int, int], *, score_threshold: float = 0.0, batch_index: int = 0,
-                maskiou_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> YolactResult:
+                maskiou_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                ops: PostprocessOps = TORCH_OPS) -> YolactResult:
     """Head outputs of one image -> final detections (``Detect`` + ``output_utils.postprocess``).
 
     Args:
@@ -186,6 +191,7 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         maskiou_fn: YOLACT++ mask re-scoring net (``float32[N, 1, h, w] -> float32[N, C-1]``);
             when given and ``cfg.rescore_mask``, scores become ``score * maskiou`` (the score
             upstream uses for mask AP) and detections are re-sorted by it.
+        ops: replacements for Fast NMS and the mask assembly (:class:`PostprocessOps`).
     """
     loc = outputs["loc"][batch_index]
     conf = outputs["conf"][batch_index]
@@ -197,7 +203,7 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
     cls_scores = conf[:, 1:]
     candidates = cls_scores.max(dim=1).values > cfg.nms_conf_thresh
     cand_index = torch.nonzero(candidates).squeeze(1)
-    dets = fast_nms(boxes[cand_index], cls_scores[cand_index].t(), cfg.nms_thresh, cfg.nms_top_k,
+    dets = (ops.fast_nms or fast_nms)(boxes[cand_index], cls_scores[cand_index].t(), cfg.nms_thresh, cfg.nms_top_k,
                     cfg.max_num_detections)
     index = cand_index[dets.index]
     scores, class_ids = dets.scores, dets.class_ids
@@ -205,16 +211,21 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         keep = scores > score_threshold
         index, scores, class_ids = index[keep], scores[keep], class_ids[keep]
 
-    det_boxes = boxes[index]
-    soft = assemble_masks(proto, coef[index], det_boxes)
-    if maskiou_fn is not None and cfg.rescore_mask and soft.shape[0] > 0:
-        maskiou = maskiou_fn(soft[:, None])
-        scores = scores * maskiou.gather(1, class_ids[:, None]).squeeze(1)
-        scores, order = scores.sort(descending=True, stable=True)
-        det_boxes, class_ids, soft = det_boxes[order], class_ids[order], soft[order]
+    det_boxes, det_coef = boxes[index], coef[index]
+    rescore = maskiou_fn is not None and cfg.rescore_mask and index.shape[0] > 0
+    if ops.yolact_masks is not None and not rescore:
+        masks = ops.yolact_masks(proto, det_coef, det_boxes, (h, w))  # fused: no soft masks kept
+    else:
+        soft = assemble_masks(proto, det_coef, det_boxes)
+        if rescore:
+            maskiou = maskiou_fn(soft[:, None])
+            scores = scores * maskiou.gather(1, class_ids[:, None]).squeeze(1)
+            scores, order = scores.sort(descending=True, stable=True)
+            det_boxes, class_ids, soft = det_boxes[order], class_ids[order], soft[order]
+        masks = masks_to_image(soft, (h, w))
 
     x1, x2 = sanitize_coordinates(det_boxes[:, 0], det_boxes[:, 2], w)
     y1, y2 = sanitize_coordinates(det_boxes[:, 1], det_boxes[:, 3], h)
     pixel_boxes = torch.stack([x1, y1, x2, y2], dim=1)
-    return YolactResult(pixel_boxes, scores, class_ids, masks_to_image(soft, (h, w)))
+    return YolactResult(pixel_boxes, scores, class_ids, masks)
 
