@@ -25,6 +25,7 @@ from rtseg.publish import (
     Message,
     Publisher,
     binds_all_interfaces,
+    binds_loopback_only,
     decode_message,
     encode_message,
     mask_windows,
@@ -475,6 +476,34 @@ def test_binding_all_interfaces_is_recognised_for_the_warning():
     assert binds_all_interfaces("tcp://*:5555") and binds_all_interfaces("tcp://0.0.0.0:5555")
     assert binds_all_interfaces("tcp://[::]:5555")
     assert not binds_all_interfaces("tcp://127.0.0.1:5555") and not binds_all_interfaces("ipc:///tmp/x")
+
+
+def test_loopback_only_endpoints_are_recognised_for_the_log():
+    for endpoint in ("tcp://127.0.0.1:5555", "tcp://127.0.0.2:1", "tcp://[::1]:5555", "tcp://localhost:5", "ipc:///tmp/x"):
+        assert binds_loopback_only(endpoint), endpoint
+    for endpoint in ("tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://192.168.1.4:5555", "tcp://eth0:5555"):
+        assert not binds_loopback_only(endpoint), endpoint
+
+
+def test_subscriber_keeps_receiving_after_the_publisher_restarts():
+    """The subscriber reconnects by itself when the publisher goes away and comes back on
+    the same endpoint (its socket monitor reconnects after any disconnect)."""
+    received: list[Message] = []
+    with Publisher(LOOPBACK, NAMES) as first:
+        endpoint = first.endpoint
+        messages = subscribe(endpoint, timeout=20.0)
+        thread = threading.Thread(target=lambda: received.extend(m for _, m in zip(range(6), messages)))
+        thread.start()
+        while not received:
+            first.publish(make_frame(None, seq=1, source="first", size=(4, 4)))
+            time.sleep(0.01)
+    with Publisher(endpoint, NAMES) as second:  # same port, a new socket
+        while thread.is_alive():
+            second.publish(make_frame(None, seq=2, source="second", size=(4, 4)))
+            time.sleep(0.01)
+        thread.join()
+    messages.close()
+    assert received[0].source == "first" and received[-1].source == "second"
 
 
 def test_subscribe_skips_malformed_messages_with_a_warning(zmq_context, caplog):
