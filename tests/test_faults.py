@@ -36,7 +36,7 @@ from rtseg.render import VideoRecorder
 from rtseg.sources import MAX_IMAGE_PIXELS, open_source
 from rtseg.structures import Frame, Instances
 
-from rtsp_server import free_port, read_stamp
+from rtsp_server import read_stamp
 from test_sources import decode_index, indexed_image, write_video
 
 CORPUS = Path(__file__).resolve().parent / "fixtures" / "fuzz"
@@ -342,7 +342,6 @@ def test_stalled_subscriber_does_not_hold_up_the_pipeline_and_its_drops_are_coun
 def test_subscribers_joining_and_leaving_at_random_see_only_whole_decodable_messages():
     rng = np.random.default_rng(1)
     frames = {seq: _frame(seq, rng) for seq in range(400)}
-    stop = threading.Event()
     problems: list[str] = []
     received: list[int] = []
 
@@ -406,7 +405,6 @@ def test_subscriber_caps_the_message_size_it_accepts():
     received: list = []
     with Publisher("tcp://127.0.0.1:*", NAMES) as publisher:
         messages = subscribe(publisher.endpoint, timeout=20.0, max_message_bytes=32_768)
-        wanted = [1]  # how many messages the listener waits for before it reports
 
         def collect() -> None:
             for message in messages:
