@@ -41,7 +41,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 from common import hardware
 

@@ -77,6 +77,9 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="inference runtime (default torch; onnxruntime exports the model once into ./engines)")
     p.add_argument("--engine", metavar="FILE",
                    help="with --backend onnxruntime: an .onnx file; with tensorrt: an engine file ('rtseg export')")
+    p.add_argument("--postprocess", choices=("torch", "cuda"), default="torch",
+                   help="pre/post-processing ops: torch (default, any device) or cuda (rtseg's CUDA kernels in cuda/; "
+                        "needs --device cuda and pycuda or CuPy)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
                      help=f"drop detections scoring at or below this (default {DEFAULT_SCORE_THRESHOLD})")
     run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
-    run.add_argument("--publish", metavar="ENDPOINT",
-                     help="publish results on a ZeroMQ PUB socket, e.g. tcp://127.0.0.1:5555")
+    run.add_argument("--publish", metavar="ENDPOINT", nargs="?", const="tcp://127.0.0.1:5555",
+                     help="publish results on a ZeroMQ PUB socket (alone: tcp://127.0.0.1:5555, this machine only)")
+    run.add_argument("--curve-keys", metavar="DIR",
+                     help="with --publish: encrypt and admit only the subscribers in DIR/allowed_clients ('rtseg keys generate')")
     run.add_argument("--topic", default="rtseg", help="ZeroMQ topic of published messages (default rtseg)")
     run.add_argument("--record", metavar="FILE", help="write the rendered video to FILE (.mp4 or .avi)")
     run.add_argument("--display", action="store_true", help="show the rendered video in a window")
@@ -121,8 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     subp.add_argument("--count", type=_positive_int, help="exit after this many messages")
     subp.add_argument("--timeout", type=_positive_float, help="exit when no message arrives for this many seconds")
     subp.add_argument("--save", metavar="DIR", help="write each message as JSON (COCO RLE masks) into DIR")
+    subp.add_argument("--curve-keys", metavar="DIR", help="CURVE keys for an encrypted publisher (client.key_secret, server.key)")
+
+    keys = sub.add_parser("keys", help="CURVE keys for encrypted publishing").add_subparsers(dest="keys_command", metavar="ACTION")
+    keys_gen = keys.add_parser("generate", help="write server and client key pairs (ZeroMQ certificates) into DIR")
+    keys_gen.add_argument("dir", help="folder for the keys (created; existing keys are never overwritten)")
 
     sub.add_parser("models", help="list the model variants, their input sizes and where weights come from")
+
+    from rtseg.bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     data = sub.add_parser("data", help="make datasets").add_subparsers(dest="data_command", metavar="KIND")
     syn = data.add_parser("synthetic", help="write a COCO-format synthetic shapes set (the classes of the built-in model)")
@@ -229,7 +243,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads)
     result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
-                      max_images=args.max_images, backend=args.backend, engine=args.engine)
+                      max_images=args.max_images, backend=args.backend, engine=args.engine,
+                      postprocess=args.postprocess)
     print(result.format_table())
     if args.json:
         write_eval(result, args.json)
@@ -336,6 +351,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rtseg.segmenter import Segmenter, configure_threads
     from rtseg.sources import open_source
 
+    curve_keys = None
+    if args.curve_keys:  # checked before slow work
+        if not args.publish:
+            raise ConfigError("--curve-keys is for --publish: expected --publish ENDPOINT with it, found none")
+        from rtseg.keys import load_server_keys
+
+        curve_keys = load_server_keys(args.curve_keys)
     workers = args.workers or default_workers(args.device)
     configure_threads(args.threads, workers)
     with ExitStack() as cleanup:
@@ -344,7 +366,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             recorder = VideoRecorder(args.record)
             cleanup.callback(recorder.close)
         segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
-                              score_threshold=args.score_threshold, backend=args.backend, engine=args.engine)
+                              score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
+                              postprocess=args.postprocess)
         log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
                  segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, torch_threads())
         segmenter.warmup()
@@ -352,7 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.publish:
             from rtseg.publish import Publisher
 
-            publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode())
+            publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode(), curve_keys=curve_keys)
             cleanup.callback(publisher.close)
         source = open_source(args.source, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
                              loop=args.loop)
@@ -385,7 +408,15 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     from rtseg.publish import run_subscriber
 
     return run_subscriber(args.endpoint, topic=args.topic.encode(), count=args.count, timeout=args.timeout,
-                          save_dir=args.save)
+                          save_dir=args.save, curve_keys=args.curve_keys)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from rtseg.keys import generate_keys
+
+    for path in generate_keys(args.dir):
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,10 +430,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="rtseg: %(levelname)s: %(message)s", stream=sys.stderr)
-    commands = {"run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models, "data": cmd_data,
-                "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "build-engine": cmd_build_engine}
+    from rtseg.bench import cmd_bench
+
+    commands = {"bench": cmd_bench, "run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models, "data": cmd_data,
+                "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "build-engine": cmd_build_engine,
+                "keys": cmd_keys}
     if args.command == "data" and args.data_command is None:
         parser.parse_args(["data", "--help"])
+    if args.command == "keys" and args.keys_command is None:
+        parser.parse_args(["keys", "--help"])
     if args.command is None:
         parser.print_help()
         return 2
