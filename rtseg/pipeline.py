@@ -19,8 +19,10 @@ Overflow policy
     * for **files, image folders and the synthetic source** every queue blocks the stage
       before it (back-pressure): every frame is processed, in order, none lost.
     * ``q_render`` and ``q_publish`` always block: a frame accepted by inference is never
-      dropped. The publisher itself never blocks (ZeroMQ high-water mark; messages a slow
-      subscriber cannot take are dropped and counted by the publisher).
+      dropped. The publisher itself never blocks: ZeroMQ drops a message only for a
+      subscriber whose queue is full, and that subscriber counts what it missed from the
+      gaps in the headers' ``publish_seq`` (``rtseg.publish.GapCounter``); the others
+      still get every frame.
 
 Shutdown: end of input, ``max_frames``, or :meth:`Pipeline.stop` (Ctrl-C, SIGTERM) makes
 capture push a sentinel that flows through every queue; each stage finishes the frames it
@@ -85,7 +87,6 @@ class Summary:
     dropped_source: int  #: live source: frames replaced by newer ones before being read
     dropped_stale: int  #: live source: frames replaced in the inference queue
     skipped_corrupt: int  #: frames the source could not decode
-    publish_dropped: int  #: messages the publisher could not send (slow subscribers)
     reconnects: int
     wall_seconds: float
     fps: float  #: processed frames / seconds between first capture and last output
@@ -101,7 +102,7 @@ class Summary:
             f"source {self.source}: read {self.frames_read}, processed {self.frames_processed}, "
             f"published {self.frames_published}, dropped {self.dropped_source + self.dropped_stale} "
             f"(source {self.dropped_source}, stale {self.dropped_stale}), corrupt skipped {self.skipped_corrupt}, "
-            f"publish dropped {self.publish_dropped}, reconnects {self.reconnects}"
+            f"reconnects {self.reconnects}"
             + (f" ({len(self.gaps)} outage(s), {self.outage_seconds:.1f} s without frames)" if self.gaps else ""),
             f"{self.fps:.2f} FPS over {self.wall_seconds:.2f} s ({self.stopped_by})",
             f"{'stage':<14}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}",
@@ -304,8 +305,8 @@ class Pipeline:
                     break
                 if self.publisher is not None:
                     t0 = time.perf_counter()
-                    if self.publisher.publish(frame):
-                        self.frames_published += 1
+                    self.publisher.publish(frame)  # never blocks, never refused (see rtseg.publish)
+                    self.frames_published += 1
                     frame.timings["publish"] = time.perf_counter() - t0
                 done = time.perf_counter()
                 self._t_last = done
@@ -363,7 +364,6 @@ class Pipeline:
             dropped_source=int(getattr(stats, "frames_dropped", 0)),
             dropped_stale=self.dropped_stale,
             skipped_corrupt=int(getattr(stats, "frames_skipped", 0)),
-            publish_dropped=int(getattr(getattr(self.publisher, "stats", None), "dropped", 0)),
             reconnects=int(getattr(stats, "reconnects", 0)),
             wall_seconds=wall,
             fps=fps,

@@ -9,6 +9,12 @@ this module follows it. In short, one ZeroMQ multipart message per frame:
 3. one binary blob holding every mask: per instance, the smallest integer window that
    contains all its pixels, bit-packed row-major, most significant bit first.
 
+Delivery is best effort and per subscriber: the publisher never waits, and ZeroMQ drops
+a message only for a subscriber whose queue is full. Each header carries the publisher's
+own message counter (``publish_seq``) and a random id per :class:`Publisher`
+(``publisher_id``), so a subscriber counts exactly what it missed (:class:`GapCounter`,
+``Message.missed``).
+
 Decoding trusts nothing: every size is checked against the caps below and against the
 blob before anything is allocated, and every problem raises :class:`PublishError` with
 one line saying what was expected and what was found.
@@ -26,7 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 import numpy as np
@@ -40,7 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: header ``schema`` written by this module; a consumer accepts any ``1.x``
-SCHEMA = "rtseg.instances/1.0"
+#: (1.1 added the optional ``publisher_id`` and ``publish_seq``)
+SCHEMA = "rtseg.instances/1.1"
 SCHEMA_NAME = "rtseg.instances"
 SCHEMA_MAJOR = 1
 #: header ``mask_encoding``: integer window per instance, bit-packed row-major, MSB first
@@ -51,6 +58,8 @@ MASK_ENCODING = "bitpacked-window"
 #: orders of magnitude above the per-image detection caps of the models (100-300).
 MAX_IMAGE_SIDE = 16384
 MAX_INSTANCES = 10000
+#: longest ``publisher_id`` a decoder accepts; rtseg writes 16 hex digits (64 random bits)
+MAX_PUBLISHER_ID_CHARS = 64
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 #: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks a decode
 #: allocates (the blob alone does not bound it: empty masks cost no blob bytes).
@@ -98,16 +107,24 @@ def encode_message(
     *,
     topic: bytes = b"rtseg",
     publish_time: float | None = None,
+    publisher_id: str | None = None,
+    publish_seq: int | None = None,
 ) -> list[bytes]:
     """One frame as the three parts of a wire message: ``[topic, header, masks]``.
 
     ``frame.instances`` (``None`` or empty publishes no instances and an empty blob);
     ``class_names[class_id]`` names each instance; ``publish_time`` is wall-clock seconds
     (``time.time()`` when not given). Scores and boxes are written as JSON numbers that
-    give back the exact ``float32`` values.
+    give back the exact ``float32`` values. ``publisher_id`` and ``publish_seq`` (the
+    publisher's id and message counter, written by :class:`Publisher`) go into the header
+    when given.
     """
     if not isinstance(topic, bytes):
         raise TypeError(f"topic must be bytes, got {type(topic).__name__}")
+    if publisher_id is not None and not (isinstance(publisher_id, str) and 0 < len(publisher_id) <= MAX_PUBLISHER_ID_CHARS):
+        raise TypeError(f"publisher_id must be a string of 1 to {MAX_PUBLISHER_ID_CHARS} characters, got {_short(publisher_id)}")
+    if publish_seq is not None and (isinstance(publish_seq, bool) or not isinstance(publish_seq, int) or not 0 <= publish_seq <= _INT64_MAX):
+        raise TypeError(f"publish_seq must be an integer in [0, 2**63 - 1], got {_short(publish_seq)}")
     instances = frame.instances
     h, w = instances.image_size if instances is not None else frame.image_size
     if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
@@ -160,6 +177,10 @@ def encode_message(
         "masks_bytes": len(blob),
         "instances": entries,
     }
+    if publisher_id is not None:
+        header["publisher_id"] = publisher_id
+    if publish_seq is not None:
+        header["publish_seq"] = publish_seq
     # ensure_ascii: the header is plain ASCII, so any UTF-8 JSON parser reads it, even
     # for source ids that carry undecodable file-name bytes (lone surrogates).
     text = json.dumps(header, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
@@ -177,6 +198,13 @@ class Message:
     typed view: ``capture_time`` and ``publish_time`` in wall-clock seconds,
     ``image_size`` ``(H, W)``, ``class_names`` one name per instance, and ``instances``
     with full-size ``bool[N, H, W]`` masks.
+
+    ``publisher_id`` and ``publish_seq`` are the publisher's id and message counter
+    (``None`` in messages from publishers before schema 1.1). ``missed`` is set by
+    :func:`subscribe`: how many messages of the same publisher this subscriber did not
+    receive between the previous message it received and this one (0 for the first, and
+    after a publisher restart; see :class:`GapCounter`). :func:`decode_message` alone,
+    which sees one message, sets it to 0.
     """
 
     topic: bytes
@@ -188,6 +216,9 @@ class Message:
     image_size: tuple[int, int]
     class_names: list[str]
     instances: Instances
+    publisher_id: str | None = None
+    publish_seq: int | None = None
+    missed: int = 0
 
     __hash__ = None  # type: ignore[assignment]  # dict / numpy payload
 
@@ -293,6 +324,13 @@ def decode_message(
         raise _malformed("header field 'mask_encoding'", repr(MASK_ENCODING), _short(encoding))
 
     seq = _int(header, "seq", "header", 0, _INT64_MAX)
+    publish_seq = _int(header, "publish_seq", "header", 0, _INT64_MAX) if "publish_seq" in header else None
+    publisher_id = None
+    if "publisher_id" in header:
+        publisher_id = _str(header, "publisher_id", "header")
+        if not 0 < len(publisher_id) <= MAX_PUBLISHER_ID_CHARS:
+            raise _malformed("header field 'publisher_id'", f"a string of 1 to {MAX_PUBLISHER_ID_CHARS} characters",
+                             f"{len(publisher_id)} characters")
     source = _str(header, "source", "header")
     capture_time = _number(_get(header, "capture_time", "header"), "header field 'capture_time'")
     publish_time = _number(_get(header, "publish_time", "header"), "header field 'publish_time'")
@@ -371,7 +409,55 @@ def decode_message(
         image_size=(h, w),
         class_names=names,
         instances=instances,
+        publisher_id=publisher_id,
+        publish_seq=publish_seq,
     )
+
+
+class GapCounter:
+    """Counts the messages a subscriber missed, from the counters in the headers it receives.
+
+    Feed it every decoded :class:`Message` in the order received; :meth:`update` returns
+    how many messages were missed between the previous one and this one. ZeroMQ delivers
+    one publisher's messages in order, so a gap in its counter is exactly the messages
+    dropped for this subscriber (its queue was full) or lost while it was disconnected:
+
+    * the counter is ``publish_seq`` (consecutive over everything one :class:`Publisher`
+      sends), within one ``publisher_id``;
+    * a message from a publisher before schema 1.1 has neither; the frame ``seq`` of its
+      ``source`` stands in, whose gaps also count frames the publisher never sent (a live
+      source keeps only its newest frame);
+    * a new ``publisher_id`` (or source), or a counter that does not go forward, is a
+      restarted publisher: counted in :attr:`restarts`, and that message has missed 0
+      (what a new publisher sent before this subscriber reached it is not known), as does
+      the first message.
+
+    Totals: :attr:`received`, :attr:`missed`, :attr:`restarts`.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.missed = 0
+        self.restarts = 0
+        self._stream: tuple[str, str] | None = None
+        self._last = -1
+
+    def update(self, message: Message) -> int:
+        """Take the next received message; returns the messages missed just before it."""
+        if message.publish_seq is not None:
+            stream, counter = ("publisher", message.publisher_id or ""), message.publish_seq
+        else:
+            stream, counter = ("source", message.source), message.seq
+        missed = 0
+        if self._stream is not None:
+            if stream == self._stream and counter > self._last:
+                missed = counter - self._last - 1
+            else:
+                self.restarts += 1
+        self._stream, self._last = stream, counter
+        self.received += 1
+        self.missed += missed
+        return missed
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,12 +494,15 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 @dataclass(frozen=True)
 class PublisherStats:
-    """Counts since the publisher was made: messages ``sent`` (accepted by ZeroMQ),
-    ``dropped`` (refused because a subscriber's queue was full), ``bytes_sent``, and
-    ``rejected_clients`` (CURVE handshakes refused)."""
+    """Counts since the publisher was made: messages ``sent`` (handed to ZeroMQ; also the
+    next ``publish_seq``), ``bytes_sent``, and ``rejected_clients`` (CURVE handshakes
+    refused).
+
+    There is no drop count: ZeroMQ drops a message for each subscriber whose queue is full
+    without telling the sender, so the subscribers count what they missed
+    (``Message.missed``)."""
 
     sent: int
-    dropped: int
     bytes_sent: int
     #: CURVE only: handshakes refused because the subscriber's public key is not allowed
     rejected_clients: int = 0
@@ -460,10 +549,18 @@ class Publisher:
     ``zmq.auth.thread.ThreadAuthenticator``); others receive nothing and are counted in
     ``stats.rejected_clients``.
 
-    :meth:`publish` never blocks. The socket sets ``ZMQ_XPUB_NODROP``, so a full queue is
-    reported (and counted in :attr:`stats`) instead of silently dropped by ZeroMQ. The
-    trade-off: a message is sent to all subscribers or to none, so one stalled subscriber
-    makes every subscriber miss frames until it reads again or disconnects.
+    :meth:`publish` never blocks, and one subscriber cannot cost another a frame: ZeroMQ
+    queues each message for every subscriber and, for a subscriber whose queue is full
+    (``sndhwm`` here plus its own receive queue and the socket buffers between), drops it
+    for that subscriber only. The publisher cannot see those drops (nor could it count
+    them per subscriber), so every header carries this publisher's random
+    ``publisher_id`` and its message counter ``publish_seq`` (0, 1, 2, ...: one per
+    :meth:`publish`), and each subscriber counts its own gaps (``Message.missed``,
+    :class:`GapCounter`, the ``missed=`` of ``rtseg subscribe``).
+
+    (The earlier design set ``ZMQ_XPUB_NODROP`` to count drops here; then a message went
+    to every subscriber or to none, so one stalled subscriber made all of them miss
+    frames.)
 
     Like every ZeroMQ socket, a Publisher must be used from one thread at a time.
     """
@@ -497,8 +594,9 @@ class Publisher:
         self._zmq = zmq
         self._class_names = list(class_names)
         self._topic = topic
-        self._sent = self._dropped = self._bytes_sent = 0
-        self._dropping = False
+        self._sent = self._bytes_sent = 0
+        #: 64 random bits: a subscriber tells a restarted publisher (new id) from a gap
+        self._publisher_id = os.urandom(8).hex()
         self._context = zmq.Context()
         self._auth = None
         self._allowed: _AllowedKeys | None = None
@@ -506,7 +604,7 @@ class Publisher:
         try:
             socket.setsockopt(zmq.SNDHWM, sndhwm)
             socket.setsockopt(zmq.LINGER, linger_ms)
-            socket.setsockopt(zmq.XPUB_NODROP, 1)
+            # no ZMQ_XPUB_NODROP: a full queue drops the message for that subscriber only
             if keys is not None:
                 from zmq.auth.thread import ThreadAuthenticator
 
@@ -551,6 +649,11 @@ class Publisher:
         return self._allowed is not None
 
     @property
+    def publisher_id(self) -> str:
+        """This publisher's random id, written into every header (``publisher_id``)."""
+        return self._publisher_id
+
+    @property
     def endpoint(self) -> str:
         """The endpoint actually bound (wildcard ports resolved), e.g. ``tcp://127.0.0.1:40123``."""
         return self._endpoint
@@ -558,32 +661,29 @@ class Publisher:
     @property
     def stats(self) -> PublisherStats:
         rejected = self._allowed.rejected if self._allowed is not None else 0
-        return PublisherStats(sent=self._sent, dropped=self._dropped, bytes_sent=self._bytes_sent, rejected_clients=rejected)
+        return PublisherStats(sent=self._sent, bytes_sent=self._bytes_sent, rejected_clients=rejected)
 
     @property
     def closed(self) -> bool:
         return self._socket is None
 
-    def publish(self, frame: Frame) -> bool:
-        """Send ``frame``'s instances without blocking; False if the message was dropped."""
+    def publish(self, frame: Frame) -> None:
+        """Send ``frame``'s instances without blocking, as message ``publish_seq`` =
+        :attr:`stats` ``.sent``. Every subscriber whose queue has room gets it; the others
+        miss it (and see the gap in ``publish_seq``)."""
         if self._socket is None:
             raise PublishError(f"cannot publish on {self._endpoint}: expected an open Publisher, found it closed")
-        parts = encode_message(frame, self._class_names, topic=self._topic)
+        parts = encode_message(frame, self._class_names, topic=self._topic,
+                               publisher_id=self._publisher_id, publish_seq=self._sent)
         zmq = self._zmq
         try:
+            # A PUB socket without XPUB_NODROP never refuses a message (it drops per
+            # subscriber instead), so NOBLOCK only guards against waiting at all.
             self._socket.send_multipart(parts, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self._dropped += 1
-            if not self._dropping:
-                logger.warning("a subscriber on %s is not keeping up: dropping frames (dropped so far: %d)", self._endpoint, self._dropped)
-                self._dropping = True
-            return False
         except zmq.ZMQError as exc:
             raise PublishError(f"cannot send on {self._endpoint}: {exc.strerror}") from None
-        self._dropping = False
         self._sent += 1
         self._bytes_sent += sum(len(p) for p in parts)
-        return True
 
     def close(self) -> None:
         """Close the socket (waiting at most ``linger_ms`` to flush); safe to call twice."""
@@ -602,7 +702,7 @@ class Publisher:
 
     def __repr__(self) -> str:
         state = "closed" if self._socket is None else "open"
-        return f"Publisher({self._endpoint!r}, {state}, sent={self._sent}, dropped={self._dropped})"
+        return f"Publisher({self._endpoint!r}, {state}, id={self._publisher_id}, sent={self._sent})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -615,8 +715,18 @@ def subscribe(
     timeout: float | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     curve_keys: "str | os.PathLike | ClientKeys | None" = None,
+    rcvhwm: int | None = None,
+    gaps: GapCounter | None = None,
 ) -> Iterator[Message]:
     """Connect a SUB socket to ``endpoint`` and yield each decoded :class:`Message`.
+
+    Each message's ``missed`` is the number of the publisher's messages this subscriber
+    did not receive just before it (its queue was full, or it was disconnected), counted
+    by a :class:`GapCounter` from the headers' ``publish_seq``; pass ``gaps`` to read the
+    running totals (received, missed, publisher restarts). ``rcvhwm``: how many messages
+    ZeroMQ queues on this side (``ZMQ_RCVHWM``; ``None`` keeps ZeroMQ's 1000); once it and
+    the publisher's queue for this subscriber are full, the publisher drops messages for
+    this subscriber only.
 
     A generator: the socket is made at the first ``next()`` (a bad endpoint raises
     :class:`PublishError` there) and closed when the generator ends or is closed.
@@ -639,6 +749,11 @@ def subscribe(
         raise ConfigError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
     if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
         raise ConfigError(f"max_message_bytes must be an integer >= 1, got {max_message_bytes!r}")
+    if rcvhwm is not None and (isinstance(rcvhwm, bool) or not isinstance(rcvhwm, int) or rcvhwm < 0):
+        raise ConfigError(f"rcvhwm must be an integer >= 0 (0 = unlimited) or None, got {rcvhwm!r}")
+    if gaps is not None and not isinstance(gaps, GapCounter):
+        raise ConfigError(f"gaps must be a GapCounter or None, got {type(gaps).__name__}")
+    counter = GapCounter() if gaps is None else gaps
     zmq = _import_zmq()
     keys = None
     if curve_keys is not None:
@@ -658,6 +773,8 @@ def subscribe(
         # subscriber started before the publisher misses as few first frames as possible.
         socket.setsockopt(zmq.RECONNECT_IVL, 20)
         socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+        if rcvhwm is not None:
+            socket.setsockopt(zmq.RCVHWM, rcvhwm)
         socket.setsockopt(zmq.SUBSCRIBE, topic)
         try:
             socket.connect(endpoint)
@@ -700,7 +817,12 @@ def subscribe(
                 malformed += 1
                 logger.warning("skipping message %d malformed so far from %s: %s", malformed, endpoint, exc)
                 continue
-            yield message
+            restarts = counter.restarts
+            missed = counter.update(message)
+            if counter.restarts != restarts:
+                logger.info("a new or restarted publisher on %s (publisher_id %s): counting missed messages afresh",
+                            endpoint, message.publisher_id)
+            yield replace(message, missed=missed) if missed else message
             if timeout is not None:
                 deadline = time.monotonic() + timeout
     finally:
@@ -714,9 +836,10 @@ def subscribe(
 def _format_line(message: Message, received_time: float) -> str:
     latency_ms = (received_time - message.publish_time) * 1000.0
     found = ", ".join(f"{name} {score:.2f}" for name, score in zip(message.class_names, message.instances.scores.tolist()))
+    missed = f" missed={message.missed}" if message.missed else ""
     return (
         f"seq={message.seq} source={message.source!r} latency={latency_ms:.1f}ms "
-        f"instances={len(message.instances)} [{found}]"
+        f"instances={len(message.instances)} [{found}]{missed}"
     )
 
 
@@ -744,18 +867,24 @@ def run_subscriber(
     out: TextIO | None = None,
     curve_keys: str | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    err: TextIO | None = None,
 ) -> int:
     """``rtseg subscribe ENDPOINT [--topic T] [--count N] [--timeout S] [--save DIR] [--curve-keys DIR]``; returns the exit code.
 
     Prints one line per message to ``out`` (default ``sys.stdout``): seq, source,
     publish-to-receive latency in ms (wall clocks: across machines it includes their
-    clock offset), number of instances and each class name and score. With ``save_dir``,
+    clock offset), number of instances and each class name and score, and ``missed=N``
+    when N messages of the publisher did not reach this subscriber just before this one
+    (its queue was full or it was disconnected; see :class:`GapCounter`). At the end, one
+    line to ``err`` (default ``sys.stderr``): messages received, missed, and publisher
+    restarts seen. With ``save_dir``,
     writes ``<seq>.json`` per message: the header, the receive time and the masks as
     COCO RLEs (``Instances.to_rle()``). Stops after ``count`` messages, or after
     ``timeout`` seconds without one. ``curve_keys``: a key folder for a CURVE publisher
     (``--curve-keys DIR``); ``max_message_bytes``: larger messages are not accepted.
     """
     out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"--count must be an integer >= 1, got {count!r}")
     if save_dir is not None:
@@ -764,7 +893,9 @@ def run_subscriber(
         except OSError as exc:
             raise ConfigError(f"--save must be a directory that can be created, got {save_dir!r}: {exc.strerror}") from None
     received = 0
-    messages = subscribe(endpoint, topic=topic, timeout=timeout, curve_keys=curve_keys, max_message_bytes=max_message_bytes)
+    gaps = GapCounter()
+    messages = subscribe(endpoint, topic=topic, timeout=timeout, curve_keys=curve_keys, max_message_bytes=max_message_bytes,
+                         gaps=gaps)
     try:
         for message in messages:
             received_time = time.time()
@@ -777,6 +908,14 @@ def run_subscriber(
             received += 1
             if count is not None and received >= count:
                 break
+    except KeyboardInterrupt:  # Ctrl-C, the usual end without --count: the totals still count
+        print(_totals_line(gaps), file=err, flush=True)
+        raise
     finally:
         messages.close()
+    print(_totals_line(gaps), file=err, flush=True)
     return 0
+
+
+def _totals_line(gaps: GapCounter) -> str:
+    return f"received {gaps.received} message(s), missed {gaps.missed}, publisher restarts {gaps.restarts}"

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from rtseg.errors import PublishError, SourceError
 from rtseg.pipeline import Pipeline
-from rtseg.publish import Publisher, decode_message, encode_message, subscribe
+from rtseg.publish import GapCounter, Publisher, decode_message, encode_message, subscribe
 from rtseg.render import VideoRecorder
 from rtseg.sources import MAX_IMAGE_PIXELS, open_source
 from rtseg.structures import Frame, Instances
@@ -309,34 +309,68 @@ def _frame(seq: int, rng: np.random.Generator, size: tuple[int, int] = (48, 64))
                  instances=instances)
 
 
-def test_stalled_subscriber_does_not_hold_up_the_pipeline_and_its_drops_are_counted(segmenter, tmp_path):
-    endpoint = f"ipc://{tmp_path}/rtseg.sock"  # Unix socket: small kernel buffers fill fast
+def test_stalled_subscriber_does_not_hold_up_the_pipeline_and_counts_what_it_missed(segmenter, tmp_path):
+    """A subscriber that stops reading (receive queue of 1, over a Unix socket whose small
+    buffers fill fast) next to a healthy one: the pipeline runs at its own pace and the
+    healthy subscriber gets every frame; the stalled one misses frames -- dropped by ZeroMQ
+    for it alone -- and counts them from the gaps in publish_seq when it reads again."""
+    endpoint = f"ipc://{tmp_path}/rtseg.sock"
     seen: list[Frame] = []
-    with Publisher(endpoint, list(segmenter.class_names), sndhwm=1) as publisher:
-        context = zmq.Context()
-        stalled = context.socket(zmq.SUB)
-        stalled.setsockopt(zmq.RCVHWM, 1)
-        stalled.setsockopt(zmq.RCVBUF, 4096)
-        stalled.setsockopt(zmq.SUBSCRIBE, b"")
-        stalled.connect(endpoint)
-        attempts = 0
-        while not stalled.poll(10):  # handshake: the subscription has reached the publisher
-            publisher.publish(Frame(seq=0, source_id="warm-up", capture_time=0.0, image=np.zeros((8, 8, 3), np.uint8)))
-            attempts += 1
-            assert attempts < 1000
-        stalled.recv_multipart()  # ... and then it never reads again
-        before = publisher.stats
+    healthy_received: list = []
+    with Publisher(endpoint, list(segmenter.class_names)) as publisher:
+        # the receive timeouts only end a wait that would otherwise hang the test
+        healthy = subscribe(endpoint, timeout=60.0)
+        stalled_gaps = GapCounter()
+        stalled = subscribe(endpoint, timeout=60.0, rcvhwm=1, gaps=stalled_gaps)
+        warm_up = Frame(seq=0, source_id="warm-up", capture_time=0.0, image=np.zeros((8, 8, 3), np.uint8))
+        done = threading.Event()
+
+        def keep_warming() -> None:  # until both subscriptions have reached the publisher
+            while not done.wait(0.01):
+                publisher.publish(warm_up)
+
+        warming = threading.Thread(target=keep_warming)
+        warming.start()
+        try:
+            first_healthy, first = next(healthy), next(stalled)
+        finally:
+            done.set()
+            warming.join()
+        assert first_healthy.source == first.source == "warm-up"
+        # ... and from here the stalled one does not read until the pipeline has finished
+
+        def after_publish(frame: Frame) -> None:  # publish thread: wait until the healthy one has it
+            seen.append(frame)
+            for message in healthy:
+                if message.source != "warm-up":
+                    healthy_received.append(message)
+                    return
+
         summary = Pipeline(open_source("synthetic:0:1280x720"), segmenter, publisher=publisher, max_frames=40,
-                           on_frame=seen.append).run()
-        stats = publisher.stats
-        stalled.close(linger=0)
-        context.term()
-    # every frame was processed and reached the end of the pipeline; the ones the stalled
-    # subscriber could not take were dropped by the publisher and counted, none blocked
-    assert summary.frames_read == summary.frames_processed == len(seen) == 40
-    assert summary.frames_published + (stats.dropped - before.dropped) == 40
-    assert stats.dropped - before.dropped >= 1 and summary.publish_dropped == stats.dropped
+                           on_frame=after_publish).run()
+        # the stalled subscriber reads again, a marker published per message it reads,
+        # until it has come through its backlog to a marker
+        late = []
+        for _ in range(10_000):
+            publisher.publish(Frame(seq=0, source_id="marker", capture_time=0.0, image=np.zeros((8, 8, 3), np.uint8)))
+            late.append(next(stalled))
+            if late[-1].source == "marker":
+                break
+        healthy.close()
+        stalled.close()
+    # every frame was processed and published, none waited for the stalled subscriber
+    assert summary.frames_read == summary.frames_processed == summary.frames_published == len(seen) == 40
     assert summary.stopped_by == "max frames (40)"
+    # the healthy subscriber received every frame, in order, nothing missed
+    assert [m.seq for m in healthy_received] == list(range(40)) and all(m.missed == 0 for m in healthy_received)
+    assert all(m.instances == f.instances for m, f in zip(healthy_received, seen))
+    # the stalled one missed frames and counted each: received + missed spans every
+    # message from its first to its last, in publish_seq
+    assert late[-1].source == "marker" and stalled_gaps.received == 1 + len(late) and stalled_gaps.restarts == 0
+    assert stalled_gaps.missed == sum(m.missed for m in late) > 0
+    assert stalled_gaps.received + stalled_gaps.missed == late[-1].publish_seq - first.publish_seq + 1
+    frames_it_got = [m.seq for m in late if m.source == seen[0].source_id]
+    assert frames_it_got == sorted(set(frames_it_got)) and len(frames_it_got) < 40
 
 
 def test_subscribers_joining_and_leaving_at_random_see_only_whole_decodable_messages():
@@ -389,7 +423,7 @@ def test_subscribers_joining_and_leaving_at_random_see_only_whole_decodable_mess
         stats = publisher.stats
     assert problems == []
     assert len(received) > 20  # the subscribers did receive (whole) messages
-    assert stats.sent + stats.dropped == seq
+    assert stats.sent == seq  # publish() never refuses a message (and never blocks)
 
 
 def test_subscriber_caps_the_message_size_it_accepts():
@@ -431,6 +465,7 @@ def test_subscriber_caps_the_message_size_it_accepts():
         publish_until(small, 4)  # ... reconnects, and small messages arrive again
         listener.join()
     assert len(received) == 4 and all(m.source == "stress" for m in received)
+    assert sum(m.missed for m in received) >= 5  # the big ones never arrived, and the gap says so
 
 
 # ---------------------------------------------------------------------------------------

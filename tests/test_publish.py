@@ -22,6 +22,7 @@ from rtseg.errors import PublishError
 from rtseg.publish import (
     MAX_IMAGE_SIDE,
     SCHEMA,
+    GapCounter,
     Message,
     Publisher,
     binds_all_interfaces,
@@ -171,6 +172,43 @@ def test_header_has_every_documented_field_and_tight_windows():
     assert header["masks_bytes"] == offset
 
 
+def test_publisher_id_and_publish_seq_are_written_when_given_and_decoded():
+    frame = make_frame(None, seq=5, size=(4, 4))
+    header = json.loads(encode_message(frame, NAMES, publisher_id="00ff00ff00ff00ff", publish_seq=41)[1])
+    assert (header["publisher_id"], header["publish_seq"]) == ("00ff00ff00ff00ff", 41)
+    message = decode_message(encode_message(frame, NAMES, publisher_id="00ff00ff00ff00ff", publish_seq=41))
+    assert (message.publisher_id, message.publish_seq, message.missed) == ("00ff00ff00ff00ff", 41, 0)
+    # a 1.0 message (no counter) still decodes
+    assert (decode_message(encode_message(frame, NAMES)).publish_seq, decode_message(encode_message(frame, NAMES)).publisher_id) == (None, None)
+    with pytest.raises(TypeError, match="publish_seq must be an integer"):
+        encode_message(frame, NAMES, publish_seq=-1)
+
+
+def _counted(publisher_id: str | None, publish_seq: int | None, seq: int = 0, source: str = "cam") -> Message:
+    frame = make_frame(None, seq=seq, source=source, size=(2, 2))
+    return decode_message(encode_message(frame, NAMES, publisher_id=publisher_id, publish_seq=publish_seq))
+
+
+def test_gap_counter_counts_gaps_in_publish_seq_and_starts_afresh_after_a_restart():
+    gaps = GapCounter()
+    # first message: nothing before it is known (slow joiner); then gaps of 0, 3, 0
+    assert [gaps.update(_counted("a", k)) for k in (7, 8, 12, 13)] == [0, 0, 3, 0]
+    # a restarted publisher (new id) begins at 0 again: no negative or huge gap
+    assert [gaps.update(_counted("b", k)) for k in (0, 2)] == [0, 1]
+    # the frame seq, which may jump or restart with the source, does not matter here
+    assert gaps.update(_counted("b", 3, seq=10**6)) == 0
+    assert (gaps.received, gaps.missed, gaps.restarts) == (7, 4, 1)
+
+
+def test_gap_counter_falls_back_to_the_frame_seq_for_messages_without_publish_seq():
+    """Schema 1.0 publishers send no publish_seq: the frame seq of the source stands in; a
+    seq going backwards or another source is a restart, never a negative count."""
+    gaps = GapCounter()
+    assert [gaps.update(_counted(None, None, seq=k)) for k in (3, 4, 9, 0, 2)] == [0, 0, 4, 0, 1]
+    assert gaps.update(_counted(None, None, seq=50, source="other")) == 0
+    assert (gaps.received, gaps.missed, gaps.restarts) == (6, 5, 2)
+
+
 def test_encode_does_not_modify_the_frame():
     instances = random_instances(np.random.default_rng(8), 5, 10, 10)
     copies = [a.copy() for a in (instances.boxes, instances.scores, instances.class_ids, instances.masks)]
@@ -285,6 +323,11 @@ def _set_instance(key, value, index=0):
         (_set_instance("class_name", None), "'class_name' must be a string"),
         (lambda h: h["instances"].__setitem__(0, [1, 2]), "instances[0] must be a JSON object"),
         (lambda h: h["instances"][2].__setitem__("mask_offset", h["instances"][0]["mask_offset"]), "not overlapping another mask"),
+        (_set("publish_seq", -1), "'publish_seq' must be an integer in [0,"),
+        (_set("publish_seq", 1.5), "'publish_seq' must be an integer"),
+        (_set("publisher_id", 7), "'publisher_id' must be a string"),
+        (_set("publisher_id", ""), "'publisher_id' must be a string of 1 to 64 characters, found 0 characters"),
+        (_set("publisher_id", "x" * 65), "'publisher_id' must be a string of 1 to 64 characters, found 65 characters"),
     ],
 )
 def test_malformed_header_raises_one_line_publish_error(change, fragment):
@@ -337,7 +380,8 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=12,
 )
-HEADER_KEYS = ["schema", "seq", "source", "capture_time", "publish_time", "image_size", "mask_encoding", "masks_bytes", "instances"]
+HEADER_KEYS = ["schema", "seq", "source", "capture_time", "publish_time", "image_size", "mask_encoding", "masks_bytes", "instances",
+               "publisher_id", "publish_seq"]
 INSTANCE_KEYS = ["class_id", "class_name", "score", "box", "mask_window", "mask_offset", "mask_length"]
 FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -409,9 +453,8 @@ def test_publisher_to_subscriber_delivers_every_message_in_order():
             publisher.publish(make_frame(None, seq=0, source="warmup", size=(24, 32)))
             time.sleep(0.01)
         assert received, f"subscriber never received a warm-up message: {errors}"
-        for frame in frames:
-            while not publisher.publish(frame):  # the subscriber keeps up; retry if it lags
-                time.sleep(0.001)
+        for frame in frames:  # sndhwm 100 > 30 messages: none can be dropped even if it lags
+            publisher.publish(frame)
         thread.join(timeout=30)
         assert not thread.is_alive() and not errors
         stats = publisher.stats
@@ -419,34 +462,84 @@ def test_publisher_to_subscriber_delivers_every_message_in_order():
     assert [m.seq for m in real] == list(range(n_messages))
     assert all(m.instances == f.instances for m, f in zip(real, frames))
     assert stats.sent >= n_messages and stats.bytes_sent > 0
+    # the publisher's counter runs on without gaps across warm-up and real messages
+    assert all(m.missed == 0 for m in received) and {m.publisher_id for m in received} == {publisher.publisher_id}
+    assert [m.publish_seq for m in received] == list(range(received[0].publish_seq, received[0].publish_seq + len(received)))
 
 
-def test_stalled_subscriber_makes_publish_drop_and_count_instead_of_blocking(zmq_context):
+def _warm_up(publisher: Publisher, *subscribers) -> list[Message]:
+    """Until each subscriber generator has received a message (ZeroMQ's slow joiner): a
+    thread publishes small warm-up frames while this one waits on each ``next()``.
+    Returns each subscriber's first message."""
+    done = threading.Event()
+
+    def keep_publishing() -> None:
+        while not done.wait(0.01):
+            publisher.publish(make_frame(None, source="warm-up", size=(8, 8)))
+
+    thread = threading.Thread(target=keep_publishing, daemon=True)
+    thread.start()
+    try:
+        firsts = [next(messages) for messages in subscribers]
+    finally:
+        done.set()
+        thread.join()
+    assert [m.source for m in firsts] == ["warm-up"] * len(subscribers)
+    return firsts
+
+
+def _next_from(messages, source: str) -> Message:
+    """The next message from ``source``, skipping warm-up messages still queued."""
+    for message in messages:
+        if message.source == source:
+            return message
+    raise AssertionError(f"the subscriber ended (receive timeout) before a message from {source!r}")
+
+
+def test_stalled_subscriber_misses_frames_alone_and_counts_them_while_a_healthy_one_gets_every_frame(tmp_path):
+    """Without XPUB_NODROP, ZeroMQ drops a message only for the subscriber whose queue is
+    full. A subscriber that stops reading (receive queue of 1 message, a Unix socket's small
+    buffers) costs the healthy subscriber nothing, and publish() never blocks; when the
+    stalled one reads again, the gaps in publish_seq say exactly what it missed."""
     rng = np.random.default_rng(0)
     big = make_frame(Instances(np.zeros((1, 4), np.float32), np.ones(1, np.float32), np.zeros(1, np.int64),
                                rng.random((1, 1024, 1024)) < 0.5, (1024, 1024)))  # ~128 KiB per message
-    small = make_frame(None, size=(8, 8))
-    with Publisher(LOOPBACK, NAMES, sndhwm=1) as publisher:
-        sub = zmq_context.socket(zmq.SUB)
-        sub.setsockopt(zmq.RCVHWM, 1)
-        sub.setsockopt(zmq.RCVBUF, 4096)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(publisher.endpoint)
-        attempts = 0
-        while not sub.poll(10):  # handshake: the subscription has reached the publisher
-            publisher.publish(small)
-            attempts += 1
-            assert attempts < 1000
-        sub.recv_multipart()
-        for _ in range(2000):  # never read again: queues and socket buffers fill up
-            publisher.publish(big)
-            attempts += 1
-            if publisher.stats.dropped >= 5:
+    n_big, endpoint = 64, f"ipc://{tmp_path}/rtseg.sock"  # 8 MiB: far more than the queues and buffers hold
+    with Publisher(endpoint, NAMES) as publisher:
+        # the timeouts only end a wait that would otherwise hang the test
+        healthy_gaps, stalled_gaps = GapCounter(), GapCounter()
+        healthy = subscribe(publisher.endpoint, timeout=30.0, gaps=healthy_gaps)
+        stalled = subscribe(publisher.endpoint, timeout=30.0, rcvhwm=1, gaps=stalled_gaps)
+        _, first = _warm_up(publisher, healthy, stalled)  # the stalled one now stops reading
+        got: list[Message] = []
+        for seq in range(n_big):  # lock-step with the healthy subscriber only
+            publisher.publish(make_frame(big.instances, seq=seq, source="big"))
+            got.append(_next_from(healthy, "big"))
+        # the stalled subscriber reads again; a tail message is published per message it
+        # reads, until it has come through everything queued for it to a tail message
+        late: list[Message] = []
+        for seq in range(10 * n_big):
+            publisher.publish(make_frame(None, seq=seq, source="tail", size=(8, 8)))
+            assert _next_from(healthy, "tail").seq == seq
+            late.append(next(stalled))
+            if late[-1].source == "tail":
                 break
-        stats = publisher.stats
-        sub.close(linger=0)
-    assert stats.dropped >= 5
-    assert stats.sent + stats.dropped == attempts
+        assert late[-1].source == "tail", "the stalled subscriber never got past its backlog"
+        healthy.close()
+        stalled.close()
+    # the healthy subscriber received every frame, in order, and missed nothing
+    assert [m.seq for m in got] == list(range(n_big)) and all(m.instances == big.instances for m in got)
+    assert healthy_gaps.missed == 0 and healthy_gaps.restarts == 0
+    # the stalled one missed frames, and its count is consistent: each gap in publish_seq
+    # is reported once, on the message after it, and received + missed covers every
+    # message published from the first one it received to the last
+    assert stalled_gaps.received == 1 + len(late) and stalled_gaps.restarts == 0
+    assert stalled_gaps.missed == sum(m.missed for m in late) > 0
+    assert {m.publisher_id for m in [first, *late]} == {publisher.publisher_id}
+    publish_seqs = [m.publish_seq for m in [first, *late]]
+    assert all(m.missed == b - a - 1 >= 0 for a, b, m in zip(publish_seqs, publish_seqs[1:], late))
+    assert stalled_gaps.received + stalled_gaps.missed == publish_seqs[-1] - publish_seqs[0] + 1
+    assert len([m for m in late if m.source == "big"]) < n_big  # big frames were among those it missed
 
 
 def test_bind_to_an_address_in_use_raises_publish_error():
@@ -464,7 +557,8 @@ def test_bad_endpoint_raises_publish_error_naming_it(endpoint):
 
 def test_publisher_over_ipc_close_is_idempotent_and_publish_after_close_fails(tmp_path):
     publisher = Publisher(f"ipc://{tmp_path}/rtseg.sock", NAMES)
-    assert publisher.publish(make_frame(None, size=(4, 4)))  # no subscriber: accepted, goes nowhere
+    publisher.publish(make_frame(None, size=(4, 4)))  # no subscriber: accepted, goes nowhere
+    assert publisher.stats.sent == 1
     publisher.close()
     publisher.close()
     assert publisher.closed
@@ -548,14 +642,15 @@ def test_subscribe_to_a_bad_endpoint_raises_publish_error():
 # ---------------------------------------------------------------------------------------
 def test_run_subscriber_prints_lines_and_saves_decodable_json(tmp_path):
     save_dir = tmp_path / "out"
-    out = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     published: dict[int, Instances] = {}
     result: list = []
     with Publisher(LOOPBACK, NAMES) as publisher:
 
         def run() -> None:
             try:
-                result.append(run_subscriber(publisher.endpoint, count=3, timeout=10.0, save_dir=str(save_dir), out=out))
+                result.append(run_subscriber(publisher.endpoint, count=3, timeout=10.0, save_dir=str(save_dir), out=out,
+                                             err=err))
             except BaseException as exc:
                 result.append(exc)
 
@@ -572,6 +667,8 @@ def test_run_subscriber_prints_lines_and_saves_decodable_json(tmp_path):
     assert result == [0]
     lines = out.getvalue().splitlines()
     assert len(lines) == 3 and all(re.match(r"seq=\d+ source='cam0' latency=-?\d+\.\dms instances=\d+ \[", line) for line in lines)
+    missed = sum(int(m.group(1)) for m in re.finditer(r" missed=(\d+)$", out.getvalue(), flags=re.M))
+    assert err.getvalue() == f"received 3 message(s), missed {missed}, publisher restarts 0\n"
     files = sorted(save_dir.glob("*.json"))
     assert len(files) == 3
     for path in files:
@@ -587,6 +684,33 @@ def test_run_subscriber_prints_lines_and_saves_decodable_json(tmp_path):
             image_size=tuple(header["image_size"]),
         )
         assert decoded == expected
+
+
+def test_run_subscriber_prints_the_frames_missed_before_a_message(zmq_context):
+    """A publisher (a plain PUB socket here) whose counter jumps by 10: the subscriber's
+    line for the message after the jump says missed=9, and so do its totals."""
+    pub = zmq_context.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    out, err = io.StringIO(), io.StringIO()
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(
+        run_subscriber(f"tcp://127.0.0.1:{port}", timeout=1.0, out=out, err=err)), daemon=True)
+    thread.start()
+    publish_seq = 0
+    while not out.getvalue():  # until the subscriber has received one (slow joiner)
+        assert thread.is_alive() and publish_seq < 3000
+        pub.send_multipart(encode_message(make_frame(None, size=(4, 4)), NAMES, publisher_id="p1", publish_seq=publish_seq))
+        publish_seq += 1
+        time.sleep(0.01)
+    pub.send_multipart(encode_message(make_frame(None, seq=99, source="jump", size=(4, 4)), NAMES,
+                                      publisher_id="p1", publish_seq=publish_seq + 9))
+    thread.join(timeout=30)  # it stops 1 s after the last message
+    pub.close(linger=0)
+    assert result == [0]
+    lines = out.getvalue().splitlines()
+    assert lines[-1].startswith("seq=99 source='jump'") and lines[-1].endswith(" missed=9")
+    assert not any("missed=" in line for line in lines[:-1])
+    assert err.getvalue() == f"received {len(lines)} message(s), missed 9, publisher restarts 0\n"
 
 
 def test_run_subscriber_with_a_bad_endpoint_raises_publish_error():
