@@ -1,46 +1,11 @@
 // Shared arithmetic of the NMS kernels (cuda/fast_nms.cu, cuda/greedy_nms.cu, cuda/matrix_nms.cu);
 // other kernels may include it read-only. Header-only, no standard headers (NVRTC has none).
 //
-// Float arithmetic is written with round-to-nearest intrinsics on the device so that nvcc cannot
-// contract `a + b - c * d` into a fused multiply-add: the torch twins (and torchvision's CPU NMS)
-// round every operation, and an IoU that is exactly at a threshold must stay exactly there on the
-// GPU too. On the host (the -DRTSEG_HOST_BUILD test build, x86-64 without FMA) the same functions
-// are plain IEEE float operations.
+// Float arithmetic goes through cuda/rounding.cuh, so an IoU that is exactly at a threshold
+// stays exactly there on the GPU as in the torch twins (and torchvision's CPU NMS).
 #pragma once
 
-#define RT_HD __host__ __device__ __forceinline__
-
-RT_HD float rt_add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-RT_HD float rt_sub(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-RT_HD float rt_mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-RT_HD float rt_div(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
+#include "rounding.cuh"
 
 // torch.maximum / torch.minimum / clamp for finite inputs (the NMS inputs are finite boxes)
 RT_HD float rt_max(float a, float b) { return a < b ? b : a; }

@@ -39,11 +39,11 @@ struct CropRange {
 };
 
 __host__ __device__ inline CropRange crop_range(float a, float b, int size) {
-  const float x1 = rs_mul(a, (float)size);
-  const float x2 = rs_mul(b, (float)size);
+  const float x1 = rt_mul(a, (float)size);
+  const float x2 = rt_mul(b, (float)size);
   CropRange r;
-  r.lo = rs_max(rs_sub(rs_min(x1, x2), 1.0f), 0.0f);
-  r.hi = rs_min(rs_add(rs_max(x1, x2), 1.0f), (float)size);
+  r.lo = rs_max(rt_sub(rs_min(x1, x2), 1.0f), 0.0f);
+  r.hi = rs_min(rt_add(rs_max(x1, x2), 1.0f), (float)size);
   return r;
 }
 
@@ -59,7 +59,7 @@ __host__ __device__ inline float soft_mask_value(const float* proto, const float
   const float* p = proto + ((long long)row * w + col) * k;
   const float* q = coef + (long long)n * k;
   float acc = 0.0f;
-  for (int j = 0; j < k; ++j) acc = rs_fma(p[j], q[j], acc);
+  for (int j = 0; j < k; ++j) acc = rt_fma(p[j], q[j], acc);
   return rs_sigmoid(acc);
 }
 

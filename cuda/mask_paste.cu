@@ -35,10 +35,10 @@ struct TentTaps {
 
 __host__ __device__ inline TentTaps tent_taps(int index, float lo, float hi, int m_size) {
   TentTaps t;
-  const float extent = rs_sub(hi, lo);
+  const float extent = rt_sub(hi, lo);
   const bool valid = extent > 0.0f;
-  const float centre = rs_add((float)index, 0.5f);
-  const float u = rs_sub(rs_mul(rs_div(rs_sub(centre, lo), valid ? extent : 1.0f), (float)m_size), 0.5f);
+  const float centre = rt_add((float)index, 0.5f);
+  const float u = rt_sub(rt_mul(rt_div(rt_sub(centre, lo), valid ? extent : 1.0f), (float)m_size), 0.5f);
   const float fm0 = floorf(u);
   // far outside the RoI: no tap has weight (also keeps the int conversion in range)
   if (!valid || !(fm0 >= -1.0f && fm0 < (float)m_size)) {
@@ -47,8 +47,8 @@ __host__ __device__ inline TentTaps tent_taps(int index, float lo, float hi, int
     return t;
   }
   t.m0 = (int)fm0;
-  t.w0 = t.m0 >= 0 ? rs_max(rs_sub(1.0f, fabsf(rs_sub(u, (float)t.m0))), 0.0f) : 0.0f;
-  t.w1 = t.m0 + 1 < m_size ? rs_max(rs_sub(1.0f, fabsf(rs_sub(u, (float)(t.m0 + 1)))), 0.0f) : 0.0f;
+  t.w0 = t.m0 >= 0 ? rs_max(rt_sub(1.0f, fabsf(rt_sub(u, (float)t.m0))), 0.0f) : 0.0f;
+  t.w1 = t.m0 + 1 < m_size ? rs_max(rt_sub(1.0f, fabsf(rt_sub(u, (float)(t.m0 + 1)))), 0.0f) : 0.0f;
   return t;
 }
 
@@ -69,9 +69,9 @@ __host__ __device__ inline float pasted_value(const float* masks, const float* b
     const bool ok_c = j == 0 ? ok_c0 : ok_c1;
     const float a = ok_c && ok_r0 ? m[(long long)r0 * mw + c] : 0.0f;
     const float b = ok_c && ok_r1 ? m[(long long)r1 * mw + c] : 0.0f;
-    col_sum[j] = rs_fma(ty.w1, b, rs_mul(ty.w0, a));
+    col_sum[j] = rt_fma(ty.w1, b, rt_mul(ty.w0, a));
   }
-  return rs_fma(col_sum[1], tx.w1, rs_mul(col_sum[0], tx.w0));
+  return rt_fma(col_sum[1], tx.w1, rt_mul(col_sum[0], tx.w0));
 }
 
 __host__ __device__ inline unsigned char paste_bit(float value, float threshold) { return value >= threshold ? 1 : 0; }

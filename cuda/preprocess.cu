@@ -46,22 +46,22 @@ struct PreprocessParams {
 // scale (downscaling) or 1 (upscaling), tent filter of the source distance times
 // 1 / scale, weights normalised to sum 1. Returns the window start; weights go to w_out[0..size).
 __host__ __device__ inline int aa_window(int dst, int in_size, int out_size, int* size, float* w_out, int capacity) {
-  const float scale = rs_div((float)in_size, (float)out_size);
+  const float scale = rt_div((float)in_size, (float)out_size);
   const float support = scale >= 1.0f ? scale : 1.0f;
-  const float invscale = scale >= 1.0f ? rs_div(1.0f, scale) : 1.0f;
-  const float center = rs_mul(scale, rs_add((float)dst, 0.5f));
-  const int xmin = rs_imax((int)rs_add(rs_sub(center, support), 0.5f), 0);
-  int xsize = rs_imin((int)rs_add(rs_add(center, support), 0.5f), in_size) - xmin;
+  const float invscale = scale >= 1.0f ? rt_div(1.0f, scale) : 1.0f;
+  const float center = rt_mul(scale, rt_add((float)dst, 0.5f));
+  const int xmin = rs_imax((int)rt_add(rt_sub(center, support), 0.5f), 0);
+  int xsize = rs_imin((int)rt_add(rt_add(center, support), 0.5f), in_size) - xmin;
   if (xsize > capacity) xsize = capacity;
   float total = 0.0f;
   for (int j = 0; j < xsize; ++j) {
-    const float d = fabsf(rs_mul(rs_add(rs_sub((float)(j + xmin), center), 0.5f), invscale));
-    const float wt = d < 1.0f ? rs_sub(1.0f, d) : 0.0f;
+    const float d = fabsf(rt_mul(rt_add(rt_sub((float)(j + xmin), center), 0.5f), invscale));
+    const float wt = d < 1.0f ? rt_sub(1.0f, d) : 0.0f;
     w_out[j] = wt;
-    total = rs_add(total, wt);
+    total = rt_add(total, wt);
   }
   if (total != 0.0f)
-    for (int j = 0; j < xsize; ++j) w_out[j] = rs_div(w_out[j], total);
+    for (int j = 0; j < xsize; ++j) w_out[j] = rt_div(w_out[j], total);
   *size = xsize;
   return xmin;
 }
@@ -99,13 +99,13 @@ __host__ __device__ inline void preprocess_pixel(const unsigned char* image, con
       for (int i = 0; i < ny; ++i) {
         const unsigned char* row = image + (long long)(y0 + i) * p.w * 3;
         float hsum = 0.0f;
-        for (int j = 0; j < nx; ++j) hsum = rs_fma((float)row[(x0 + j) * 3 + s], wx[j], hsum);
-        acc = rs_fma(hsum, wy[i], acc);
+        for (int j = 0; j < nx; ++j) hsum = rt_fma((float)row[(x0 + j) * 3 + s], wx[j], hsum);
+        acc = rt_fma(hsum, wy[i], acc);
       }
       resized[c] = rs_min(rs_max(rintf(acc), 0.0f), 255.0f);
     }
   }
-  for (int c = 0; c < 3; ++c) out[c] = rs_div(rs_sub(resized[c], p.mean[c]), p.std_[c]);
+  for (int c = 0; c < 3; ++c) out[c] = rt_div(rt_sub(resized[c], p.mean[c]), p.std_[c]);
 }
 
 __host__ __device__ inline PreprocessParams make_params(int h, int w, int hr, int wr, int hc, int wc, int src0,

@@ -6,8 +6,8 @@
 //
 // - nvcc contracts `a * b + c` into one fused multiply-add on the device (default --fmad=true),
 //   g++ does not on a baseline x86-64 host. So every multiply, add and divide below goes
-//   through rs_mul / rs_add / rs_div (one IEEE rounding each, never contracted: __fmul_rn etc.
-//   on the device) and every fused multiply-add through rs_fma (fmaf: one rounding on both).
+//   through rt_mul / rt_add / rt_div (cuda/rounding.cuh: one IEEE rounding each, never
+//   contracted) and every fused multiply-add through rt_fma (fmaf: one rounding on both).
 // - expf differs between CUDA's libdevice and glibc by up to 2 ulp: only sigmoid uses it, and
 //   the tests bound what that changes (see tests/test_kernels_masks.py).
 //
@@ -15,44 +15,12 @@
 // (fmaf, floorf, fabsf, expf, rintf) are built into nvcc and NVRTC alike.
 #pragma once
 
+#include "rounding.cuh"
+
 #ifndef RTSEG_RS_HD
 #define RTSEG_RS_HD __host__ __device__ __forceinline__
 #endif
 
-
-RTSEG_RS_HD float rs_mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-RTSEG_RS_HD float rs_add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-RTSEG_RS_HD float rs_sub(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-RTSEG_RS_HD float rs_div(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-
-RTSEG_RS_HD float rs_fma(float a, float b, float c) { return fmaf(a, b, c); }
 
 RTSEG_RS_HD float rs_min(float a, float b) { return a < b ? a : b; }
 RTSEG_RS_HD float rs_max(float a, float b) { return a > b ? a : b; }
@@ -60,7 +28,7 @@ RTSEG_RS_HD int rs_imin(int a, int b) { return a < b ? a : b; }
 RTSEG_RS_HD int rs_imax(int a, int b) { return a > b ? a : b; }
 
 // 1 / (1 + exp(-x)), torch.sigmoid's formula.
-RTSEG_RS_HD float rs_sigmoid(float x) { return rs_div(1.0f, rs_add(1.0f, expf(-x))); }
+RTSEG_RS_HD float rs_sigmoid(float x) { return rt_div(1.0f, rt_add(1.0f, expf(-x))); }
 
 // Two taps of a 1-d bilinear resize with align_corners=False, as torch's upsample_bilinear2d
 // (ATen/native/UpSample.h: area_pixel_compute_scale, area_pixel_compute_source_index,
@@ -74,13 +42,13 @@ struct LinearTaps {
 };
 
 RTSEG_RS_HD LinearTaps rs_linear_taps(int dst, int in_size, int out_size) {
-  const float scale = rs_div((float)in_size, (float)out_size);
-  float src = rs_fma(scale, rs_add((float)dst, 0.5f), -0.5f);
+  const float scale = rt_div((float)in_size, (float)out_size);
+  float src = rt_fma(scale, rt_add((float)dst, 0.5f), -0.5f);
   if (src < 0.0f) src = 0.0f;
   LinearTaps t;
   t.i0 = rs_imin((int)floorf(src), in_size - 1);
-  t.l1 = rs_min(rs_max(rs_sub(src, (float)t.i0), 0.0f), 1.0f);
-  t.l0 = rs_sub(1.0f, t.l1);
+  t.l1 = rs_min(rs_max(rt_sub(src, (float)t.i0), 0.0f), 1.0f);
+  t.l0 = rt_sub(1.0f, t.l1);
   t.i1 = t.i0 + (t.i0 < in_size - 1 ? 1 : 0);
   return t;
 }
@@ -88,9 +56,9 @@ RTSEG_RS_HD LinearTaps rs_linear_taps(int dst, int in_size, int out_size) {
 // Bilinear blend of four samples: rows first (v00, v01 along x), then the two rows along y.
 RTSEG_RS_HD float rs_bilinear(float v00, float v01, float v10, float v11, const LinearTaps& ty,
                               const LinearTaps& tx) {
-  const float top = rs_fma(v01, tx.l1, rs_mul(v00, tx.l0));
-  const float bottom = rs_fma(v11, tx.l1, rs_mul(v10, tx.l0));
-  return rs_fma(bottom, ty.l1, rs_mul(top, ty.l0));
+  const float top = rt_fma(v01, tx.l1, rt_mul(v00, tx.l0));
+  const float bottom = rt_fma(v11, tx.l1, rt_mul(v10, tx.l0));
+  return rt_fma(bottom, ty.l1, rt_mul(top, ty.l0));
 }
 
 // float32 -> IEEE binary16 bits, round to nearest even (what __float2half_rn and torch's

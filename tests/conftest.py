@@ -25,3 +25,17 @@ def rtsp_server():
         yield server
     finally:
         server.stop()
+
+
+# --- one torch thread (owner: kernels; tests/test_kernels_*.py) --------------------------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For a module of thousands of tiny torch ops (the kernels' reference twins): one intra-op
+    thread is many times faster than several on a busy machine (a 12 ms bmm instead of
+    0.1 ms), and the twins' results do not depend on it. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,6 +20,7 @@ import pytest
 from rtseg.bench import STAGES, latency_stats, realtime_models
 from rtseg.bench import main as bench_main
 from rtseg.models import DEFAULT_MODEL, MODELS
+from cli_helpers import assert_one_line_error
 
 BENCH = [sys.executable, "-m", "rtseg.bench"]
 TINY = ["--frames", "3", "--warmup", "1", "--sizes", "64x96", "--no-progress"]
@@ -28,16 +29,6 @@ TINY = ["--frames", "3", "--warmup", "1", "--sizes", "64x96", "--no-progress"]
 def run_bench(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*BENCH, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
-    assert proc.returncode == code, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, proc.stderr
-    assert errors[0].startswith("rtseg: error: ")
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def test_latency_stats_are_ordered_percentiles():

@@ -6,34 +6,13 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import cv2
 import pytest
 
-RTSEG = [sys.executable, "-m", "rtseg"]
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*RTSEG, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
-    assert proc.returncode == code, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, proc.stderr
-    assert errors[0].startswith("rtseg: error: ")
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0]
+from cli_helpers import RTSEG, assert_one_line_error, free_port, run_cli
 
 
 def test_models_lists_variants_sizes_and_weight_sources():

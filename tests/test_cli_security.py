@@ -3,34 +3,16 @@
 
 from __future__ import annotations
 
-import socket
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 import zmq
 
-RTSEG = [sys.executable, "-m", "rtseg"]
+from cli_helpers import RTSEG, assert_one_line_error, free_port, run_cli
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="this libzmq has no CURVE (built without libsodium)")
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*RTSEG, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def one_line_error(proc: subprocess.CompletedProcess, code: int, fragment: str) -> None:
-    assert proc.returncode == code, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("rtseg: error: ")]
-    assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_keys_generate_writes_the_key_folder_once(tmp_path):
@@ -40,15 +22,15 @@ def test_keys_generate_writes_the_key_folder_once(tmp_path):
     assert f"wrote {folder / 'server.key_secret'}" in proc.stdout
     assert stat.S_IMODE((folder / "client.key_secret").stat().st_mode) == 0o600
     assert (folder / "allowed_clients" / "client.key").is_file()
-    one_line_error(run_cli("keys", "generate", str(folder)), 2, "expected a folder without keys")
+    assert_one_line_error(run_cli("keys", "generate", str(folder)), 2, "expected a folder without keys")
 
 
 def test_curve_keys_errors_come_before_the_model_loads(tmp_path):
-    one_line_error(run_cli("run", "--curve-keys", str(tmp_path), "--max-frames", "1"), 2,
+    assert_one_line_error(run_cli("run", "--curve-keys", str(tmp_path), "--max-frames", "1"), 2,
                    "--curve-keys is for --publish")
-    one_line_error(run_cli("run", "--publish", f"tcp://127.0.0.1:{free_port()}", "--curve-keys",
+    assert_one_line_error(run_cli("run", "--publish", f"tcp://127.0.0.1:{free_port()}", "--curve-keys",
                            str(tmp_path / "missing"), "--max-frames", "1"), 2, "--curve-keys: expected a key folder")
-    one_line_error(run_cli("subscribe", "tcp://127.0.0.1:1", "--curve-keys", str(tmp_path / "missing")), 2,
+    assert_one_line_error(run_cli("subscribe", "tcp://127.0.0.1:1", "--curve-keys", str(tmp_path / "missing")), 2,
                    "--curve-keys: expected a key folder")
 
 

@@ -47,14 +47,7 @@ def ptr(a: np.ndarray) -> ctypes.c_void_p:
     return a.ctypes.data_as(ctypes.c_void_p)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The references run thousands of tiny ops: on a busy machine torch's thread pool costs more
-    than it gives (a 12 ms bmm instead of 0.1 ms). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 # -- host libraries --------------------------------------------------------------------------------------

@@ -29,14 +29,7 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
     return P(None) if t is None else P(t.data_ptr())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Thousands of tiny torch ops: one intra-op thread is many times faster than several on a
-    busy machine (the twins' results do not depend on the thread count)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 # -- host drivers ------------------------------------------------------------------------------------
