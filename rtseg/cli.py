@@ -329,12 +329,15 @@ def _calibration_preprocess(model: str):
 
 def cmd_models(_: argparse.Namespace) -> int:
     from rtseg.models import DEFAULT_MODEL, MODELS
+    from rtseg.segmenter import builtin_weights_path
 
     rows = [("name", "family", "input HxW", "classes", "weights")]
     for name, cfg in MODELS.items():
         mark = " (default)" if name == DEFAULT_MODEL else ""
         h, w = cfg.input_size
-        rows.append((name + mark, cfg.family, f"{h}x{w}", str(len(cfg.class_names)), cfg.weights_source))
+        source = ("built in (trained on rtseg's synthetic shapes, docs/builtin-model.md)" if builtin_weights_path(name)
+                  else cfg.weights_source)
+        rows.append((name + mark, cfg.family, f"{h}x{w}", str(len(cfg.class_names)), source))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}  {r[4]}")

@@ -25,6 +25,9 @@ def test_models_lists_variants_sizes_and_weight_sources():
                        ("yolact_resnet18_half_384 (default)", "384x384")]:
         assert name in text and size in text
     assert "yolact_plus_resnet50_54_800000.pth" in text
+    # whether weights are built in is read from the package, not from a fixed string
+    line = next(line for line in lines if line.startswith("centermask_lite_vovnet19_quarter_384"))
+    assert "built in" in line and "none built in" not in line
 
 
 def test_help_shows_examples():
