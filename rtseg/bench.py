@@ -630,7 +630,7 @@ def write_plot(report: dict[str, Any], path: str) -> None:
     labels = [CaseResult(**{k: r[k] for k in ("model", "family", "backend", "frame_size", "input_size",
                                                  "precision", "batch")}).label() for r in rows]
     y = np.arange(len(rows))
-    fig, (ax_fps, ax_ms) = plt.subplots(1, 2, figsize=(14, 1.2 + 0.55 * max(len(rows), 1)), sharey=True,
+    fig, (ax_fps, ax_ms) = plt.subplots(1, 2, figsize=(14, 1.6 + 0.55 * max(len(rows), 1)), sharey=True,
                                         constrained_layout=True)
     seq = [r["fps"] for r in rows]
     pipe = [r["pipeline"]["fps"] if r["pipeline"] else 0.0 for r in rows]
@@ -639,7 +639,8 @@ def write_plot(report: dict[str, Any], path: str) -> None:
     ax_fps.set_yticks(y, labels, fontsize=8)
     ax_fps.invert_yaxis()
     ax_fps.set_xlabel("frames per second")
-    ax_fps.legend(fontsize=8, loc="lower right")
+    # legends below the axes: inside, they would cover the longest bars
+    ax_fps.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     ax_fps.set_title("FPS")
     left = np.zeros(len(rows))
     colors = ("#bbbbbb", "#66ccee", "#4477aa", "#228833", "#ccbb44", "#aa3377")
@@ -648,7 +649,7 @@ def write_plot(report: dict[str, Any], path: str) -> None:
         ax_ms.barh(y, v, left=left, height=0.6, label=stage, color=color)
         left += v
     ax_ms.set_xlabel("mean milliseconds per frame")
-    ax_ms.legend(fontsize=8, loc="lower right")
+    ax_ms.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
     ax_ms.set_title("where the time goes")
     m = report["machine"]
     fig.suptitle(f"rtseg bench {report['date'][:10]} · {m['cpu']} ({m['cores']} cores) · GPU {m['gpu'] or 'none'}",
