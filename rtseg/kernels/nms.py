@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from rtseg import kernels
-from rtseg.postprocess.yolact import Detections
+from rtseg.postprocess.yolact import Detections, fast_nms_candidates
 
 _THREADS = 256
 #: greedy NMS: the reduce kernel keeps one removed-bit per candidate in 48 KiB of shared memory
@@ -77,11 +77,8 @@ def prepare_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, top_k: int) -> F
     c, n = scores.shape
     if n == 0 or c == 0:
         return None
-    sorted_scores, idx = scores.sort(dim=1, descending=True, stable=True)
-    idx = idx[:, :top_k].contiguous()
-    sorted_scores = sorted_scores[:, :top_k].contiguous()
-    class_boxes = boxes[idx.reshape(-1)].reshape(c, idx.shape[1], 4).contiguous()
-    return FastNmsInputs(class_boxes, sorted_scores, idx)
+    class_boxes, sorted_scores, idx = fast_nms_candidates(boxes, scores, top_k)
+    return FastNmsInputs(class_boxes.contiguous(), sorted_scores.contiguous(), idx.contiguous())
 
 
 def _empty_detections(boxes: torch.Tensor, scores: torch.Tensor) -> Detections:

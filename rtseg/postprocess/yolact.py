@@ -74,6 +74,20 @@ class Detections:
     scores: torch.Tensor
 
 
+def fast_nms_candidates(boxes: torch.Tensor, scores: torch.Tensor,
+                        top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each class's ``K = min(top_k, N)`` best candidates by stable descending score, as Fast NMS
+    (and its CUDA twin, :func:`rtseg.kernels.nms.fast_nms`) reads them: ``class_boxes
+    float32[C, K, 4]``, ``sorted_scores float32[C, K]`` (non-increasing), ``index int64[C, K]``
+    into ``boxes``. ``boxes float32[N, 4]``, ``scores float32[C, N]``."""
+    c = scores.shape[0]
+    sorted_scores, idx = scores.sort(dim=1, descending=True, stable=True)
+    idx = idx[:, :top_k]
+    sorted_scores = sorted_scores[:, :top_k]
+    class_boxes = boxes[idx.reshape(-1)].view(c, idx.shape[1], 4)
+    return class_boxes, sorted_scores, idx
+
+
 def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, top_k: int = 200,
              max_detections: int = 100) -> Detections:
     """Per-class Fast NMS (YOLACT paper Sec. 3.4; ``Detect.fast_nms``).
@@ -96,11 +110,8 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
     if n == 0 or c == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=boxes.device)
         return Detections(empty, empty.clone(), torch.zeros(0, dtype=scores.dtype, device=scores.device))
-    sorted_scores, idx = scores.sort(dim=1, descending=True, stable=True)
-    idx = idx[:, :top_k]
-    sorted_scores = sorted_scores[:, :top_k]
+    class_boxes, sorted_scores, idx = fast_nms_candidates(boxes, scores, top_k)
     k = idx.shape[1]
-    class_boxes = boxes[idx.reshape(-1)].view(c, k, 4)
     iou = box_iou(class_boxes, class_boxes).triu(diagonal=1)
     iou_max = iou.max(dim=1).values
     keep = iou_max <= iou_threshold
