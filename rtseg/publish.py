@@ -629,14 +629,13 @@ class Publisher:
             protection = f"CURVE-encrypted, {len(keys.allowed_clients)} allowed subscriber key(s) from {keys.folder}"
         else:
             protection = "unencrypted, no authentication"
-        if binds_all_interfaces(endpoint):
-            level = logging.INFO if keys is not None else logging.WARNING
-            logger.log(level, "publishing on %s: every network interface, reachable from the network (%s)", self._endpoint, protection)
-        elif not binds_loopback_only(endpoint):
-            level = logging.INFO if keys is not None else logging.WARNING
-            logger.log(level, "publishing on %s: reachable from the network (%s)", self._endpoint, protection)
-        else:
+        if binds_loopback_only(endpoint):
             logger.info("publishing on %s: this machine only (%s)", self._endpoint, protection)
+        else:  # reachable from the network: a warning unless encrypted
+            where = "every network interface, reachable from the network" if binds_all_interfaces(endpoint) \
+                else "reachable from the network"
+            level = logging.INFO if keys is not None else logging.WARNING
+            logger.log(level, "publishing on %s: %s (%s)", self._endpoint, where, protection)
 
     def _stop_auth(self) -> None:
         if self._auth is not None:

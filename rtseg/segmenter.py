@@ -94,9 +94,9 @@ class Segmenter:
         if not 0.0 <= score_threshold < 1.0:
             raise ConfigError(f"score threshold must be in [0, 1), got {score_threshold}")
         self.config: ModelConfig = get_config(model)
-        self.ops = self._postprocess_ops(postprocess, device)
-        self.family = family_of(self.config)
         self.device = parse_device(device)
+        self.ops = self._postprocess_ops(postprocess, self.device)
+        self.family = family_of(self.config)
         self.score_threshold = float(score_threshold)
         self.model_name = model
         with torch.random.fork_rng(devices=[]):
@@ -117,18 +117,17 @@ class Segmenter:
         self.backend = self._make_backend(backend, engine, cache_dir)
 
     @staticmethod
-    def _postprocess_ops(postprocess: str, device: str) -> PostprocessOps:
+    def _postprocess_ops(postprocess: str, device: torch.device) -> PostprocessOps:
         if postprocess == "torch":
             return TORCH_OPS
         if postprocess != "cuda":
             raise ConfigError(f"unknown post-processing '{postprocess}', expected torch or cuda")
         from rtseg import kernels
 
-        dev = parse_device(device)
-        if dev.type != "cuda":
+        if device.type != "cuda":
             raise ConfigError(f"--postprocess cuda runs rtseg's CUDA kernels and needs --device cuda[:N], got '{device}'")
-        if not kernels.kernels_available(dev):
-            raise ConfigError(f"--postprocess cuda: cannot launch kernels on {dev} (needs a CUDA GPU torch can use, "
+        if not kernels.kernels_available(device):
+            raise ConfigError(f"--postprocess cuda: cannot launch kernels on {device} (needs a CUDA GPU torch can use, "
                               "pycuda (pip install 'rtseg[gpu]') or CuPy, and nvcc or NVRTC); use --postprocess torch")
         return cuda_ops()
 

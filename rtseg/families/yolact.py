@@ -27,8 +27,8 @@ CLASS_DEPENDENT_PREFIXES = (
 def postprocess(outputs: dict[str, torch.Tensor], net: Yolact, cfg: YolactConfig, image_size: tuple[int, int],
                 score_threshold: float, ops: PostprocessOps = TORCH_OPS) -> Instances:
     maskiou = getattr(net, "maskiou_net", None)
-    result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold, maskiou_fn=maskiou,
-                            ops=ops)
+    result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold,
+                              maskiou_fn=maskiou, ops=ops)
     return to_numpy_instances(result, image_size)
 
 
