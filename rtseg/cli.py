@@ -431,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # before cv2 first opens a capture.
         os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+        if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "OFF":
+            # OpenCV reads OPENCV_LOG_LEVEL when cv2 is imported, and building the parser has
+            # imported it already (the model registry pulls in the synthetic renderer)
+            sys.modules["cv2"].utils.logging.setLogLevel(sys.modules["cv2"].utils.logging.LOG_LEVEL_SILENT)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="rtseg: %(levelname)s: %(message)s", stream=sys.stderr)
     from rtseg.bench import cmd_bench

@@ -56,7 +56,10 @@ def test_user_errors_end_in_one_line_and_an_exit_code(args, code, fragments, tmp
 
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
     args = [a.format(tmp=tmp_path, port=free_port()) for a in args]
-    assert_one_line_error(run_cli(*args, timeout=120), code, *fragments)
+    proc = run_cli(*args, timeout=120)
+    assert_one_line_error(proc, code, *fragments)
+    # nothing but rtseg's own log lines: no OpenCV / FFmpeg diagnostics around the error
+    assert all(line.startswith("rtseg: ") for line in proc.stderr.splitlines()), proc.stderr
 
 
 def test_publish_address_in_use_is_one_line(tmp_path):
