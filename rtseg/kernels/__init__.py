@@ -54,6 +54,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sysconfig
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +71,21 @@ __all__ = [
     "launcher_name", "module", "nvcc_path", "pack_arguments", "source_path",
 ]
 
-#: ``cuda/`` beside the package (a source checkout); ``$RTSEG_CUDA_DIR`` overrides it
-CUDA_DIR = Path(os.environ.get("RTSEG_CUDA_DIR", Path(__file__).resolve().parents[2] / "cuda"))
+
+
+def _cuda_dir() -> Path:
+    """Where the ``.cu`` sources are: ``$RTSEG_CUDA_DIR``; else ``cuda/`` beside the package (a
+    source checkout or an editable install); else ``<prefix>/share/rtseg/cuda``, where a wheel
+    install puts them (``[tool.setuptools.data-files]`` in pyproject.toml)."""
+    if "RTSEG_CUDA_DIR" in os.environ:
+        return Path(os.environ["RTSEG_CUDA_DIR"])
+    checkout = Path(__file__).resolve().parents[2] / "cuda"
+    if checkout.is_dir():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "rtseg" / "cuda"
+
+
+CUDA_DIR = _cuda_dir()
 
 #: compute capabilities built ahead of time: Turing (T4), Ampere (A10, RTX 30), Ada (L4, RTX 40),
 #: Hopper (H100); ``compute_90`` PTX is embedded too so newer GPUs can JIT it
@@ -313,8 +327,8 @@ def source_path(name: str) -> Path:
     """``cuda/<name>.cu``; :class:`KernelError` when it does not exist."""
     src = CUDA_DIR / f"{name}.cu"
     if not src.is_file():
-        raise KernelError(f"no kernel source {src} (expected cuda/{name}.cu in the rtseg source tree; "
-                          f"set RTSEG_CUDA_DIR to the folder holding the .cu files)")
+        raise KernelError(f"no kernel source {src} (expected {name}.cu in the checkout's cuda/ or, installed, in "
+                          f"<prefix>/share/rtseg/cuda; set RTSEG_CUDA_DIR to the folder holding the .cu files)")
     return src
 
 

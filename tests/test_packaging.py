@@ -1,0 +1,60 @@
+"""What a wheel install gets: the package, the built-in weights, and the CUDA kernels' sources
+where ``rtseg.kernels`` looks for them outside a checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # --no-build-isolation: setuptools and wheel come from the test venv (no registry needed)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=240)
+    if proc.returncode != 0:
+        pytest.fail(f"pip wheel failed: {proc.stderr[-2000:]}")
+    (whl,) = out.glob("rtseg-*.whl")
+    return whl
+
+
+def test_wheel_holds_every_kernel_source_and_the_builtin_weights(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = "rtseg-0.1.0.data/data/share/rtseg/cuda/"
+    sources = sorted(p.name for p in (ROOT / "cuda").iterdir() if p.suffix in (".cu", ".cuh"))
+    assert sources, "no cuda/*.cu in the checkout"
+    assert sorted(n[len(data):] for n in names if n.startswith(data)) == sources
+    weights = sorted(p.name for p in (ROOT / "rtseg" / "weights").glob("*.pth"))
+    assert sorted(n.split("/")[-1] for n in names if n.startswith("rtseg/weights/") and n.endswith(".pth")) == weights
+
+
+def test_installed_wheel_finds_its_kernel_sources_outside_a_checkout(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the wheel's dependencies (torch, numpy, ...) from this test's own environment
+    deps = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "test-deps.pth").write_text(deps + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=240)
+    env = {k: v for k, v in os.environ.items() if k not in ("RTSEG_CUDA_DIR", "PYTHONPATH")}
+    probe = ("import rtseg.kernels as k, sys; print(k.CUDA_DIR); print(k.source_path('fast_nms')); "
+             "print(k.__file__)")
+    proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cuda_dir, fast_nms, module = proc.stdout.split()
+    assert Path(module).is_relative_to(env_dir), "the probe imported the checkout, not the installed wheel"
+    assert Path(cuda_dir) == env_dir / "share" / "rtseg" / "cuda"
+    assert Path(fast_nms).read_bytes() == (ROOT / "cuda" / "fast_nms.cu").read_bytes()
