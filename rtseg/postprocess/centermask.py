@@ -228,41 +228,73 @@ def pool_rois(features: list[torch.Tensor], boxes: torch.Tensor, batch_index: to
     return out
 
 
+def _support(lo: torch.Tensor, hi: torch.Tensor, m: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and one-past-last pixel, per box, whose centre can get a nonzero tent weight.
+
+    The weight of pixel ``c`` is nonzero only for ``-1 < u < m``, i.e. for a centre ``c + 0.5``
+    within half a mask cell (``extent / 2m``) of the box. One pixel of slack on each side keeps
+    rounding from cutting off a pixel; the extra ones get zero weights. Empty for degenerate boxes.
+    """
+    extent = hi - lo
+    half = extent / (2 * m)
+    first = (torch.floor(lo - half - 0.5) - 1).clamp(0, size)
+    stop = (torch.ceil(hi + half - 0.5) + 1).clamp(0, size)
+    stop = torch.where(extent > 0, stop, first)
+    return first.to(torch.int64), stop.to(torch.int64)
+
+
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int],
                 threshold: float = 0.5) -> torch.Tensor:
     """Paste ``M x M`` RoI masks into the image, all instances in one batched computation.
 
     ``masks float32[N, M, M]`` probabilities; ``boxes float32[N, 4]`` xyxy in image pixels;
-    -> ``bool[N, H, W]``, pixel ``(r, c)`` set when the sampled value is ``>= threshold``.
+    -> ``bool[N, H, W]``, pixel ``(r, c)`` set when the sampled value is ``>= threshold``
+    (``0 < threshold``).
 
     Same values as detectron2's ``_do_paste_mask``: pixel centre ``c + 0.5`` maps to mask
     coordinate ``u = (c + 0.5 - x0) / (x1 - x0) * M - 0.5``, bilinearly sampled with zeros outside
     (``grid_sample``, ``align_corners=False``). Bilinear sampling on a grid that is separable in
     x and y is a product of two interpolation matrices, so the image is ``Wy @ mask @ Wx^T`` with
-    ``Wy[N, H, M]`` / ``Wx[N, W, M]`` holding the tent weights ``max(0, 1 - |u - m|)``: one batched
-    matmul instead of torchvision's per-instance loop, and no ``[N, H, W, 2]`` sampling grid
-    (detectron2's GPU path needs one; its CPU path loops over instances). Boxes of zero width or
-    height give empty masks.
+    ``Wy`` / ``Wx`` holding the tent weights ``max(0, 1 - |u - m|)``: one batched matmul instead
+    of torchvision's per-instance loop, and no ``[N, H, W, 2]`` sampling grid (detectron2's GPU
+    path needs one; its CPU path loops over instances). Only the rows and columns around each box
+    are computed (``Wy[N, h, M]`` / ``Wx[N, w, M]``, ``h x w`` the largest box's extent, as
+    detectron2's CPU path pastes within the box), then scattered into the frame: outside them every
+    weight is zero, so the value is 0 and below the threshold. Boxes of zero width or height give
+    empty masks.
     """
+    if not threshold > 0:
+        raise ValueError(f"paste threshold must be > 0, got {threshold}")
     n, m = masks.shape[0], masks.shape[-1]
     h, w = int(image_size[0]), int(image_size[1])
+    out = torch.zeros((n, h, w), dtype=torch.bool, device=masks.device)
     if n == 0:
-        return torch.zeros((0, h, w), dtype=torch.bool, device=masks.device)
+        return out
     boxes = boxes.to(torch.float32)
+    r0, r1 = _support(boxes[:, 1], boxes[:, 3], m, h)
+    c0, c1 = _support(boxes[:, 0], boxes[:, 2], m, w)
+    span_h, span_w = int((r1 - r0).max()), int((c1 - c0).max())
+    if span_h == 0 or span_w == 0:
+        return out
+    rows = r0[:, None] + torch.arange(span_h, device=masks.device)  # [N, span_h] image rows
+    cols = c0[:, None] + torch.arange(span_w, device=masks.device)
     taps = torch.arange(m, device=masks.device, dtype=torch.float32)
 
-    def weights(lo: torch.Tensor, hi: torch.Tensor, size: int) -> torch.Tensor:
-        centres = torch.arange(size, device=masks.device, dtype=torch.float32) + 0.5
+    def weights(lo: torch.Tensor, hi: torch.Tensor, pixels: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+        centres = pixels.to(torch.float32) + 0.5
         extent = hi - lo
         valid = extent > 0
-        u = (centres[None, :] - lo[:, None]) / torch.where(valid, extent, 1.0)[:, None] * m - 0.5
+        u = (centres - lo[:, None]) / torch.where(valid, extent, 1.0)[:, None] * m - 0.5
         tent = (1.0 - (u[:, :, None] - taps).abs()).clamp(min=0.0)
-        return tent * valid[:, None, None]
+        # pixels past this box's support (padding to the largest box) or past the image: no weight
+        return tent * (valid[:, None] & (pixels < stop[:, None]))[:, :, None]
 
-    wy = weights(boxes[:, 1], boxes[:, 3], h)
-    wx = weights(boxes[:, 0], boxes[:, 2], w)
-    img = torch.bmm(torch.bmm(wy, masks.to(torch.float32)), wx.transpose(1, 2))
-    return img >= threshold
+    wy = weights(boxes[:, 1], boxes[:, 3], rows, r1)
+    wx = weights(boxes[:, 0], boxes[:, 2], cols, c1)
+    local = torch.bmm(torch.bmm(wy, masks.to(torch.float32)), wx.transpose(1, 2)) >= threshold
+    inst, ri, ci = local.nonzero(as_tuple=True)
+    out[inst, rows[inst, ri], cols[inst, ci]] = True
+    return out
 
 
 @dataclass(frozen=True)
