@@ -266,6 +266,20 @@ def test_paste_crafted_cases():
     degenerate = post.paste_masks(torch.ones(2, 28, 28), torch.tensor([[3.0, 3.0, 3.0, 6.0], [1.0, 5.0, 4.0, 5.0]]), (8, 8))
     assert not degenerate.any()
     assert post.paste_masks(torch.zeros(0, 28, 28), torch.zeros(0, 4), (8, 9)).shape == (0, 8, 9)
+    with pytest.raises(ValueError, match="threshold must be > 0"):
+        post.paste_masks(ones, torch.tensor([[2.0, 3.0, 6.0, 5.0]]), (8, 8), threshold=0.0)
+
+
+def test_paste_small_and_frame_sized_boxes_together():
+    # each box is computed only around itself, padded to the largest: a 2-pixel box beside one
+    # covering (and overhanging) the whole frame, boxes touching each image edge
+    g = torch.Generator().manual_seed(11)
+    masks = torch.rand(5, 28, 28, generator=g)
+    boxes = torch.tensor([[10.2, 7.7, 12.1, 9.4], [-30.0, -5.0, 130.0, 95.0], [0.0, 0.0, 20.0, 15.0],
+                          [85.5, 60.25, 100.0, 70.0], [40.0, 30.0, 90.0, 70.0]])
+    ours = post.paste_masks(masks, boxes, (70, 90))
+    assert int((ours != paste_mask_loop(masks, boxes, (70, 90))).sum()) <= 2
+    assert ours[3, 60:, 85:].any() and ours[4, 30:, 40:].any()
 
 
 # -- postprocess ---------------------------------------------------------------------------------------
