@@ -239,7 +239,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on ``rtseg``'s sub-command parsers (or any ``add_subparsers()``)."""
-    from rtseg.models import DEFAULT_MODEL
+    from rtseg.defaults import DEFAULT_MODEL
 
     p = subparsers.add_parser("bench", help="per-stage latency and FPS of models x backends x sizes on this machine",
                               description=__doc__, epilog=BENCH_EXAMPLES,

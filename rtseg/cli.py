@@ -83,8 +83,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rtseg.models import DEFAULT_MODEL
-    from rtseg.segmenter import DEFAULT_SCORE_THRESHOLD
+    from rtseg.defaults import DEFAULT_MODEL, DEFAULT_SCORE_THRESHOLD
 
     parser = argparse.ArgumentParser(prog="rtseg", description="Real-time video instance segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -432,8 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
         if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "OFF":
-            # OpenCV reads OPENCV_LOG_LEVEL when cv2 is imported, and building the parser has
-            # imported it already (the model registry pulls in the synthetic renderer)
+            # OpenCV reads OPENCV_LOG_LEVEL only when cv2 is imported; a program calling main()
+            # may have imported it already
             sys.modules["cv2"].utils.logging.setLogLevel(sys.modules["cv2"].utils.logging.LOG_LEVEL_SILENT)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="rtseg: %(levelname)s: %(message)s", stream=sys.stderr)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from rtseg.backends import BACKENDS, Backend, TorchBackend
+from rtseg.defaults import DEFAULT_SCORE_THRESHOLD
 from rtseg.errors import ConfigError
 from rtseg.families import family_of
 from rtseg.families.base import ModelConfig
@@ -26,8 +27,6 @@ from rtseg.structures import Instances
 
 log = logging.getLogger("rtseg.segmenter")
 
-#: display / publish score threshold: YolactEdge's README demos use 0.3 (dbolya/yolact's use 0.15)
-DEFAULT_SCORE_THRESHOLD = 0.3
 
 
 def builtin_weights_path(model_name: str) -> str | None:

@@ -11,10 +11,13 @@ import difflib
 from typing import TYPE_CHECKING
 
 from rtseg.data.coco_classes import COCO_CLASSES
+from rtseg.defaults import DEFAULT_MODEL  # what ``rtseg run`` uses without --model
 from rtseg.errors import ConfigError
 from rtseg.models.yolact import YolactConfig
 from rtseg.models.centermask import CENTERMASK_VARIANTS
 from rtseg.models.solov2 import SOLOV2_VARIANTS
+
+__all__ = ["DEFAULT_MODEL", "MODELS", "SYNTHETIC_CLASSES", "YOLACT_VARIANTS", "get_config"]
 
 if TYPE_CHECKING:
     from rtseg.families.base import ModelConfig
@@ -70,8 +73,6 @@ MODELS: dict[str, ModelConfig] = {
     )
 }
 
-#: what ``rtseg run`` uses when no --model is given
-DEFAULT_MODEL = "yolact_resnet18_half_384"
 
 
 def get_config(name: str) -> ModelConfig:
