@@ -4,6 +4,7 @@ where ``rtseg.kernels`` looks for them outside a checkout."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -17,10 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # built from a copy of the files git would commit: setuptools writes build/ and *.egg-info
+    # into the tree it builds, and a stale build/lib would leak removed modules into the wheel
+    src = tmp_path_factory.mktemp("src")
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("wheel")
-    # --no-build-isolation: setuptools and wheel come from the test venv (no registry needed)
+    # --no-build-isolation: setuptools comes from the test venv (no registry needed)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(out), str(ROOT)], capture_output=True, text=True, timeout=240)
+                           "-w", str(out), str(src)], capture_output=True, text=True, timeout=240)
     if proc.returncode != 0:
         pytest.fail(f"pip wheel failed: {proc.stderr[-2000:]}")
     (whl,) = out.glob("rtseg-*.whl")
