@@ -27,8 +27,7 @@ def unseen(tmp_path_factory):
 
 @pytest.mark.parametrize("model", BUILTIN)
 def test_builtin_weights_segment_unseen_synthetic_images(model, unseen):
-    if builtin_weights_path(model) is None:
-        pytest.skip(f"{model} ships no built-in weights yet (docs/builtin-model.md)")
+    assert builtin_weights_path(model) is not None, f"the package lacks {model}'s built-in weights"
     result = evaluate(model, weights=None, data=unseen)
     assert result.images == 16 and result.detections > 0
     assert result.segm["AP"] >= 0.35, result.segm

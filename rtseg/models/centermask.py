@@ -417,5 +417,5 @@ CENTERMASK_VARIANTS: tuple[CenterMaskConfig, ...] = (
                      mask_num_conv=2, mask_conv_dim=64, maskiou_num_conv=2, maskiou_conv_dim=64, maskiou_fc_dim=256,
                      input_height=384, input_width=384, min_size_test=384, max_size_test=384, keep_ratio=False,
                      pixel_std=IMAGENET_PIXEL_STD_BGR, train_mask_rois_per_image=16,
-                     weights_source="none built in: train with 'rtseg train' or pass --weights PATH"),
+                     weights_source="built in (trained on rtseg's synthetic shapes)"),
 )

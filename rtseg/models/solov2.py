@@ -377,8 +377,9 @@ def _rtseg_variants() -> tuple[Solov2Config, ...]:
     from rtseg.synthetic import CLASS_NAMES as synthetic
 
     return (
-        # rtseg's own real-time CPU model, trained from scratch on the synthetic shapes (no ImageNet
-        # weights can be fetched here): light-448's design scaled down to the budget of the built-in
+        # rtseg's own real-time CPU model, built in: trained here on the synthetic shapes, its backbone
+        # started from the built-in YOLACT's (no ImageNet weights can be fetched here; see
+        # docs/builtin-model.md): light-448's design scaled down to the budget of the built-in
         # yolact_resnet18_half_384 (3.8 M parameters, 3.7 GMAC; trains at ~1.3 it/s, batch 8, on 2
         # CPU cores per docs/builtin-model.md). This one: 3.8 M parameters, 3.3 GMAC at 384 x 384
         # (torch FlopCounterMode): backbone 1.4, FPN 0.5, mask branch 0.7, towers 0.8.
@@ -393,7 +394,7 @@ def _rtseg_variants() -> tuple[Solov2Config, ...]:
                      fpn_channels=64, head_convs=2, head_channels=128, num_grids=(24, 20, 16, 12, 8),
                      scale_ranges=((1, 48), (24, 96), (48, 192), (96, 384), (192, 768)),
                      mask_feat_channels=64, mask_channels=64,
-                     weights_source="none built in: train with 'rtseg train' or pass --weights PATH"),
+                     weights_source="built in (trained on rtseg's synthetic shapes)"),
     )
 
 
