@@ -41,6 +41,8 @@ examples:
       newest frame of an RTSP camera, shown in a window (q or Esc quits)
   rtseg run --source 0 --publish tcp://*:5555
       webcam 0, published on all interfaces (reachable from the network)
+  rtseg run --model centermask_lite_vovnet19_quarter_384 --display
+      another family's built-in model (SOLOv2's: solov2_light_resnet18_half_384)
 """
 
 SUBSCRIBE_EXAMPLES = """\
