@@ -265,6 +265,10 @@ def test_paste_crafted_cases():
     # degenerate boxes give empty masks; no instances give (0, H, W)
     degenerate = post.paste_masks(torch.ones(2, 28, 28), torch.tensor([[3.0, 3.0, 3.0, 6.0], [1.0, 5.0, 4.0, 5.0]]), (8, 8))
     assert not degenerate.any()
+    # a NaN box pastes nothing and leaves the others alone
+    nan_box = torch.tensor([[float("nan"), 1.0, 5.0, 6.0], [2.0, 3.0, 6.0, 5.0]])
+    pasted = post.paste_masks(torch.ones(2, 28, 28), nan_box, (8, 8))
+    assert not pasted[0].any() and torch.equal(pasted[1], expected)
     assert post.paste_masks(torch.zeros(0, 28, 28), torch.zeros(0, 4), (8, 9)).shape == (0, 8, 9)
     with pytest.raises(ValueError, match="threshold must be > 0"):
         post.paste_masks(ones, torch.tensor([[2.0, 3.0, 6.0, 5.0]]), (8, 8), threshold=0.0)

@@ -72,7 +72,6 @@ __all__ = [
 ]
 
 
-
 def _cuda_dir() -> Path:
     """Where the ``.cu`` sources are: ``$RTSEG_CUDA_DIR``; else ``cuda/`` beside the package (a
     source checkout or an editable install); else ``<prefix>/share/rtseg/cuda``, where a wheel

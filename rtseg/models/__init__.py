@@ -74,7 +74,6 @@ MODELS: dict[str, ModelConfig] = {
 }
 
 
-
 def get_config(name: str) -> ModelConfig:
     """The config of a model variant; unknown names raise :class:`ConfigError` with suggestions."""
     try:

@@ -233,13 +233,14 @@ def _support(lo: torch.Tensor, hi: torch.Tensor, m: int, size: int) -> tuple[tor
 
     The weight of pixel ``c`` is nonzero only for ``-1 < u < m``, i.e. for a centre ``c + 0.5``
     within half a mask cell (``extent / 2m``) of the box. One pixel of slack on each side keeps
-    rounding from cutting off a pixel; the extra ones get zero weights. Empty for degenerate boxes.
+    rounding from cutting off a pixel; the extra ones get zero weights. Empty for degenerate (or
+    NaN) boxes.
     """
     extent = hi - lo
+    valid = extent > 0  # False for NaN too: no NaN reaches the integer conversion
     half = extent / (2 * m)
-    first = (torch.floor(lo - half - 0.5) - 1).clamp(0, size)
-    stop = (torch.ceil(hi + half - 0.5) + 1).clamp(0, size)
-    stop = torch.where(extent > 0, stop, first)
+    first = torch.where(valid, (torch.floor(lo - half - 0.5) - 1).clamp(0, size), 0.0)
+    stop = torch.where(valid, (torch.ceil(hi + half - 0.5) + 1).clamp(0, size), 0.0)
     return first.to(torch.int64), stop.to(torch.int64)
 
 
