@@ -28,7 +28,6 @@ from rtseg.structures import Instances
 log = logging.getLogger("rtseg.segmenter")
 
 
-
 def builtin_weights_path(model_name: str) -> str | None:
     """Path of the weights shipped in the package for ``model_name``, if there are any."""
     candidate = resources.files("rtseg") / "weights" / f"{model_name}.pth"

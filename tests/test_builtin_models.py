@@ -32,3 +32,14 @@ def test_builtin_weights_segment_unseen_synthetic_images(model, unseen):
     assert result.images == 16 and result.detections > 0
     assert result.segm["AP"] >= 0.35, result.segm
     assert result.bbox["AP"] >= 0.35, result.bbox
+
+
+def test_a_missing_builtin_file_is_reported_as_missing():
+    # `rtseg models` says "built in" from the file itself; the config's text is what a user sees
+    # (there and in the random-initialisation warning) only when the file is absent
+    from rtseg.models import MODELS
+    from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
+
+    shipped = {name for name in MODELS if builtin_weights_path(name) is not None}
+    assert shipped == set(BUILTIN)
+    assert {name for name, cfg in MODELS.items() if cfg.weights_source == BUILTIN_WEIGHTS_MISSING} == shipped

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from rtseg.data.coco_classes import COCO_CLASSES
 from rtseg.defaults import DEFAULT_MODEL  # what ``rtseg run`` uses without --model
 from rtseg.errors import ConfigError
+from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.yolact import YolactConfig
 from rtseg.models.centermask import CENTERMASK_VARIANTS
 from rtseg.models.solov2 import SOLOV2_VARIANTS
@@ -60,7 +61,7 @@ YOLACT_VARIANTS: tuple[YolactConfig, ...] = (
         # ship its weights in the package and to run in real time on 2 CPU cores
         YolactConfig(name="yolact_resnet18_half_384", class_names=SYNTHETIC_CLASSES, backbone_depth=18,
                      backbone_width=0.5, max_size=384, fpn_features=96, proto_channels=96, pred_scales=_scaled(384),
-                     weights_source="built in (trained on rtseg's synthetic shapes)"),
+                     weights_source=BUILTIN_WEIGHTS_MISSING),
 )
 
 #: every variant of every family, by name (configs are frozen dataclasses with a ``family``)

@@ -51,6 +51,7 @@ from torch import nn
 
 from rtseg.data.coco_classes import COCO_CLASSES
 from rtseg.errors import CheckpointError, ConfigError
+from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.vovnet import VOVNET_SPECS, VoVNet, VoVNetSpec
 
 #: detectron2 ``config/defaults.py``: BGR order, std 1 (the VoVNet ImageNet weights absorb it)
@@ -417,5 +418,5 @@ CENTERMASK_VARIANTS: tuple[CenterMaskConfig, ...] = (
                      mask_num_conv=2, mask_conv_dim=64, maskiou_num_conv=2, maskiou_conv_dim=64, maskiou_fc_dim=256,
                      input_height=384, input_width=384, min_size_test=384, max_size_test=384, keep_ratio=False,
                      pixel_std=IMAGENET_PIXEL_STD_BGR, train_mask_rois_per_image=16,
-                     weights_source="built in (trained on rtseg's synthetic shapes)"),
+                     weights_source=BUILTIN_WEIGHTS_MISSING),
 )

@@ -16,6 +16,10 @@ from torch import nn
 
 from rtseg.errors import CheckpointError
 
+#: ``weights_source`` of the models whose weights ship in rtseg/weights/: ``rtseg models`` says
+#: "built in" from the file itself, so this text is shown only when the file is absent
+BUILTIN_WEIGHTS_MISSING = "built-in weights file missing from this install: reinstall rtseg or pass --weights PATH"
+
 #: buffers that checkpoints saved by PyTorch < 0.4.1 do not have (BatchNorm counters; unused in eval)
 OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 

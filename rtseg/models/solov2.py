@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.errors import ConfigError
+from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.mmdet_resnet import DCN_TYPES, MMDetResNet, make_conv
 
 #: RGB mean / std of the torchvision ImageNet ResNets (WXinlong/SOLO ``img_norm_cfg``, ``to_rgb=True``)
@@ -394,7 +395,7 @@ def _rtseg_variants() -> tuple[Solov2Config, ...]:
                      fpn_channels=64, head_convs=2, head_channels=128, num_grids=(24, 20, 16, 12, 8),
                      scale_ranges=((1, 48), (24, 96), (48, 192), (96, 384), (192, 768)),
                      mask_feat_channels=64, mask_channels=64,
-                     weights_source="built in (trained on rtseg's synthetic shapes)"),
+                     weights_source=BUILTIN_WEIGHTS_MISSING),
     )
 
 
