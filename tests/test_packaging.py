@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -39,7 +40,8 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_holds_every_kernel_source_and_the_builtin_weights(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    data = "rtseg-0.1.0.data/data/share/rtseg/cuda/"
+    version = wheel.name.split("-")[1]
+    data = f"rtseg-{version}.data/data/share/rtseg/cuda/"
     sources = sorted(p.name for p in (ROOT / "cuda").iterdir() if p.suffix in (".cu", ".cuh"))
     assert sources, "no cuda/*.cu in the checkout"
     assert sorted(n[len(data):] for n in names if n.startswith(data)) == sources
@@ -54,14 +56,11 @@ def test_installed_wheel_finds_its_kernel_sources_outside_a_checkout(wheel, tmp_
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                           capture_output=True, text=True, check=True).stdout.strip()
     # the wheel's dependencies (torch, numpy, ...) from this test's own environment
-    deps = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "test-deps.pth").write_text(deps + "\n")
+    Path(site, "test-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
                    check=True, capture_output=True, timeout=240)
     env = {k: v for k, v in os.environ.items() if k not in ("RTSEG_CUDA_DIR", "PYTHONPATH")}
-    probe = ("import rtseg.kernels as k, sys; print(k.CUDA_DIR); print(k.source_path('fast_nms')); "
-             "print(k.__file__)")
+    probe = "import rtseg.kernels as k; print(k.CUDA_DIR); print(k.source_path('fast_nms')); print(k.__file__)"
     proc = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     cuda_dir, fast_nms, module = proc.stdout.split()
