@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=_positive_int)
     ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ev.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
+    ev.add_argument("--class-agnostic", action="store_true",
+                    help="score with every class merged into one: whether errors lie in the masks or in the classes")
     _add_backend_args(ev)
 
     ex = sub.add_parser("export", help="export a model to ONNX (and build a TensorRT engine from it)")
@@ -245,7 +247,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     configure_threads(args.threads)
     result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
                       max_images=args.max_images, backend=args.backend, engine=args.engine,
-                      postprocess=args.postprocess)
+                      postprocess=args.postprocess, class_agnostic=args.class_agnostic)
     print(result.format_table())
     if args.json:
         write_eval(result, args.json)

@@ -113,6 +113,26 @@ def evaluate_predictions(gt: Any, predictions: list[dict], *, image_ids: list[in
     return out
 
 
+def merge_classes(dataset: dict, predictions: list[dict]) -> tuple[Any, list[dict]]:
+    """Ground truth and predictions with every category merged into one (``object``, the
+    first category's id), for class-agnostic scoring: the same masks and boxes, matched
+    whatever class they carry. Set beside the usual scores it tells whether a model's errors
+    lie in its masks or in its classes. Returns ``(pycocotools COCO, predictions)``; the
+    inputs are not changed."""
+    from pycocotools.coco import COCO
+
+    if not dataset.get("categories"):
+        raise ConfigError("the dataset has no categories to merge")
+    one = int(dataset["categories"][0]["id"])
+    merged = dict(dataset, categories=[{"id": one, "name": "object"}],
+                  annotations=[dict(a, category_id=one) for a in dataset["annotations"]])
+    coco = COCO()
+    coco.dataset = merged
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, [dict(p, category_id=one) for p in predictions]
+
+
 # --------------------------------------------------------------------------------------
 # running a model
 # --------------------------------------------------------------------------------------
@@ -136,6 +156,7 @@ class EvalResult:
     bbox: dict[str, float]
     images_per_s: float
     stage_ms: dict[str, float] = field(default_factory=dict)
+    class_agnostic: bool = False  #: scored with every class merged into one (:func:`merge_classes`)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (nan -> None)."""
@@ -153,6 +174,7 @@ class EvalResult:
             "bbox": clean(self.bbox),
             "images_per_s": round(self.images_per_s, 3),
             "stage_ms": {k: round(v, 3) for k, v in self.stage_ms.items()},
+            "class_agnostic": self.class_agnostic,
         }
 
     def format_table(self) -> str:
@@ -160,8 +182,9 @@ class EvalResult:
         def cell(v: float) -> str:
             return "n/a" if math.isnan(v) else f"{100 * v:.1f}"
 
+        name = f"{self.model} (class-agnostic)" if self.class_agnostic else self.model
         lines = [
-            f"| {self.model} | " + " | ".join(METRICS) + " |",
+            f"| {name} | " + " | ".join(METRICS) + " |",
             "|---|" + "---:|" * len(METRICS),
             "| mask | " + " | ".join(cell(self.segm[m]) for m in METRICS) + " |",
             "| box | " + " | ".join(cell(self.bbox[m]) for m in METRICS) + " |",
@@ -217,7 +240,7 @@ def instances_to_results(instances, image_id: int, category_of: dict[int, int]) 
 def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu", score_threshold: float = 0.0,
              max_images: int | None = None, progress: bool = True, ann_file: str | None = None,
              images_dir: str | None = None, backend: str = "torch", engine: str | None = None,
-             postprocess: str = "torch") -> EvalResult:
+             postprocess: str = "torch", class_agnostic: bool = False) -> EvalResult:
     """COCO AP and speed of ``model`` on the COCO-format folder ``data``.
 
     Args:
@@ -233,6 +256,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         progress: a line on stderr every 10% of images.
         ann_file, images_dir: as for :class:`rtseg.data.coco.CocoInstanceDataset`.
         backend, engine: as for :class:`rtseg.segmenter.Segmenter`.
+        class_agnostic: score with every class merged into one (:func:`merge_classes`).
     """
     from rtseg.data.coco import load_coco_folder, read_image
     from rtseg.segmenter import Segmenter
@@ -260,7 +284,8 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
             print(f"evaluated {n}/{len(images)} images", file=sys.stderr, flush=True)
     if progress:
         print("scoring with COCOeval (segm, bbox)", file=sys.stderr, flush=True)
-    metrics = evaluate_predictions(folder.to_coco(), predictions, image_ids=[int(e["id"]) for e in images])
+    gt, predictions = merge_classes(folder.dataset, predictions) if class_agnostic else (folder.to_coco(), predictions)
+    metrics = evaluate_predictions(gt, predictions, image_ids=[int(e["id"]) for e in images])
     total = float(stage_totals.sum())
     return EvalResult(
         model=model,
@@ -273,4 +298,5 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         bbox=metrics["bbox"],
         images_per_s=len(images) / total if total > 0 else math.nan,
         stage_ms={name: 1000.0 * float(t) / len(images) for name, t in zip(("preprocess", "inference", "postprocess"), stage_totals)},
+        class_agnostic=class_agnostic,
     )

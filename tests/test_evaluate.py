@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -13,7 +14,8 @@ from pycocotools import mask as mask_utils
 from rtseg.data.coco import load_coco_folder
 from rtseg.data.synthetic_coco import generate_dataset
 from rtseg.errors import ConfigError
-from rtseg.evaluate import METRICS, EvalResult, category_mapping, evaluate, evaluate_predictions, write_eval
+from rtseg.evaluate import (METRICS, EvalResult, category_mapping, evaluate, evaluate_predictions, merge_classes,
+                            write_eval)
 from rtseg.synthetic import CLASS_NAMES
 
 SIZE = (96, 128)
@@ -114,3 +116,30 @@ def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, synth_dir):
     assert "person" in str(err.value) and "circle" in str(err.value)
     with pytest.raises(ConfigError):
         evaluate("yolact_resnet18_half_384", weights=None, data=str(tmp_path / "missing"), progress=False)
+
+
+def test_class_agnostic_scoring_forgives_wrong_classes_only(synth_dir):
+    folder = load_coco_folder(synth_dir)
+    ids = [int(c["id"]) for c in folder.categories]
+    perfect = _ground_truth_as_predictions(synth_dir)
+    # every mask and box exact, every class wrong
+    wrong = [dict(p, category_id=ids[(ids.index(p["category_id"]) + 1) % len(ids)]) for p in perfect]
+    assert evaluate_predictions(folder.to_coco(), wrong)["segm"]["AP"] == pytest.approx(0.0)
+    before = (copy.deepcopy(folder.dataset), copy.deepcopy(wrong))
+    gt, merged = merge_classes(folder.dataset, wrong)
+    assert evaluate_predictions(gt, merged)["segm"]["AP"] == pytest.approx(1.0)
+    assert (folder.dataset, wrong) == before  # the inputs are not changed
+    # wrong masks stay wrong
+    gt, shifted = merge_classes(folder.dataset, _ground_truth_as_predictions(synth_dir, shift=8))
+    assert evaluate_predictions(gt, shifted)["segm"]["AP"] < 0.9
+
+
+def test_rtseg_eval_class_agnostic(synth_dir, tmp_path):
+    from cli_helpers import run_cli
+
+    proc = run_cli("eval", "--data", synth_dir, "--max-images", "2", "--class-agnostic", "--threads", "1",
+                   "--json", str(tmp_path / "e.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert "| yolact_resnet18_half_384 (class-agnostic) | AP |" in proc.stdout
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["class_agnostic"] is True and result["images"] == 2
