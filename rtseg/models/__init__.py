@@ -17,13 +17,12 @@ from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.yolact import YolactConfig
 from rtseg.models.centermask import CENTERMASK_VARIANTS
 from rtseg.models.solov2 import SOLOV2_VARIANTS
+from rtseg.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES  # the classes of rtseg's own small models
 
 __all__ = ["DEFAULT_MODEL", "MODELS", "SYNTHETIC_CLASSES", "YOLACT_VARIANTS", "get_config"]
 
 if TYPE_CHECKING:
     from rtseg.families.base import ModelConfig
-
-SYNTHETIC_CLASSES = ("circle", "square", "triangle", "star", "ring")
 
 # file names from dbolya/yolact README.md (re-hosted on Hugging Face; cannot be fetched at run time)
 _HF = "official checkpoint {name}_54_800000.pth (dbolya/yolact README): pass --weights PATH"

@@ -53,6 +53,7 @@ from rtseg.data.coco_classes import COCO_CLASSES
 from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.vovnet import VOVNET_SPECS, VoVNet, VoVNetSpec
+from rtseg.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES  # rtseg's synthetic shapes
 
 #: detectron2 ``config/defaults.py``: BGR order, std 1 (the VoVNet ImageNet weights absorb it)
 DETECTRON2_PIXEL_MEAN_BGR = (103.53, 116.28, 123.675)
@@ -382,9 +383,6 @@ class CenterMask(nn.Module):
 
 
 # -- variants ------------------------------------------------------------------------------------
-
-#: rtseg's synthetic shapes (kept here, not imported from rtseg.models: that package imports this module)
-SYNTHETIC_CLASSES = ("circle", "square", "triangle", "star", "ring")
 
 _DROPBOX = "official checkpoint {file} (youngwanLEE/centermask2 README, Dropbox): pass --weights PATH"
 _LITE = dict(fpn_channels=128, fcos_num_convs=2, mask_num_conv=2, mask_conv_dim=128, maskiou_num_conv=2,
