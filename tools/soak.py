@@ -105,7 +105,9 @@ def run(seconds: float, interval: float, model: str, source_spec: str) -> dict:
               "fd_targets": _fd_targets()}
 
     endpoint = f"tcp://127.0.0.1:{_free_port()}"
-    publisher = Publisher(endpoint, segmenter.class_names)
+    # closing waits (up to 10 s) until the subscriber has every queued message: the default 250 ms
+    # linger can drop the last one on a loaded machine, a loss no publish_seq gap reveals
+    publisher = Publisher(endpoint, segmenter.class_names, linger_ms=10_000)
     # the subscriber: another process running rtseg.subscribe (without rtseg's CLI, which
     # imports torch), printing one line per message
     # prints "<seq> <missed>": missed counts the publisher's messages it did not receive
