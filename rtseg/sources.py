@@ -58,6 +58,12 @@ MAX_CONSECUTIVE_DECODE_FAILURES = 25
 #: allocating (``OPENCV_IO_MAX_IMAGE_PIXELS``, default 2^30 = 3 GiB of BGR). 2^26 is
 #: 8192 x 8192, above 8K UHD (7680 x 4320); a decoded image then needs at most 192 MiB.
 MAX_IMAGE_PIXELS = 2**26
+#: largest side of a ``synthetic:SEED:WxH`` frame: 8192 x 8192 is :data:`MAX_IMAGE_PIXELS`,
+#: the bound image files have too. Such a frame is 192 MiB of BGR and takes about 1.4 GiB
+#: and 4 s to render on a 2-core machine; 40000 x 40000 would need 4.5 GiB a frame and ends
+#: in OpenCV's out-of-memory error, so it is refused when the spec is parsed, before any model
+#: is loaded.
+MAX_SYNTHETIC_SIDE = 8192
 #: reconnect back-off: first wait, doubling up to the cap
 RECONNECT_FIRST_DELAY_S = 0.5
 RECONNECT_MAX_DELAY_S = 8.0
@@ -70,6 +76,8 @@ class SourceStats:
     frames_read: int = 0  #: frames returned by read()
     frames_dropped: int = 0  #: live only: captured, then replaced by a newer frame before being read
     frames_skipped: int = 0  #: undecodable frames or images, and non-image files in a folder
+    #: video files: ``frames_skipped`` by reason (``"undecodable"``, or passed by seeking)
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0  #: successful reopenings of a lost live source
     #: outages of a live source as ``(start, end)`` wall-clock times (``time.time()``)
     gaps: list[tuple[float, float]] = field(default_factory=list)
@@ -332,12 +340,50 @@ def _open_capture_with_timeout(factory: Callable[[], "cv2.VideoCapture"], timeou
     return result["cap"]  # type: ignore[return-value]
 
 
+def _unreadable_reason(path: Path) -> str:
+    """Why FFmpeg could not open ``path``: an MP4 whose index (``moov`` box) is missing is
+    named as such; anything else is "not a readable video or image"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) == 12 and head[4:8] == b"ftyp":
+                f.seek(0)
+                boxes = []
+                size = os.fstat(f.fileno()).st_size
+                offset = 0
+                while offset + 8 <= size and len(boxes) < 64:
+                    f.seek(offset)
+                    header = f.read(16)
+                    length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                    if length == 1 and len(header) == 16:
+                        length = int.from_bytes(header[8:16], "big")
+                    elif length == 0:
+                        length = size - offset
+                    boxes.append(kind)
+                    if length < 8:
+                        break
+                    offset += length
+                if b"moov" not in boxes and b"moof" not in boxes:
+                    return ("an MP4 without its index (no 'moov' box): the file was cut off before its writer "
+                            "finished it (a crash, a kill, a full disk), and without the index no frame can be "
+                            "located; a fragmented MP4 (as rtseg --record writes) survives that")
+    except OSError:
+        pass
+    return "not a readable video or image (OpenCV could not open it)"
+
+
 class VideoFileSource(Source):
     """Every frame of a video file, in order. ``seq`` = position of the frame in the file.
 
     A frame that fails to decode is skipped and counted (its position still advances
-    ``seq``). The end is a failed read at or past the container's frame count, or
-    :data:`MAX_CONSECUTIVE_DECODE_FAILURES` failed reads in a row (a truncated file).
+    ``seq``); ``stats.skipped_reasons`` says why. The end is a failed read at or past the
+    container's frame count. A run of :data:`MAX_CONSECUTIVE_DECODE_FAILURES` failed reads
+    before that count is not taken as the end, since the container says there is more: rtseg
+    looks ahead (a second capture, seeking by frame index to 25, 50, 100, ... frames past the
+    failures, then to the last frame) for a frame that decodes. When one does, reading goes
+    on, sequentially where the decoder recovers by itself, else from that frame; the frames in
+    between are counted as skipped. When none does (a truncated file, or a container without
+    a frame count), the file ends there, logged as ``file ends after N of M frames``.
     """
 
     def __init__(self, source_id: str, path: Path, *, open_timeout: float = 10.0, max_frames: int | None = None, loop: bool = False) -> None:
@@ -352,8 +398,11 @@ class VideoFileSource(Source):
         self._seq_base = 0
         self._delivered_this_pass = 0
         self._first: Frame | None = None
+        #: a second capture that decoded frame ``index`` past a run of failures:
+        #: ``(index, capture, image)``; reading switches to it if the first does not recover
+        self._ahead: tuple[int, cv2.VideoCapture, np.ndarray] | None = None
 
-    def _open_capture(self) -> None:
+    def _new_capture(self) -> "cv2.VideoCapture":
         try:
             cap = _open_capture_with_timeout(lambda: cv2.VideoCapture(str(self.path)), self.open_timeout)
         except cv2.error as exc:
@@ -362,7 +411,11 @@ class VideoFileSource(Source):
             raise self._error(f"opening took longer than open_timeout={self.open_timeout:g}s")
         if not cap.isOpened():
             cap.release()
-            raise self._error("not a readable video or image (OpenCV could not open it)")
+            raise self._error(_unreadable_reason(self.path))
+        return cap
+
+    def _open_capture(self) -> None:
+        cap = self._new_capture()
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self._cap = cap
         self._frame_count = count if count > 0 else None
@@ -393,9 +446,36 @@ class VideoFileSource(Source):
                 frame = self._next_frame()
             return frame
 
+    def _skip(self, n: int, reason: str) -> None:
+        self.stats.frames_skipped += n
+        self.stats.skipped_reasons[reason] = self.stats.skipped_reasons.get(reason, 0) + n
+
+    def _deliver(self, image: np.ndarray) -> Frame:
+        seq = self._seq_base + self._position
+        self._position += 1
+        self._delivered_this_pass += 1
+        return _make_frame(seq, self.source_id, image)
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].release()
+            self._ahead = None
+
     def _next_frame(self) -> Frame | None:
         failures = 0
         while True:
+            if self._ahead is not None and self._position >= self._ahead[0]:
+                # the first capture did not recover by the frame the look-ahead decoded: go on from there
+                index, cap, image = self._ahead
+                self._ahead = None
+                skipped = failures + index - self._position
+                self._skip(skipped, "undecodable (damaged data, passed by seeking)")
+                log.warning("%s: skipped %d undecodable frame(s) before position %d (continuing after a seek)",
+                            self.source_id, skipped, index)
+                self._cap.release()
+                self._cap = cap
+                self._position = index
+                return self._deliver(image)
             try:
                 ok, image = self._cap.read()
             except cv2.error as exc:  # a decoder failure OpenCV raises instead of reporting
@@ -403,30 +483,62 @@ class VideoFileSource(Source):
                 ok, image = False, None
             if ok and image is not None and image.size:
                 if failures:
-                    self.stats.frames_skipped += failures
+                    self._skip(failures, "undecodable")
                     log.warning("%s: skipped %d undecodable frame(s) before position %d", self.source_id, failures, self._position)
-                seq = self._seq_base + self._position
-                self._position += 1
-                self._delivered_this_pass += 1
-                return _make_frame(seq, self.source_id, image)
+                self._drop_ahead()
+                return self._deliver(image)
             if self._frame_count is not None and self._position >= self._frame_count:
                 if failures:  # the container says these frames exist: they were undecodable
-                    self.stats.frames_skipped += failures
+                    self._skip(failures, "undecodable")
                     log.warning("%s: skipped %d undecodable frame(s) at the end", self.source_id, failures)
+                self._drop_ahead()
                 return None
             failures += 1
             self._position += 1
-            if failures >= MAX_CONSECUTIVE_DECODE_FAILURES:
-                self._position -= failures
-                if self._frame_count is not None:
-                    log.warning(
-                        "%s: file ends after %d of %d frames (truncated or corrupt)",
-                        self.source_id, self._position, self._frame_count,
-                    )
+            if failures >= MAX_CONSECUTIVE_DECODE_FAILURES and self._ahead is None:
+                if self._frame_count is not None and self._position < self._frame_count:
+                    self._ahead = self._look_ahead(self._position)
+                if self._ahead is None:
+                    self._position -= failures
+                    if self._frame_count is not None:
+                        log.warning(
+                            "%s: file ends after %d of %d frames (truncated or corrupt: no later frame decodes)",
+                            self.source_id, self._position, self._frame_count,
+                        )
+                    return None
+                log.warning("%s: %d undecodable frame(s) from position %d; frame %d decodes again, reading on",
+                            self.source_id, failures, self._position - failures, self._ahead[0])
+
+    def _look_ahead(self, position: int) -> tuple[int, cv2.VideoCapture, np.ndarray] | None:
+        """A second capture that decoded a frame after ``position``: seeks to ``position`` +
+        25, 50, 100, ... and last to the final frame; ``None`` if no frame there decodes."""
+        assert self._frame_count is not None
+        last = self._frame_count - 1
+        targets, step = [], MAX_CONSECUTIVE_DECODE_FAILURES
+        while position + step < last:
+            targets.append(position + step)
+            step *= 2
+        targets.append(last)
+        for target in targets:
+            try:
+                cap = self._new_capture()
+            except SourceError:
                 return None
+            try:
+                found = cap.set(cv2.CAP_PROP_POS_FRAMES, target)
+                ok, image = cap.read() if found else (False, None)
+                # OpenCV's seek can land elsewhere in damaged data; trust it only where it says target
+                landed = int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) - 1
+            except cv2.error:
+                ok, image, landed = False, None, -1
+            if ok and image is not None and image.size and landed == target:
+                return target, cap, image
+            cap.release()
+        return None
 
     def _close(self) -> None:
         with self._io_lock:
+            self._drop_ahead()
             if self._cap is not None:
                 self._cap.release()
                 self._cap = None
@@ -752,6 +864,12 @@ def open_source(
         match = _SYNTHETIC.fullmatch(spec)
         if match is None or (match["w"] is not None and (int(match["w"]) < 16 or int(match["h"]) < 16)):
             raise SourceError(f"cannot open source {spec!r}: expected synthetic[:SEED[:WxH]], e.g. synthetic:3:640x480 (W, H >= 16)")
+        if match["w"] is not None and max(int(match["w"]), int(match["h"])) > MAX_SYNTHETIC_SIDE:
+            raise SourceError(
+                f"cannot open source {spec!r}: frame size {int(match['w'])}x{int(match['h'])} is too large "
+                f"(expected W, H from 16 to {MAX_SYNTHETIC_SIDE}: one {MAX_SYNTHETIC_SIDE}x{MAX_SYNTHETIC_SIDE} "
+                f"frame is already 192 MiB)"
+            )
         size = (int(match["h"]), int(match["w"])) if match["w"] is not None else (480, 640)
         return SyntheticSource(spec, seed=int(match["seed"] or 0), size=size, max_frames=max_frames)
 
