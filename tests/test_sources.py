@@ -342,3 +342,25 @@ def test_rtsp_close_from_another_thread_unblocks_read(rtsp_server):
     source.close()
     reader.join(timeout=30)
     assert not reader.is_alive() and len(results) == 1
+
+
+# -- issue 15, item 15: a synthetic frame size that cannot be rendered -------------------------
+@pytest.mark.parametrize("spec", ["synthetic:0:40000x40000", "synthetic:0:8193x16", "synthetic:1:16x100000"])
+def test_synthetic_size_above_the_bound_is_refused_when_the_spec_is_parsed(spec):
+    with pytest.raises(SourceError) as info:
+        open_source(spec)  # parsing only: nothing is allocated or rendered
+    message = str(info.value)
+    assert "\n" not in message and "too large" in message and "8192" in message
+
+
+def test_synthetic_size_at_the_bound_is_accepted():
+    source = open_source("synthetic:0:8192x16", max_frames=1)
+    (frame,) = read_all(source)
+    assert frame.image.shape == (16, 8192, 3)
+
+
+def test_rtseg_run_with_a_huge_synthetic_frame_is_one_line_error():
+    from cli_helpers import assert_one_line_error, run_cli
+
+    proc = run_cli("run", "--source", "synthetic:0:40000x40000", "--max-frames", "1", timeout=300)
+    assert_one_line_error(proc, 3, "synthetic:0:40000x40000", "too large")
