@@ -64,9 +64,26 @@ MAX_IMAGE_PIXELS = 2**26
 #: in OpenCV's out-of-memory error, so it is refused when the spec is parsed, before any model
 #: is loaded.
 MAX_SYNTHETIC_SIDE = 8192
-#: reconnect back-off: first wait, doubling up to the cap
+#: reconnect back-off: first wait, doubling up to a cap of RECONNECT_EARLY_MAX_DELAY_S for
+#: the first RECONNECT_EARLY_PERIOD_S of an outage, then up to RECONNECT_MAX_DELAY_S. With
+#: one 8 s cap from the start, an 8 s outage became 16.8 s without frames (attempts at 0.5,
+#: 1.5, 3.5, 7.5, 15.5 s); capped at 2 s, a short outage costs at most one 2 s step more,
+#: and a camera gone for minutes is still tried only every 8 s.
 RECONNECT_FIRST_DELAY_S = 0.5
+RECONNECT_EARLY_MAX_DELAY_S = 2.0
+RECONNECT_EARLY_PERIOD_S = 60.0
 RECONNECT_MAX_DELAY_S = 8.0
+#: a new live connection drops at most this much stream time of stale, buffered frames
+#: (FFmpeg buffers up to 5 s while probing a stream, ``max_analyze_duration``)
+STALE_CATCH_UP_MAX_S = 5.0
+
+
+def reconnect_delay(attempt: int, outage_seconds: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (1, 2, ...) of an outage that
+    has lasted ``outage_seconds`` so far: 0.5, 1, 2, 2, 2, ... in the first minute, then
+    doubling on to 8."""
+    cap = RECONNECT_EARLY_MAX_DELAY_S if outage_seconds < RECONNECT_EARLY_PERIOD_S else RECONNECT_MAX_DELAY_S
+    return min(RECONNECT_FIRST_DELAY_S * 2 ** (attempt - 1), cap)
 
 
 @dataclass
@@ -79,6 +96,11 @@ class SourceStats:
     #: video files: ``frames_skipped`` by reason (``"undecodable"``, or passed by seeking)
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0  #: successful reopenings of a lost live source
+    #: live only: waits (s) before each reconnect attempt, in order, over all outages
+    reconnect_delays: list[float] = field(default_factory=list)
+    #: live only: frames a new connection delivered from FFmpeg's buffer, older than the
+    #: stream's steady latency, and dropped (also counted in ``frames_dropped``)
+    frames_stale: int = 0
     #: outages of a live source as ``(start, end)`` wall-clock times (``time.time()``)
     gaps: list[tuple[float, float]] = field(default_factory=list)
 
@@ -558,7 +580,7 @@ class _Connection:
     """
 
     def __init__(self, name: str, open_capture: Callable[[], "cv2.VideoCapture"],
-                 on_frame: Callable[["_Connection", np.ndarray], None], on_finished: Callable[["_Connection"], None]) -> None:
+                 on_frame: Callable[["_Connection", np.ndarray, float], None], on_finished: Callable[["_Connection"], None]) -> None:
         self._open_capture = open_capture
         self._on_frame = on_frame
         self._on_finished = on_finished
@@ -569,6 +591,14 @@ class _Connection:
         self.last_frame = time.monotonic()
         self.last_frame_time = time.time()  # wall clock of the newest frame, for gap records
         self.first_frame_time = 0.0
+        #: the capture's nominal frame interval (s, from its fps), when it states one
+        self.frame_interval: float | None = None
+        #: until a frame arrives at the stream's own pace, frames come from FFmpeg's buffer
+        #: (see LiveSource); the newest such frame waits here as ``(frame, pts_s, arrival)``
+        self.catching_up = True
+        self.pending: tuple[Frame, float, float] | None = None
+        self.stale_seconds = 0.0  # stream time of the frames dropped as stale so far
+        self.stale_frames = 0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
@@ -578,12 +608,18 @@ class _Connection:
             if not cap.isOpened():
                 self.error = "could not be opened"
                 return
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            self.frame_interval = 1.0 / fps if 1.0 <= fps <= 1000.0 else None
             while not self.abandoned.is_set():
                 ok, image = cap.read()
                 if not ok or image is None:
                     self.error = "a read failed" if self.opened else "opened, but the first frame could not be read"
                     return
-                self._on_frame(self, image)
+                try:
+                    pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                except cv2.error:
+                    pts = -1.0
+                self._on_frame(self, image, pts)
         except Exception as exc:  # cv2.error and friends: report, never kill the process
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         finally:
@@ -598,10 +634,22 @@ class LiveSource(Source):
     ``seq`` counts captured frames, so frames dropped because the consumer was slower
     than the input show as gaps. ``read()`` waits until a frame newer than the last one
     returned exists. No frame for ``read_timeout`` s (or a failed read) means the input
-    is lost: a warning is logged and it is reopened after 0.5 s, 1 s, 2 s, ... (at most
-    8 s apart) while ``read()`` keeps waiting; every reopening is counted in
-    ``stats.reconnects`` and the outage recorded in ``stats.gaps``. After
-    ``reconnect_timeout`` s without success, ``read()`` raises :class:`SourceError`.
+    is lost: a warning is logged and it is reopened after 0.5 s, 1 s, 2 s, 2 s, ... (at most
+    2 s apart in the first minute of an outage, then at most 8 s apart;
+    :func:`reconnect_delay`, each wait recorded in ``stats.reconnect_delays``) while
+    ``read()`` keeps waiting, so a short outage costs at most one 2 s step more than the
+    outage itself. Every reopening is counted in ``stats.reconnects`` and the outage
+    recorded in ``stats.gaps``. After ``reconnect_timeout`` s without success, ``read()``
+    raises :class:`SourceError`.
+
+    Stale frames are **dropped**, not marked: a new connection (the first one and every
+    reconnect) first delivers what FFmpeg buffered while probing the stream, about a
+    second of frames in a burst (the first one 1.1 s old where steady state is 0.1 s).
+    Until a frame arrives at the stream's own pace, frames that arrive faster than half
+    their stream-time spacing are dropped and counted in ``stats.frames_stale`` (and
+    ``frames_dropped``), at most :data:`STALE_CATCH_UP_MAX_S` of stream time. The first
+    frame delivered is thus about as old as the stream's steady latency; a header field
+    could only have said "stale" about frames no consumer should act on.
     """
 
     is_live = True
@@ -630,20 +678,56 @@ class LiveSource(Source):
         return error
 
     # -- capture-thread callbacks --------------------------------------------------------
-    def _on_frame(self, conn: _Connection, image: np.ndarray) -> None:
+    def _on_frame(self, conn: _Connection, image: np.ndarray, pts: float) -> None:
         with self._cond:
             if conn.abandoned.is_set() or conn is not self._conn or self._stopping:
                 return
+            now = time.monotonic()
             if not conn.opened:
                 conn.opened = True
                 conn.first_frame_time = time.time()
-            conn.last_frame = time.monotonic()
+            conn.last_frame = now
             conn.last_frame_time = time.time()
+            frame = _make_frame(self._captured, self.source_id, image)
+            self._captured += 1
+            if conn.catching_up and not self._caught_up(conn, frame, pts, now):
+                return
             if self._latest is not None:
                 self.stats.frames_dropped += 1
-            self._latest = _make_frame(self._captured, self.source_id, image)
-            self._captured += 1
+            self._latest = frame
             self._cond.notify_all()
+
+    def _caught_up(self, conn: _Connection, frame: Frame, pts: float, now: float) -> bool:
+        """Whether ``frame`` (arrived at ``now``, stream time ``pts`` s) ends the catch-up
+        of a new connection; if not it is held in ``conn.pending``. Called holding the lock.
+
+        A frame read while a newer one was already waiting in FFmpeg's buffer is stale: the
+        next read returns in far less than the stream time between the two (2 ms for 40 ms
+        in the test stream). So the newest frame is held until the next shows the pace: if
+        that one came sooner than half the stream time between them, the held one is dropped
+        (``stats.frames_stale``); if it came at the stream's pace, the buffer is worked off and
+        it is delivered. At most :data:`STALE_CATCH_UP_MAX_S` of stream time is dropped.
+        """
+        previous, conn.pending = conn.pending, (frame, pts, now)
+        if previous is None:
+            return False  # the pace is known only with the next frame
+        _, previous_pts, previous_arrival = previous
+        stream_step = pts - previous_pts if pts > previous_pts >= 0 else conn.frame_interval
+        if stream_step is None:  # neither timestamps nor a frame rate: nothing to judge by
+            conn.catching_up, conn.pending = False, None
+            return True
+        if now - previous_arrival < 0.5 * stream_step and conn.stale_seconds < STALE_CATCH_UP_MAX_S:
+            conn.stale_seconds += stream_step
+            conn.stale_frames += 1
+            self.stats.frames_stale += 1
+            self.stats.frames_dropped += 1
+            return False
+        conn.catching_up, conn.pending = False, None
+        if conn.stale_seconds:
+            log.info("%s: dropped %d stale frame(s) (%.2fs of the stream) buffered by the new connection",
+                     self.source_id, conn.stale_frames, conn.stale_seconds)
+        self.stats.frames_dropped += 1  # the held frame, replaced by this newer one
+        return True
 
     def _on_finished(self, conn: _Connection) -> None:
         with self._cond:
@@ -739,13 +823,15 @@ class LiveSource(Source):
 
     def _reconnect(self, outage_start: float, reason: str) -> bool:
         started = time.monotonic()
-        delay = RECONNECT_FIRST_DELAY_S
         attempts = 0
         last_error = reason
         while True:
+            elapsed = time.monotonic() - started
+            delay = reconnect_delay(attempts + 1, elapsed)
             with self._cond:
-                remaining = self.reconnect_timeout - (time.monotonic() - started)
+                remaining = self.reconnect_timeout - elapsed
                 if remaining > 0:
+                    self.stats.reconnect_delays.append(min(delay, remaining))
                     self._cond.wait_for(lambda: self._stopping, timeout=min(delay, remaining))
                 if self._stopping:
                     return False
@@ -763,7 +849,6 @@ class LiveSource(Source):
                     return False
                 last_error = conn.error
             log.info("%s: reconnect attempt %d failed: %s", self.source_id, attempts, last_error)
-            delay = min(2 * delay, RECONNECT_MAX_DELAY_S)
         with self._cond:
             self.stats.gaps.append((outage_start, time.time()))
             self._fatal = (
