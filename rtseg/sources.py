@@ -732,7 +732,19 @@ class LiveSource(Source):
     def _on_finished(self, conn: _Connection) -> None:
         with self._cond:
             conn.finished = True
+            if not conn.abandoned.is_set():
+                self._deliver_pending(conn)
             self._cond.notify_all()
+
+    def _deliver_pending(self, conn: _Connection) -> None:
+        """A connection that ends (or stalls) while catching up: its held frame was the newest
+        it had, so nothing newer was waiting; deliver it (e.g. a URL serving one image per
+        connection). Called holding the lock."""
+        if conn.pending is not None and conn is self._conn and not self._stopping:
+            if self._latest is not None:
+                self.stats.frames_dropped += 1
+            self._latest, conn.pending = conn.pending[0], None
+            conn.catching_up = False
 
     def _start_connection(self) -> _Connection:
         conn = _Connection(f"rtseg-capture {self.source_id}", self._create_capture, self._on_frame, self._on_finished)
@@ -815,6 +827,7 @@ class LiveSource(Source):
                         reason = f"no frame for {self.read_timeout:g}s"
                         break
                     self._cond.wait(self.read_timeout - silent)
+                self._deliver_pending(conn)
                 conn.abandoned.set()
                 outage_start = conn.last_frame_time  # the gap starts after the last frame seen
             log.warning("%s: input lost (%s); reconnecting", self.source_id, reason)
