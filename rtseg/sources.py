@@ -15,8 +15,10 @@ an image file or a folder       :class:`ImageFilesSource`  every image, sorted b
 Live sources run a capture thread that keeps only the newest frame: a slow consumer sees
 gaps in ``Frame.seq`` (counted in ``stats.frames_dropped``), never a growing backlog.
 A lost live source is reopened with exponential back-off; meanwhile :meth:`Source.read`
-waits: no placeholder frames, no repeated frames. Files deliver every decodable frame;
-undecodable ones are skipped, counted in ``stats.frames_skipped`` and logged.
+waits: no placeholder frames, no repeated frames, and no stale frames: what FFmpeg buffered
+while a new connection was probed is dropped (``stats.frames_stale``). Files deliver every
+decodable frame, reading on past damaged stretches; undecodable ones are skipped, counted in
+``stats.frames_skipped`` and logged.
 
 Each ``cv2.VideoCapture`` is only ever touched by one thread (OpenCV captures are not
 thread-safe). Logs go to ``logging.getLogger("rtseg.sources")``.
