@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from fractions import Fraction
 from typing import Sequence
 
 import cv2
@@ -73,10 +75,22 @@ def render(image: np.ndarray, instances: Instances, class_names: Sequence[str], 
 
 
 class VideoRecorder:
-    """Writes rendered frames to a video file (codec from the extension: ``.mp4`` mp4v,
-    ``.avi`` MJPG). Opened lazily on the first frame, since the size is known only then."""
+    """Writes rendered frames to a video file. Opened lazily on the first frame, since the
+    size is known only then; later frames of another size are resized to the first's.
+
+    ``.mp4`` / ``.m4v`` are written as **fragmented MP4** (MPEG-4 Part 2, one keyframe and one
+    fragment a second, ``movflags=frag_keyframe+empty_moov+default_base_moof``) through PyAV,
+    flushed to the OS after every packet. A standard MP4 keeps its index (the ``moov`` box)
+    in memory until ``close()``: a recording cut off by SIGKILL, a crash or power loss had
+    no index and could not be read back at all. A fragmented one carries a small index per
+    fragment, so such a cut loses at most the unfinished last second. OpenCV's writer cannot
+    do this (it passes no options to FFmpeg's muxer), hence PyAV (the ``av`` wheel bundles
+    FFmpeg). ``.avi`` (MJPG) and ``.mkv`` (mp4v) go through OpenCV; both containers are
+    readable up to a cut as they are.
+    """
 
     _CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+    _FRAGMENTED = (".mp4", ".m4v")
 
     def __init__(self, path: str, fps: float = 30.0) -> None:
         ext = os.path.splitext(path)[1].lower()
@@ -88,26 +102,77 @@ class VideoRecorder:
         self.path = path
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self._codec = self._CODECS[ext]
+        self._fragmented = ext in self._FRAGMENTED
+        if self._fragmented:
+            try:
+                import av  # noqa: F401  (checked here, before any slow work)
+            except ImportError:
+                raise ConfigError("--record FILE.mp4 needs PyAV ('pip install av'), or record to .avi") from None
+        self._lock = threading.Lock()  # close() may come from another thread than write()
         self._writer: cv2.VideoWriter | None = None
+        self._container = None  # PyAV output container (fragmented MP4)
+        self._stream = None
         self._size: tuple[int, int] | None = None
+        self._closed = False
         self.frames_written = 0
 
+    def _open_fragmented_mp4(self, w: int, h: int) -> None:
+        import av
+
+        rate = Fraction(self.fps).limit_denominator(1001)
+        try:
+            container = av.open(self.path, "w", format="mp4", options={
+                "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                "flush_packets": "1",
+            })
+        except (OSError, av.FFmpegError) as exc:
+            raise ConfigError(f"cannot open '{self.path}' for writing: {exc}") from None
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w + (w & 1), h + (h & 1), "yuv420p"
+        stream.bit_rate = int(min(self.fps * w * h, 2**31 - 1))  # OpenCV's writer's default
+        stream.codec_context.gop_size = max(1, round(self.fps))  # a keyframe, so a fragment, a second
+        self._container, self._stream = container, stream
+
     def write(self, image: np.ndarray) -> None:
-        h, w = image.shape[:2]
-        if self._writer is None:
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self._codec), self.fps, (w, h))
-            if not self._writer.isOpened():
-                raise ConfigError(f"cannot open '{self.path}' for writing with codec {self._codec}")
-            self._size = (h, w)
-        elif (h, w) != self._size:
-            image = cv2.resize(image, (self._size[1], self._size[0]))
-        self._writer.write(image)
-        self.frames_written += 1
+        with self._lock:
+            if self._closed:
+                return
+            h, w = image.shape[:2]
+            if self._size is None:
+                if self._fragmented:
+                    self._open_fragmented_mp4(w, h)
+                else:
+                    self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self._codec), self.fps, (w, h))
+                    if not self._writer.isOpened():
+                        raise ConfigError(f"cannot open '{self.path}' for writing with codec {self._codec}")
+                self._size = (h, w)
+            elif (h, w) != self._size:
+                image = cv2.resize(image, (self._size[1], self._size[0]))
+            if self._container is not None:
+                import av
+
+                sh, sw = self._stream.height, self._stream.width
+                if (sh, sw) != image.shape[:2]:  # yuv420p needs even sides: pad by one pixel
+                    image = cv2.copyMakeBorder(image, 0, sh - image.shape[0], 0, sw - image.shape[1], cv2.BORDER_REPLICATE)
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+                frame.pts = self.frames_written
+                self._container.mux(self._stream.encode(frame))
+            else:
+                self._writer.write(image)
+            self.frames_written += 1
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        with self._lock:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
+            if self._container is not None:
+                container, self._container = self._container, None
+                try:
+                    container.mux(self._stream.encode())  # flush the encoder
+                finally:
+                    container.close()
 
 
 class Window:

@@ -15,8 +15,10 @@ an image file or a folder       :class:`ImageFilesSource`  every image, sorted b
 Live sources run a capture thread that keeps only the newest frame: a slow consumer sees
 gaps in ``Frame.seq`` (counted in ``stats.frames_dropped``), never a growing backlog.
 A lost live source is reopened with exponential back-off; meanwhile :meth:`Source.read`
-waits: no placeholder frames, no repeated frames. Files deliver every decodable frame;
-undecodable ones are skipped, counted in ``stats.frames_skipped`` and logged.
+waits: no placeholder frames, no repeated frames, and no stale frames: what FFmpeg buffered
+while a new connection was probed is dropped (``stats.frames_stale``). Files deliver every
+decodable frame, reading on past damaged stretches; undecodable ones are skipped, counted in
+``stats.frames_skipped`` and logged.
 
 Each ``cv2.VideoCapture`` is only ever touched by one thread (OpenCV captures are not
 thread-safe). Logs go to ``logging.getLogger("rtseg.sources")``.
@@ -58,9 +60,32 @@ MAX_CONSECUTIVE_DECODE_FAILURES = 25
 #: allocating (``OPENCV_IO_MAX_IMAGE_PIXELS``, default 2^30 = 3 GiB of BGR). 2^26 is
 #: 8192 x 8192, above 8K UHD (7680 x 4320); a decoded image then needs at most 192 MiB.
 MAX_IMAGE_PIXELS = 2**26
-#: reconnect back-off: first wait, doubling up to the cap
+#: largest side of a ``synthetic:SEED:WxH`` frame: 8192 x 8192 is :data:`MAX_IMAGE_PIXELS`,
+#: the bound image files have too. Such a frame is 192 MiB of BGR and takes about 1.4 GiB
+#: and 4 s to render on a 2-core machine; 40000 x 40000 would need 4.5 GiB a frame and ends
+#: in OpenCV's out-of-memory error, so it is refused when the spec is parsed, before any model
+#: is loaded.
+MAX_SYNTHETIC_SIDE = 8192
+#: reconnect back-off: first wait, doubling up to a cap of RECONNECT_EARLY_MAX_DELAY_S for
+#: the first RECONNECT_EARLY_PERIOD_S of an outage, then up to RECONNECT_MAX_DELAY_S. With
+#: one 8 s cap from the start, an 8 s outage became 16.8 s without frames (attempts at 0.5,
+#: 1.5, 3.5, 7.5, 15.5 s); capped at 2 s, a short outage costs at most one 2 s step more,
+#: and a camera gone for minutes is still tried only every 8 s.
 RECONNECT_FIRST_DELAY_S = 0.5
+RECONNECT_EARLY_MAX_DELAY_S = 2.0
+RECONNECT_EARLY_PERIOD_S = 60.0
 RECONNECT_MAX_DELAY_S = 8.0
+#: a new live connection drops at most this much stream time of stale, buffered frames
+#: (FFmpeg buffers up to 5 s while probing a stream, ``max_analyze_duration``)
+STALE_CATCH_UP_MAX_S = 5.0
+
+
+def reconnect_delay(attempt: int, outage_seconds: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (1, 2, ...) of an outage that
+    has lasted ``outage_seconds`` so far: 0.5, 1, 2, 2, 2, ... in the first minute, then
+    doubling on to 8."""
+    cap = RECONNECT_EARLY_MAX_DELAY_S if outage_seconds < RECONNECT_EARLY_PERIOD_S else RECONNECT_MAX_DELAY_S
+    return min(RECONNECT_FIRST_DELAY_S * 2 ** (attempt - 1), cap)
 
 
 @dataclass
@@ -70,7 +95,14 @@ class SourceStats:
     frames_read: int = 0  #: frames returned by read()
     frames_dropped: int = 0  #: live only: captured, then replaced by a newer frame before being read
     frames_skipped: int = 0  #: undecodable frames or images, and non-image files in a folder
+    #: video files: ``frames_skipped`` by reason (``"undecodable"``, or passed by seeking)
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0  #: successful reopenings of a lost live source
+    #: live only: waits (s) before each reconnect attempt, in order, over all outages
+    reconnect_delays: list[float] = field(default_factory=list)
+    #: live only: frames a new connection delivered from FFmpeg's buffer, older than the
+    #: stream's steady latency, and dropped (also counted in ``frames_dropped``)
+    frames_stale: int = 0
     #: outages of a live source as ``(start, end)`` wall-clock times (``time.time()``)
     gaps: list[tuple[float, float]] = field(default_factory=list)
 
@@ -332,12 +364,50 @@ def _open_capture_with_timeout(factory: Callable[[], "cv2.VideoCapture"], timeou
     return result["cap"]  # type: ignore[return-value]
 
 
+def _unreadable_reason(path: Path) -> str:
+    """Why FFmpeg could not open ``path``: an MP4 whose index (``moov`` box) is missing is
+    named as such; anything else is "not a readable video or image"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) == 12 and head[4:8] == b"ftyp":
+                f.seek(0)
+                boxes = []
+                size = os.fstat(f.fileno()).st_size
+                offset = 0
+                while offset + 8 <= size and len(boxes) < 64:
+                    f.seek(offset)
+                    header = f.read(16)
+                    length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                    if length == 1 and len(header) == 16:
+                        length = int.from_bytes(header[8:16], "big")
+                    elif length == 0:
+                        length = size - offset
+                    boxes.append(kind)
+                    if length < 8:
+                        break
+                    offset += length
+                if b"moov" not in boxes and b"moof" not in boxes:
+                    return ("an MP4 without its index (no 'moov' box): the file was cut off before its writer "
+                            "finished it (a crash, a kill, a full disk), and without the index no frame can be "
+                            "located; a fragmented MP4 (as rtseg --record writes) survives that")
+    except OSError:
+        pass
+    return "not a readable video or image (OpenCV could not open it)"
+
+
 class VideoFileSource(Source):
     """Every frame of a video file, in order. ``seq`` = position of the frame in the file.
 
     A frame that fails to decode is skipped and counted (its position still advances
-    ``seq``). The end is a failed read at or past the container's frame count, or
-    :data:`MAX_CONSECUTIVE_DECODE_FAILURES` failed reads in a row (a truncated file).
+    ``seq``); ``stats.skipped_reasons`` says why. The end is a failed read at or past the
+    container's frame count. A run of :data:`MAX_CONSECUTIVE_DECODE_FAILURES` failed reads
+    before that count is not taken as the end, since the container says there is more: rtseg
+    looks ahead (a second capture, seeking by frame index to 25, 50, 100, ... frames past the
+    failures, then to the last frame) for a frame that decodes. When one does, reading goes
+    on, sequentially where the decoder recovers by itself, else from that frame; the frames in
+    between are counted as skipped. When none does (a truncated file, or a container without
+    a frame count), the file ends there, logged as ``file ends after N of M frames``.
     """
 
     def __init__(self, source_id: str, path: Path, *, open_timeout: float = 10.0, max_frames: int | None = None, loop: bool = False) -> None:
@@ -352,8 +422,11 @@ class VideoFileSource(Source):
         self._seq_base = 0
         self._delivered_this_pass = 0
         self._first: Frame | None = None
+        #: a second capture that decoded frame ``index`` past a run of failures:
+        #: ``(index, capture, image)``; reading switches to it if the first does not recover
+        self._ahead: tuple[int, cv2.VideoCapture, np.ndarray] | None = None
 
-    def _open_capture(self) -> None:
+    def _new_capture(self) -> "cv2.VideoCapture":
         try:
             cap = _open_capture_with_timeout(lambda: cv2.VideoCapture(str(self.path)), self.open_timeout)
         except cv2.error as exc:
@@ -362,7 +435,11 @@ class VideoFileSource(Source):
             raise self._error(f"opening took longer than open_timeout={self.open_timeout:g}s")
         if not cap.isOpened():
             cap.release()
-            raise self._error("not a readable video or image (OpenCV could not open it)")
+            raise self._error(_unreadable_reason(self.path))
+        return cap
+
+    def _open_capture(self) -> None:
+        cap = self._new_capture()
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self._cap = cap
         self._frame_count = count if count > 0 else None
@@ -393,9 +470,36 @@ class VideoFileSource(Source):
                 frame = self._next_frame()
             return frame
 
+    def _skip(self, n: int, reason: str) -> None:
+        self.stats.frames_skipped += n
+        self.stats.skipped_reasons[reason] = self.stats.skipped_reasons.get(reason, 0) + n
+
+    def _deliver(self, image: np.ndarray) -> Frame:
+        seq = self._seq_base + self._position
+        self._position += 1
+        self._delivered_this_pass += 1
+        return _make_frame(seq, self.source_id, image)
+
+    def _drop_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].release()
+            self._ahead = None
+
     def _next_frame(self) -> Frame | None:
         failures = 0
         while True:
+            if self._ahead is not None and self._position >= self._ahead[0]:
+                # the first capture did not recover by the frame the look-ahead decoded: go on from there
+                index, cap, image = self._ahead
+                self._ahead = None
+                skipped = failures + index - self._position
+                self._skip(skipped, "undecodable (damaged data, passed by seeking)")
+                log.warning("%s: skipped %d undecodable frame(s) before position %d (continuing after a seek)",
+                            self.source_id, skipped, index)
+                self._cap.release()
+                self._cap = cap
+                self._position = index
+                return self._deliver(image)
             try:
                 ok, image = self._cap.read()
             except cv2.error as exc:  # a decoder failure OpenCV raises instead of reporting
@@ -403,30 +507,62 @@ class VideoFileSource(Source):
                 ok, image = False, None
             if ok and image is not None and image.size:
                 if failures:
-                    self.stats.frames_skipped += failures
+                    self._skip(failures, "undecodable")
                     log.warning("%s: skipped %d undecodable frame(s) before position %d", self.source_id, failures, self._position)
-                seq = self._seq_base + self._position
-                self._position += 1
-                self._delivered_this_pass += 1
-                return _make_frame(seq, self.source_id, image)
+                self._drop_ahead()
+                return self._deliver(image)
             if self._frame_count is not None and self._position >= self._frame_count:
                 if failures:  # the container says these frames exist: they were undecodable
-                    self.stats.frames_skipped += failures
+                    self._skip(failures, "undecodable")
                     log.warning("%s: skipped %d undecodable frame(s) at the end", self.source_id, failures)
+                self._drop_ahead()
                 return None
             failures += 1
             self._position += 1
-            if failures >= MAX_CONSECUTIVE_DECODE_FAILURES:
-                self._position -= failures
-                if self._frame_count is not None:
-                    log.warning(
-                        "%s: file ends after %d of %d frames (truncated or corrupt)",
-                        self.source_id, self._position, self._frame_count,
-                    )
+            if failures >= MAX_CONSECUTIVE_DECODE_FAILURES and self._ahead is None:
+                if self._frame_count is not None and self._position < self._frame_count:
+                    self._ahead = self._look_ahead(self._position)
+                if self._ahead is None:
+                    self._position -= failures
+                    if self._frame_count is not None:
+                        log.warning(
+                            "%s: file ends after %d of %d frames (truncated or corrupt: no later frame decodes)",
+                            self.source_id, self._position, self._frame_count,
+                        )
+                    return None
+                log.warning("%s: %d undecodable frame(s) from position %d; frame %d decodes again, reading on",
+                            self.source_id, failures, self._position - failures, self._ahead[0])
+
+    def _look_ahead(self, position: int) -> tuple[int, cv2.VideoCapture, np.ndarray] | None:
+        """A second capture that decoded a frame after ``position``: seeks to ``position`` +
+        25, 50, 100, ... and last to the final frame; ``None`` if no frame there decodes."""
+        assert self._frame_count is not None
+        last = self._frame_count - 1
+        targets, step = [], MAX_CONSECUTIVE_DECODE_FAILURES
+        while position + step < last:
+            targets.append(position + step)
+            step *= 2
+        targets.append(last)
+        for target in targets:
+            try:
+                cap = self._new_capture()
+            except SourceError:
                 return None
+            try:
+                found = cap.set(cv2.CAP_PROP_POS_FRAMES, target)
+                ok, image = cap.read() if found else (False, None)
+                # OpenCV's seek can land elsewhere in damaged data; trust it only where it says target
+                landed = int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) - 1
+            except cv2.error:
+                ok, image, landed = False, None, -1
+            if ok and image is not None and image.size and landed == target:
+                return target, cap, image
+            cap.release()
+        return None
 
     def _close(self) -> None:
         with self._io_lock:
+            self._drop_ahead()
             if self._cap is not None:
                 self._cap.release()
                 self._cap = None
@@ -446,7 +582,7 @@ class _Connection:
     """
 
     def __init__(self, name: str, open_capture: Callable[[], "cv2.VideoCapture"],
-                 on_frame: Callable[["_Connection", np.ndarray], None], on_finished: Callable[["_Connection"], None]) -> None:
+                 on_frame: Callable[["_Connection", np.ndarray, float], None], on_finished: Callable[["_Connection"], None]) -> None:
         self._open_capture = open_capture
         self._on_frame = on_frame
         self._on_finished = on_finished
@@ -457,6 +593,14 @@ class _Connection:
         self.last_frame = time.monotonic()
         self.last_frame_time = time.time()  # wall clock of the newest frame, for gap records
         self.first_frame_time = 0.0
+        #: the capture's nominal frame interval (s, from its fps), when it states one
+        self.frame_interval: float | None = None
+        #: until a frame arrives at the stream's own pace, frames come from FFmpeg's buffer
+        #: (see LiveSource); the newest such frame waits here as ``(frame, pts_s, arrival)``
+        self.catching_up = True
+        self.pending: tuple[Frame, float, float] | None = None
+        self.stale_seconds = 0.0  # stream time of the frames dropped as stale so far
+        self.stale_frames = 0
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
@@ -466,12 +610,18 @@ class _Connection:
             if not cap.isOpened():
                 self.error = "could not be opened"
                 return
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            self.frame_interval = 1.0 / fps if 1.0 <= fps <= 1000.0 else None
             while not self.abandoned.is_set():
                 ok, image = cap.read()
                 if not ok or image is None:
                     self.error = "a read failed" if self.opened else "opened, but the first frame could not be read"
                     return
-                self._on_frame(self, image)
+                try:
+                    pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                except cv2.error:
+                    pts = -1.0
+                self._on_frame(self, image, pts)
         except Exception as exc:  # cv2.error and friends: report, never kill the process
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         finally:
@@ -486,10 +636,22 @@ class LiveSource(Source):
     ``seq`` counts captured frames, so frames dropped because the consumer was slower
     than the input show as gaps. ``read()`` waits until a frame newer than the last one
     returned exists. No frame for ``read_timeout`` s (or a failed read) means the input
-    is lost: a warning is logged and it is reopened after 0.5 s, 1 s, 2 s, ... (at most
-    8 s apart) while ``read()`` keeps waiting; every reopening is counted in
-    ``stats.reconnects`` and the outage recorded in ``stats.gaps``. After
-    ``reconnect_timeout`` s without success, ``read()`` raises :class:`SourceError`.
+    is lost: a warning is logged and it is reopened after 0.5 s, 1 s, 2 s, 2 s, ... (at most
+    2 s apart in the first minute of an outage, then at most 8 s apart;
+    :func:`reconnect_delay`, each wait recorded in ``stats.reconnect_delays``) while
+    ``read()`` keeps waiting, so a short outage costs at most one 2 s step more than the
+    outage itself. Every reopening is counted in ``stats.reconnects`` and the outage
+    recorded in ``stats.gaps``. After ``reconnect_timeout`` s without success, ``read()``
+    raises :class:`SourceError`.
+
+    Stale frames are **dropped**, not marked: a new connection (the first one and every
+    reconnect) first delivers what FFmpeg buffered while probing the stream, about a
+    second of frames in a burst (the first one 1.1 s old where steady state is 0.1 s).
+    Until a frame arrives at the stream's own pace, frames that arrive faster than half
+    their stream-time spacing are dropped and counted in ``stats.frames_stale`` (and
+    ``frames_dropped``), at most :data:`STALE_CATCH_UP_MAX_S` of stream time. The first
+    frame delivered is thus about as old as the stream's steady latency; a header field
+    could only have said "stale" about frames no consumer should act on.
     """
 
     is_live = True
@@ -518,25 +680,73 @@ class LiveSource(Source):
         return error
 
     # -- capture-thread callbacks --------------------------------------------------------
-    def _on_frame(self, conn: _Connection, image: np.ndarray) -> None:
+    def _on_frame(self, conn: _Connection, image: np.ndarray, pts: float) -> None:
         with self._cond:
             if conn.abandoned.is_set() or conn is not self._conn or self._stopping:
                 return
+            now = time.monotonic()
             if not conn.opened:
                 conn.opened = True
                 conn.first_frame_time = time.time()
-            conn.last_frame = time.monotonic()
+            conn.last_frame = now
             conn.last_frame_time = time.time()
+            frame = _make_frame(self._captured, self.source_id, image)
+            self._captured += 1
+            if conn.catching_up and not self._caught_up(conn, frame, pts, now):
+                return
             if self._latest is not None:
                 self.stats.frames_dropped += 1
-            self._latest = _make_frame(self._captured, self.source_id, image)
-            self._captured += 1
+            self._latest = frame
             self._cond.notify_all()
+
+    def _caught_up(self, conn: _Connection, frame: Frame, pts: float, now: float) -> bool:
+        """Whether ``frame`` (arrived at ``now``, stream time ``pts`` s) ends the catch-up
+        of a new connection; if not it is held in ``conn.pending``. Called holding the lock.
+
+        A frame read while a newer one was already waiting in FFmpeg's buffer is stale: the
+        next read returns in far less than the stream time between the two (2 ms for 40 ms
+        in the test stream). So the newest frame is held until the next shows the pace: if
+        that one came sooner than half the stream time between them, the held one is dropped
+        (``stats.frames_stale``); if it came at the stream's pace, the buffer is worked off and
+        it is delivered. At most :data:`STALE_CATCH_UP_MAX_S` of stream time is dropped.
+        """
+        previous, conn.pending = conn.pending, (frame, pts, now)
+        if previous is None:
+            return False  # the pace is known only with the next frame
+        _, previous_pts, previous_arrival = previous
+        stream_step = pts - previous_pts if pts > previous_pts >= 0 else conn.frame_interval
+        if stream_step is None:  # neither timestamps nor a frame rate: nothing to judge by
+            conn.catching_up, conn.pending = False, None
+            return True
+        if now - previous_arrival < 0.5 * stream_step and conn.stale_seconds < STALE_CATCH_UP_MAX_S:
+            conn.stale_seconds += stream_step
+            conn.stale_frames += 1
+            self.stats.frames_stale += 1
+            self.stats.frames_dropped += 1
+            return False
+        conn.catching_up, conn.pending = False, None
+        if conn.stale_seconds:
+            log.info("%s: dropped %d stale frame(s) (%.2fs of the stream) buffered by the new connection",
+                     self.source_id, conn.stale_frames, conn.stale_seconds)
+        self.stats.frames_dropped += 1  # the held frame, replaced by this newer one
+        return True
 
     def _on_finished(self, conn: _Connection) -> None:
         with self._cond:
             conn.finished = True
+            if not conn.abandoned.is_set():
+                self._deliver_pending(conn)
             self._cond.notify_all()
+
+    def _deliver_pending(self, conn: _Connection) -> None:
+        """A connection that ends (or stalls) while catching up: its held frame was the newest
+        it had, so nothing newer was waiting; deliver it (e.g. a URL serving one image per
+        connection). Called holding the lock."""
+        if conn.pending is not None and conn is self._conn and not self._stopping:
+            if self._latest is not None:
+                self.stats.frames_dropped += 1
+            self._latest, conn.pending = conn.pending[0], None
+            conn.catching_up = False
 
     def _start_connection(self) -> _Connection:
         conn = _Connection(f"rtseg-capture {self.source_id}", self._create_capture, self._on_frame, self._on_finished)
@@ -619,6 +829,7 @@ class LiveSource(Source):
                         reason = f"no frame for {self.read_timeout:g}s"
                         break
                     self._cond.wait(self.read_timeout - silent)
+                self._deliver_pending(conn)
                 conn.abandoned.set()
                 outage_start = conn.last_frame_time  # the gap starts after the last frame seen
             log.warning("%s: input lost (%s); reconnecting", self.source_id, reason)
@@ -627,13 +838,15 @@ class LiveSource(Source):
 
     def _reconnect(self, outage_start: float, reason: str) -> bool:
         started = time.monotonic()
-        delay = RECONNECT_FIRST_DELAY_S
         attempts = 0
         last_error = reason
         while True:
+            elapsed = time.monotonic() - started
+            delay = reconnect_delay(attempts + 1, elapsed)
             with self._cond:
-                remaining = self.reconnect_timeout - (time.monotonic() - started)
+                remaining = self.reconnect_timeout - elapsed
                 if remaining > 0:
+                    self.stats.reconnect_delays.append(min(delay, remaining))
                     self._cond.wait_for(lambda: self._stopping, timeout=min(delay, remaining))
                 if self._stopping:
                     return False
@@ -651,7 +864,6 @@ class LiveSource(Source):
                     return False
                 last_error = conn.error
             log.info("%s: reconnect attempt %d failed: %s", self.source_id, attempts, last_error)
-            delay = min(2 * delay, RECONNECT_MAX_DELAY_S)
         with self._cond:
             self.stats.gaps.append((outage_start, time.time()))
             self._fatal = (
@@ -752,6 +964,12 @@ def open_source(
         match = _SYNTHETIC.fullmatch(spec)
         if match is None or (match["w"] is not None and (int(match["w"]) < 16 or int(match["h"]) < 16)):
             raise SourceError(f"cannot open source {spec!r}: expected synthetic[:SEED[:WxH]], e.g. synthetic:3:640x480 (W, H >= 16)")
+        if match["w"] is not None and max(int(match["w"]), int(match["h"])) > MAX_SYNTHETIC_SIDE:
+            raise SourceError(
+                f"cannot open source {spec!r}: frame size {int(match['w'])}x{int(match['h'])} is too large "
+                f"(expected W, H from 16 to {MAX_SYNTHETIC_SIDE}: one {MAX_SYNTHETIC_SIDE}x{MAX_SYNTHETIC_SIDE} "
+                f"frame is already 192 MiB)"
+            )
         size = (int(match["h"]), int(match["w"])) if match["w"] is not None else (480, 640)
         return SyntheticSource(spec, seed=int(match["seed"] or 0), size=size, max_frames=max_frames)
 

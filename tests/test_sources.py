@@ -342,3 +342,65 @@ def test_rtsp_close_from_another_thread_unblocks_read(rtsp_server):
     source.close()
     reader.join(timeout=30)
     assert not reader.is_alive() and len(results) == 1
+
+
+# -- issue 15, item 15: a synthetic frame size that cannot be rendered -------------------------
+@pytest.mark.parametrize("spec", ["synthetic:0:40000x40000", "synthetic:0:8193x16", "synthetic:1:16x100000"])
+def test_synthetic_size_above_the_bound_is_refused_when_the_spec_is_parsed(spec):
+    with pytest.raises(SourceError) as info:
+        open_source(spec)  # parsing only: nothing is allocated or rendered
+    message = str(info.value)
+    assert "\n" not in message and "too large" in message and "8192" in message
+
+
+def test_synthetic_size_at_the_bound_is_accepted():
+    source = open_source("synthetic:0:8192x16", max_frames=1)
+    (frame,) = read_all(source)
+    assert frame.image.shape == (16, 8192, 3)
+
+
+def test_rtseg_run_with_a_huge_synthetic_frame_is_one_line_error():
+    from cli_helpers import assert_one_line_error, run_cli
+
+    proc = run_cli("run", "--source", "synthetic:0:40000x40000", "--max-frames", "1", timeout=300)
+    assert_one_line_error(proc, 3, "synthetic:0:40000x40000", "too large")
+
+
+# -- issue 15, item 12: back-off within an outage of seconds, stale frames after a reconnect ------
+@pytest.mark.rtsp
+def test_rtsp_outage_of_seconds_is_retried_at_most_2s_apart_and_stale_frames_are_dropped(rtsp_server):
+    from rtsp_server import read_stamp
+
+    from rtseg.sources import RECONNECT_EARLY_MAX_DELAY_S, reconnect_delay
+
+    def age(frame) -> float:
+        stamp = read_stamp(frame.image)
+        assert stamp is not None, "not a stamped frame (black, grey or garbled)"
+        return frame.capture_time - stamp[1]
+
+    with open_source(rtsp_server.url, open_timeout=10, read_timeout=2, reconnect_timeout=60) as source:
+        before = [source.read() for _ in range(25)]
+        steady = max(age(f) for f in before[5:])
+        stale_before = source.stats.frames_stale
+        rtsp_server.kill()
+        killed_at = time.time()
+        time.sleep(5.0)  # the outage: 5 s without a server
+        rtsp_server.start()  # same port
+        after = []
+        while len(after) < 10:
+            frame = source.read()  # waits through the outage; raises if it never ends
+            assert frame is not None
+            if read_stamp(frame.image)[1] > killed_at:  # made by the restarted server
+                after.append(frame)
+        assert source.stats.reconnects == 1
+        delays = source.stats.reconnect_delays
+        # the counted schedule: 0.5, 1, 2, 2, ... (was 0.5, 1, 2, 4, 8: an 8 s outage became 16.8 s)
+        assert len(delays) >= 4  # 5 s of outage took several attempts
+        assert delays == [reconnect_delay(i + 1, 0.0) for i in range(len(delays))]
+        assert max(delays) <= RECONNECT_EARLY_MAX_DELAY_S  # the success came at most one 2 s step after a failure
+        # the new connection's buffered frames were dropped and counted, not delivered
+        assert source.stats.frames_stale > stale_before
+        assert source.stats.frames_dropped >= source.stats.frames_stale
+        # was 1.1-1.4 s old against a steady 0.1 s; a margin for a loaded machine
+        assert age(after[0]) <= 2 * steady + 0.3, (age(after[0]), steady)
+        assert_no_duplicates(before + after)
