@@ -32,6 +32,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -88,6 +89,10 @@ def reconnect_delay(attempt: int, outage_seconds: float) -> float:
     return min(RECONNECT_FIRST_DELAY_S * 2 ** (attempt - 1), cap)
 
 
+#: reconnect waits kept in ``SourceStats.reconnect_delays`` (about a day of 8 s waits)
+MAX_RECONNECT_DELAYS_KEPT = 10_000
+
+
 @dataclass
 class SourceStats:
     """Counters of one source, updated while it runs."""
@@ -98,8 +103,10 @@ class SourceStats:
     #: video files: ``frames_skipped`` by reason (``"undecodable"``, or passed by seeking)
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0  #: successful reopenings of a lost live source
-    #: live only: waits (s) before each reconnect attempt, in order, over all outages
-    reconnect_delays: list[float] = field(default_factory=list)
+    #: live only: waits (s) before the most recent reconnect attempts, in order, over all
+    #: outages (the newest ``MAX_RECONNECT_DELAYS_KEPT``: one per attempt, so bounded for
+    #: cameras that stay away for days)
+    reconnect_delays: deque = field(default_factory=lambda: deque(maxlen=MAX_RECONNECT_DELAYS_KEPT))
     #: live only: frames a new connection delivered from FFmpeg's buffer, older than the
     #: stream's steady latency, and dropped (also counted in ``frames_dropped``)
     frames_stale: int = 0

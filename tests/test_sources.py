@@ -393,7 +393,7 @@ def test_rtsp_outage_of_seconds_is_retried_at_most_2s_apart_and_stale_frames_are
             if read_stamp(frame.image)[1] > killed_at:  # made by the restarted server
                 after.append(frame)
         assert source.stats.reconnects == 1
-        delays = source.stats.reconnect_delays
+        delays = list(source.stats.reconnect_delays)
         # the counted schedule: 0.5, 1, 2, 2, ... (was 0.5, 1, 2, 4, 8: an 8 s outage became 16.8 s)
         assert len(delays) >= 4  # 5 s of outage took several attempts
         assert delays == [reconnect_delay(i + 1, 0.0) for i in range(len(delays))]
