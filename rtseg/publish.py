@@ -327,7 +327,8 @@ def _rle_counts(window: tuple[int, int, int, int], bits: np.ndarray, h: int, w: 
     edges = np.empty(2 * starts.size + 2, np.int64)
     edges[0], edges[-1] = 0, h * w
     edges[1:-1:2], edges[2:-1:2] = starts, ends
-    return np.diff(edges).tolist()
+    counts = np.diff(edges).tolist()
+    return counts[:-1] if counts[-1] == 0 else counts  # no empty trailing run (as pycocotools)
 
 
 @dataclass(frozen=True)
@@ -934,7 +935,9 @@ class _ThrottledWarnings:
 
 
 def _handshake_failure(zmq: Any, event: int, value: int, keys: "ClientKeys | None") -> tuple[str, str]:
-    """(kind, one line) for a failed handshake seen by the subscriber's socket monitor."""
+    """(kind, one line) for a failed handshake seen by the subscriber's socket monitor; one
+    kind for all, so that the log shows one line per ``WARNING_INTERVAL_S`` however the
+    refusal shows (a CURVE server may close before the client reads why)."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         if keys is not None:
             return "auth", (f"authentication failed: the publisher refused this subscriber's CURVE key (ZAP status {value}; "
@@ -953,7 +956,9 @@ def _handshake_failure(zmq: Any, event: int, value: int, keys: "ClientKeys | Non
     if keys is not None:
         return "auth", ("authentication failed: the publisher ended the CURVE handshake (expected "
                         f"{keys.folder}/server.key to be this publisher's public key)")
-    return "handshake", f"handshake failed: the publisher closed the connection ({os.strerror(value) if value else 'no detail'})"
+    reason = os.strerror(value) if value else "no detail"
+    return "auth", (f"handshake failed: the publisher closed the connection ({reason}); a CURVE publisher refuses a "
+                    "subscriber without keys (expected --curve-keys DIR / curve_keys= for one)")
 
 
 def subscribe(
