@@ -242,6 +242,8 @@ class PackedInstances:
         """Mask ``i`` in its window: ``((x0, y0, x1, y1), bool[y1 - y0, x1 - x0])``; false outside it."""
         x0, y0, x1, y1 = (int(v) for v in self.windows[i])
         h, w = y1 - y0, x1 - x0
+        if h * w == 0:
+            return (x0, y0, x1, y1), np.zeros((h, w), np.bool_)
         packed = np.frombuffer(self._blob, dtype=np.uint8, count=(h * w + 7) // 8, offset=int(self._offsets[i]))
         bits = np.unpackbits(packed, count=h * w)  # MSB first, padding ignored
         return (x0, y0, x1, y1), bits.reshape(h, w).view(np.bool_)

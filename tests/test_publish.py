@@ -21,7 +21,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtseg.errors import PublishError
+from rtseg.errors import ConfigError, PublishError
 from rtseg.publish import (
     MAX_IMAGE_SIDE,
     SCHEMA,
@@ -854,3 +854,14 @@ def test_a_slow_subscriber_under_a_flood_of_large_messages_holds_a_bounded_numbe
     peak = int(out.split()[-1])
     bound = max_queued_bytes + 3 * max_message_bytes + 48 * 2**20
     assert peak < bound, f"peak RSS grew by {peak / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rcvhwm=0), r"rcvhwm must be an integer in \[1, 8\]"),  # 0 = unlimited in ZeroMQ: unbounded memory
+    (dict(rcvhwm=1000), r"rcvhwm must be an integer in \[1, 8\] \(max_queued_bytes 536870912 / max_message_bytes 67108864"),
+    (dict(rcvhwm=5, max_message_bytes=2**20, max_queued_bytes=4 * 2**20), r"rcvhwm must be an integer in \[1, 4\]"),
+    (dict(max_queued_bytes=0), "max_queued_bytes must be an integer >= 1"),
+])
+def test_a_receive_queue_beyond_the_byte_budget_is_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        next(subscribe("tcp://127.0.0.1:1", timeout=0.1, **kwargs))
