@@ -61,6 +61,10 @@ MAX_INSTANCES = 10000
 #: longest ``publisher_id`` a decoder accepts; rtseg writes 16 hex digits (64 random bits)
 MAX_PUBLISHER_ID_CHARS = 64
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+#: Decoder-side cap on the JSON header (part 1): parsed JSON takes up to ~25 times its text
+#: in Python objects, so the header is capped apart from the message. rtseg writes about
+#: 230 bytes per instance: 2.3 MB at MAX_INSTANCES.
+DEFAULT_MAX_HEADER_BYTES = 8 * 2**20
 #: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks
 #: ``Message.instances.masks`` would allocate (the blob alone does not bound it: empty
 #: masks cost no blob bytes). Decoding itself keeps the masks packed and allocates in
@@ -428,13 +432,15 @@ def decode_message(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> Message:
     """Check and decode the parts of one wire message (see ``docs/wire-format.md``).
 
     ``parts``: the three frames as bytes-like objects. Raises :class:`PublishError` for
     anything malformed, including messages above ``max_message_bytes`` in total and
     messages whose full-size masks would need more than ``max_mask_pixels`` bytes
-    (``N * H * W``, what ``instances.masks`` would allocate). Decoding allocates in
+    (``N * H * W``, what ``instances.masks`` would allocate) and headers above
+    ``max_header_bytes``. Decoding allocates in
     proportion to the message's size: the masks stay bit-packed in their windows
     (:class:`PackedInstances`), and ``image_size`` alone costs nothing.
     """
@@ -446,6 +452,8 @@ def decode_message(
     total = topic_view.nbytes + header_view.nbytes + blob.nbytes
     if total > max_message_bytes:
         raise _malformed("the message", f"at most {max_message_bytes} bytes", f"{total} bytes")
+    if header_view.nbytes > max_header_bytes:
+        raise _malformed("the header (part 1)", f"at most {max_header_bytes} bytes", f"{header_view.nbytes} bytes")
 
     try:
         header = json.loads(bytes(header_view).decode("utf-8"), parse_constant=_reject_constant)
@@ -1110,8 +1118,10 @@ def subscribe(
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 continue
-            parts = socket.recv_multipart()
+            parts, extra = _receive_parts(socket, zmq)
             try:
+                if extra:  # dropped while receiving: one message never holds more than 3 parts here
+                    raise _malformed("the message", "3 parts (topic, header, masks)", f"{3 + extra} parts")
                 message = decode_message(parts, max_message_bytes=max_message_bytes)
             except PublishError as exc:
                 malformed += 1
@@ -1134,6 +1144,20 @@ def subscribe(
             monitor.close(linger=0)
         socket.close(linger=0)
         context.term()
+
+
+def _receive_parts(socket: Any, zmq: Any) -> tuple[list[bytes], int]:
+    """The parts of the next message, at most 3 kept: ``(parts, how many more were dropped)``."""
+    parts = [socket.recv()]
+    extra = 0
+    while socket.getsockopt(zmq.RCVMORE):
+        part = socket.recv()
+        if len(parts) < 3:
+            parts.append(part)
+        else:
+            extra += 1
+        del part
+    return parts, extra
 
 
 def _format_line(message: Message, received_time: float) -> str:

@@ -865,3 +865,53 @@ def test_a_slow_subscriber_under_a_flood_of_large_messages_holds_a_bounded_numbe
 def test_a_receive_queue_beyond_the_byte_budget_is_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         next(subscribe("tcp://127.0.0.1:1", timeout=0.1, **kwargs))
+
+
+def test_a_header_above_its_cap_is_refused_before_it_is_parsed():
+    """JSON in Python takes up to ~25 times its text: a header of a million empty objects in
+    an unknown field is refused by its length alone."""
+    header = json.loads(parts_of(1)[1])
+    header["future"] = [{}] * 1_000_000  # 3 MB of text, about 70 MB parsed
+    parts = [b"rtseg", json.dumps(header, separators=(",", ":")).encode(), parts_of(1)[2]]
+    with pytest.raises(PublishError, match=r"the header \(part 1\) must be at most 2097152 bytes, found 3"):
+        decode_message(parts, max_header_bytes=2 * 2**20)
+    assert decode_message(parts).seq == 0  # within the default 8 MiB: parsed, the unknown field ignored
+
+
+def test_subscribe_keeps_at_most_three_parts_of_a_message(zmq_context, caplog):
+    """A publisher's message of 50 parts of 1 MiB each (each part within max_message_bytes,
+    which ZeroMQ checks per part): the subscriber keeps three, drops the rest as they
+    arrive (tracemalloc: under 8 MiB allocated, not the 49 MiB of the whole message), and
+    reports the message as malformed."""
+    pub = zmq_context.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    good = parts_of(2)
+    hostile = [b"rtseg"] + [b"x" * 2**20] * 49
+    received: list[Message] = []
+    messages = subscribe(f"tcp://127.0.0.1:{port}", timeout=10.0, max_message_bytes=2 * 2**20)
+    stop = threading.Event()
+
+    def send() -> None:  # hostile then good, until the subscriber has a good one (slow joiner)
+        while not stop.is_set():
+            pub.send_multipart(hostile, copy=False)
+            pub.send_multipart(good)
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=send, daemon=True)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="rtseg.publish"):
+            sender.start()
+            received.append(next(messages))
+            while not any("found 50 parts" in r.getMessage() for r in caplog.records):
+                received.append(next(messages))  # until a hostile message came through whole
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        stop.set()
+        sender.join(timeout=10)
+        messages.close()
+        pub.close(linger=0)
+    assert received[0].instances == decode_message(good).instances
+    assert any("must be 3 parts (topic, header, masks), found 50 parts" in r.getMessage() for r in caplog.records)
+    assert peak < 8 * 2**20, f"{peak} bytes allocated"
