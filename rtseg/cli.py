@@ -357,6 +357,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rtseg.segmenter import Segmenter, configure_threads
     from rtseg.sources import open_source
 
+    if args.publish:  # a malformed endpoint is one line before the model loads
+        from rtseg.publish import check_endpoint
+
+        check_endpoint(args.publish, "--publish", bind=True, inproc=False)
     curve_keys = None
     if args.curve_keys:  # checked before slow work
         if not args.publish:
@@ -411,8 +415,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from rtseg.publish import run_subscriber
+    from rtseg.publish import check_endpoint, run_subscriber
 
+    check_endpoint(args.endpoint, "subscribe", bind=False, inproc=False)  # one line, before any socket
     return run_subscriber(args.endpoint, topic=args.topic.encode(), count=args.count, timeout=args.timeout,
                           save_dir=args.save, curve_keys=args.curve_keys)
 

@@ -61,8 +61,14 @@ MAX_INSTANCES = 10000
 #: longest ``publisher_id`` a decoder accepts; rtseg writes 16 hex digits (64 random bits)
 MAX_PUBLISHER_ID_CHARS = 64
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
-#: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks a decode
-#: allocates (the blob alone does not bound it: empty masks cost no blob bytes).
+#: Decoder-side cap on the JSON header (part 1): parsed JSON takes up to ~25 times its text
+#: in Python objects, so the header is capped apart from the message. rtseg writes about
+#: 230 bytes per instance: 2.3 MB at MAX_INSTANCES.
+DEFAULT_MAX_HEADER_BYTES = 8 * 2**20
+#: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks
+#: ``Message.instances.masks`` would allocate (the blob alone does not bound it: empty
+#: masks cost no blob bytes). Decoding itself keeps the masks packed and allocates in
+#: proportion to the message's size.
 #: 1 GiB fits e.g. 500 instances at 1920 x 1080 or 120 at 3840 x 2160.
 DEFAULT_MAX_MASK_PIXELS = 2**30
 
@@ -190,6 +196,147 @@ def encode_message(
 # ---------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------
+class PackedInstances:
+    """The instances of one decoded message, masks kept as the wire's bit-packed windows.
+
+    What :func:`decode_message` returns in ``Message.instances``: holding it costs about
+    what the message cost on the wire, whatever ``image_size`` says (an empty mask costs
+    nothing), so a hostile header that declares large empty masks costs nothing either.
+    It reads like :class:`rtseg.structures.Instances` (``len()``, ``boxes``, ``scores``,
+    ``class_ids``, ``image_size``, ``to_rle()``, ``mask_areas()``, indexing, ``==``), and
+    the full-size masks are made only when asked for:
+
+    - :attr:`masks` / :meth:`to_instances`: ``bool[N, H, W]``, ``N * H * W`` bytes each
+      call (bounded by ``max_mask_pixels`` at decode);
+    - :meth:`window_mask`: one mask's window and its pixels, the compact form;
+    - :meth:`to_rle`: COCO compressed RLEs computed from the windows directly, in time and
+      memory proportional to the windows' pixels, never to ``H * W``.
+    """
+
+    __slots__ = ("boxes", "scores", "class_ids", "image_size", "windows", "_offsets", "_blob")
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, image_size: tuple[int, int],
+                 windows: np.ndarray, offsets: np.ndarray, blob: bytes) -> None:
+        n = boxes.shape[0]
+        assert boxes.shape == (n, 4) and scores.shape == (n,) and class_ids.shape == (n,)
+        assert windows.shape == (n, 4) and offsets.shape == (n,)
+        self.boxes = boxes  #: ``float32[N, 4]``
+        self.scores = scores  #: ``float32[N]``
+        self.class_ids = class_ids  #: ``int64[N]``
+        self.image_size = (int(image_size[0]), int(image_size[1]))  #: ``(H, W)``
+        self.windows = windows  #: ``int64[N, 4]``: each mask's ``x0, y0, x1, y1`` (``mask_window``)
+        self._offsets = offsets
+        self._blob = blob
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __repr__(self) -> str:
+        return f"PackedInstances(n={len(self)}, image_size={self.image_size})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getitem__(self, item: Any) -> "PackedInstances":
+        index = np.arange(len(self))[item]
+        index = np.atleast_1d(index)
+        return PackedInstances(self.boxes[index], self.scores[index], self.class_ids[index], self.image_size,
+                               self.windows[index], self._offsets[index], self._blob)
+
+    def window_mask(self, i: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        """Mask ``i`` in its window: ``((x0, y0, x1, y1), bool[y1 - y0, x1 - x0])``; false outside it."""
+        x0, y0, x1, y1 = (int(v) for v in self.windows[i])
+        h, w = y1 - y0, x1 - x0
+        if h * w == 0:
+            return (x0, y0, x1, y1), np.zeros((h, w), np.bool_)
+        packed = np.frombuffer(self._blob, dtype=np.uint8, count=(h * w + 7) // 8, offset=int(self._offsets[i]))
+        bits = np.unpackbits(packed, count=h * w)  # MSB first, padding ignored
+        return (x0, y0, x1, y1), bits.reshape(h, w).view(np.bool_)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """Full-size ``bool[N, H, W]`` masks, made on each call (``N * H * W`` bytes)."""
+        h, w = self.image_size
+        masks = np.zeros((len(self), h, w), np.bool_)
+        for i in range(len(self)):
+            (x0, y0, x1, y1), window = self.window_mask(i)
+            masks[i, y0:y1, x0:x1] = window
+        return masks
+
+    def to_instances(self) -> Instances:
+        """The same instances as :class:`rtseg.structures.Instances` (full-size masks)."""
+        return Instances(boxes=self.boxes, scores=self.scores, class_ids=self.class_ids, masks=self.masks,
+                         image_size=self.image_size)
+
+    def mask_areas(self) -> np.ndarray:
+        """``int64[N]``: number of mask pixels per instance (counted in the windows)."""
+        return np.array([int(np.count_nonzero(self.window_mask(i)[1])) for i in range(len(self))], np.int64)
+
+    def to_rle(self) -> list[dict]:
+        """Masks as COCO compressed RLEs, ``{"size": [H, W], "counts": str}`` each: exactly
+        what ``Instances.to_rle()`` (``pycocotools.mask.encode``) gives for the full-size
+        masks, computed from the windows without making them."""
+        from pycocotools import mask as mask_utils
+
+        h, w = self.image_size
+        out = []
+        for i in range(len(self)):
+            counts = _rle_counts(*self.window_mask(i), h, w)
+            rle = mask_utils.frPyObjects({"counts": counts, "size": [h, w]}, h, w)
+            text = rle["counts"]
+            out.append({"size": [h, w], "counts": text.decode("ascii") if isinstance(text, bytes) else text})
+        return out
+
+    def _tight(self, i: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        (x0, y0, _, _), window = self.window_mask(i)
+        rows, cols = np.flatnonzero(window.any(axis=1)), np.flatnonzero(window.any(axis=0))
+        if rows.size == 0:
+            return (0, 0, 0, 0), window[:0, :0]
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return (x0 + c0, y0 + r0, x0 + c1, y0 + r1), window[r0:r1, c0:c1]
+
+    def __eq__(self, other: object) -> bool:
+        """Value equality with another :class:`PackedInstances` or an ``Instances``."""
+        if not isinstance(other, (PackedInstances, Instances)):
+            return NotImplemented
+        if not (self.image_size == other.image_size and np.array_equal(self.boxes, other.boxes)
+                and np.array_equal(self.scores, other.scores) and np.array_equal(self.class_ids, other.class_ids)):
+            return False
+        if isinstance(other, Instances):
+            for i in range(len(self)):
+                (x0, y0, x1, y1), window = self.window_mask(i)
+                dense = other.masks[i]
+                if not np.array_equal(dense[y0:y1, x0:x1], window) or int(np.count_nonzero(dense)) != int(np.count_nonzero(window)):
+                    return False
+            return True
+        return all(self._tight(i)[0] == other._tight(i)[0] and np.array_equal(self._tight(i)[1], other._tight(i)[1])
+                   for i in range(len(self)))
+
+
+def _rle_counts(window: tuple[int, int, int, int], bits: np.ndarray, h: int, w: int) -> list[int]:
+    """COCO RLE counts (column-major runs, zeros first) of an ``h x w`` mask that is
+    ``bits`` inside ``window`` and false elsewhere; cost proportional to the window."""
+    x0, y0, x1, y1 = window
+    if not bits.any():
+        return [h * w]
+    wh, ww = bits.shape
+    padded = np.zeros((ww, wh + 2), np.int8)  # one zero above and below each window column
+    padded[:, 1:-1] = bits.T
+    flat = padded.ravel()
+    k = np.flatnonzero(np.diff(flat)) + 1  # first index of each new run, in padded coordinates
+    column, row = np.divmod(k, wh + 2)
+    position = (x0 + column) * h + y0 + row - 1  # the run's first pixel, column-major in the image
+    starts, ends = position[0::2], position[1::2]
+    # a window as tall as the image: a run that ends at the bottom of one column and one that
+    # starts at the top of the next are one run
+    joined = np.flatnonzero(starts[1:] == ends[:-1])
+    starts, ends = np.delete(starts, joined + 1), np.delete(ends, joined)
+    edges = np.empty(2 * starts.size + 2, np.int64)
+    edges[0], edges[-1] = 0, h * w
+    edges[1:-1:2], edges[2:-1:2] = starts, ends
+    counts = np.diff(edges).tolist()
+    return counts[:-1] if counts[-1] == 0 else counts  # no empty trailing run (as pycocotools)
+
+
 @dataclass(frozen=True)
 class Message:
     """One decoded wire message.
@@ -197,7 +344,9 @@ class Message:
     ``header`` is the JSON header as received (a dict); the other fields are its checked,
     typed view: ``capture_time`` and ``publish_time`` in wall-clock seconds,
     ``image_size`` ``(H, W)``, ``class_names`` one name per instance, and ``instances``
-    with full-size ``bool[N, H, W]`` masks.
+    (a :class:`PackedInstances`: the masks stay the wire's bit-packed windows, so a message
+    costs in memory about its size on the wire; ``instances.masks`` makes the full-size
+    ``bool[N, H, W]`` masks, ``instances.to_rle()`` COCO RLEs, when asked for).
 
     ``publisher_id`` and ``publish_seq`` are the publisher's id and message counter
     (``None`` in messages from publishers before schema 1.1). ``missed`` is set by
@@ -215,7 +364,7 @@ class Message:
     publish_time: float
     image_size: tuple[int, int]
     class_names: list[str]
-    instances: Instances
+    instances: PackedInstances
     publisher_id: str | None = None
     publish_seq: int | None = None
     missed: int = 0
@@ -283,13 +432,17 @@ def decode_message(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> Message:
     """Check and decode the parts of one wire message (see ``docs/wire-format.md``).
 
     ``parts``: the three frames as bytes-like objects. Raises :class:`PublishError` for
     anything malformed, including messages above ``max_message_bytes`` in total and
     messages whose full-size masks would need more than ``max_mask_pixels`` bytes
-    (``N * H * W``). Allocation is bounded by those caps and by the blob's length.
+    (``N * H * W``, what ``instances.masks`` would allocate) and headers above
+    ``max_header_bytes``. Decoding allocates in
+    proportion to the message's size: the masks stay bit-packed in their windows
+    (:class:`PackedInstances`), and ``image_size`` alone costs nothing.
     """
     if isinstance(parts, (bytes, bytearray, memoryview, str)) or not isinstance(parts, Sequence):
         raise _malformed("the message", "a sequence of 3 parts", type(parts).__name__)
@@ -299,6 +452,8 @@ def decode_message(
     total = topic_view.nbytes + header_view.nbytes + blob.nbytes
     if total > max_message_bytes:
         raise _malformed("the message", f"at most {max_message_bytes} bytes", f"{total} bytes")
+    if header_view.nbytes > max_header_bytes:
+        raise _malformed("the header (part 1)", f"at most {max_header_bytes} bytes", f"{header_view.nbytes} bytes")
 
     try:
         header = json.loads(bytes(header_view).decode("utf-8"), parse_constant=_reject_constant)
@@ -389,16 +544,13 @@ def decode_message(
             raise _malformed(f"instances[{i}] mask bytes", f"not overlapping another mask (start >= {end})", f"start {offset}")
         end = offset + length
 
-    masks = np.zeros((n, h, w), np.bool_)
-    for offset, length, i in spans:
-        if length == 0:
-            continue
-        x0, y0, x1, y1 = windows[i]
-        packed = np.frombuffer(blob, dtype=np.uint8, count=length, offset=offset)
-        bits = np.unpackbits(packed, count=(x1 - x0) * (y1 - y0))  # MSB first, padding ignored
-        masks[i, y0:y1, x0:x1] = bits.reshape(y1 - y0, x1 - x0).view(np.bool_)
-
-    instances = Instances(boxes=boxes, scores=scores, class_ids=class_ids, masks=masks, image_size=(h, w))
+    # masks stay packed: what the message holds is what it cost on the wire
+    blob_bytes = parts[2] if isinstance(parts[2], bytes) else bytes(blob)
+    offsets = np.zeros((n,), np.int64)
+    for offset, _, i in spans:
+        offsets[i] = offset
+    instances = PackedInstances(boxes, scores, class_ids, (h, w), np.array(windows, np.int64).reshape(n, 4), offsets,
+                                blob_bytes)
     return Message(
         topic=bytes(topic_view),
         header=header,
@@ -577,6 +729,7 @@ class Publisher:
     ) -> None:
         if not isinstance(endpoint, str):
             raise ConfigError(f"publish endpoint must be a string like 'tcp://127.0.0.1:5555', got {type(endpoint).__name__}")
+        check_endpoint(endpoint, "cannot bind ZeroMQ PUB socket to", bind=True)
         if isinstance(class_names, (str, bytes)) or not all(isinstance(c, str) for c in class_names):
             raise ConfigError(f"class_names must be a sequence of strings, got {_short(class_names)}")
         if not isinstance(topic, bytes):
@@ -604,6 +757,8 @@ class Publisher:
         try:
             socket.setsockopt(zmq.SNDHWM, sndhwm)
             socket.setsockopt(zmq.LINGER, linger_ms)
+            # a peer that has not completed its handshake in 5 s (not 30) is disconnected
+            socket.setsockopt(zmq.HANDSHAKE_IVL, PUBLISHER_HANDSHAKE_IVL_MS)
             # no ZMQ_XPUB_NODROP: a full queue drops the message for that subscriber only
             if keys is not None:
                 from zmq.auth.thread import ThreadAuthenticator
@@ -707,6 +862,115 @@ class Publisher:
 # ---------------------------------------------------------------------------------------
 # subscriber
 # ---------------------------------------------------------------------------------------
+#: Received messages a subscriber may hold, by default, in its ZeroMQ receive queue:
+#: ``ZMQ_RCVHWM`` is this // ``max_message_bytes`` (8 messages at the default 64 MiB cap).
+DEFAULT_MAX_QUEUED_BYTES = 512 * 2**20
+#: after a refused handshake, or a connection dropped again before any message came, the
+#: subscriber waits this long before connecting again, doubling up to the maximum; the
+#: first drop after a message reconnects at once (a restarted publisher)
+RECONNECT_BACKOFF_FIRST_S = 0.1
+RECONNECT_BACKOFF_MAX_S = 5.0
+#: ZeroMQ's own retry of a TCP connect that was refused (no publisher yet): 20 ms, doubling
+#: to this (``ZMQ_RECONNECT_IVL`` / ``ZMQ_RECONNECT_IVL_MAX``)
+RECONNECT_IVL_MS = 20
+RECONNECT_IVL_MAX_MS = 500
+#: a subscriber warning of the same kind is logged at most once per this many seconds
+WARNING_INTERVAL_S = 30.0
+#: ``ZMQ_HANDSHAKE_IVL`` of the publisher: a peer that has not completed its handshake
+#: after this long is disconnected (ZeroMQ's default is 30 s)
+PUBLISHER_HANDSHAKE_IVL_MS = 5000
+#: a ZeroMQ IPC path must fit ``sockaddr_un.sun_path`` (108 bytes on Linux, with the NUL)
+MAX_IPC_PATH_BYTES = 107
+
+
+def check_endpoint(endpoint: Any, what: str, *, bind: bool, inproc: bool = True) -> str:
+    """``endpoint`` if it is one rtseg can bind (``bind``) or connect to, else
+    :class:`PublishError` with one line: what was expected and what was found.
+
+    Accepted: ``tcp://HOST:PORT`` with a port in 1-65535 (``*`` as the port, a free one,
+    only to bind; ``*`` as the host only to bind), ``ipc://PATH`` (at most 107 bytes) and,
+    when ``inproc``, ``inproc://NAME`` (the same process only).
+    """
+    expected = "tcp://HOST:PORT (port 1-65535), ipc://PATH" + (" or inproc://NAME" if inproc else "")
+    if not isinstance(endpoint, str):
+        raise PublishError(f"{what} {_short(endpoint)}: expected an endpoint string like tcp://127.0.0.1:5555, "
+                           f"found {type(endpoint).__name__}")
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        raise PublishError(f"{what} {endpoint!r}: expected {expected}, found no '://'")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host:
+            raise PublishError(f"{what} {endpoint!r}: expected tcp://HOST:PORT, found no {'port' if not colon else 'host'}")
+        if host in ("*", "[*]") and not bind:
+            raise PublishError(f"{what} {endpoint!r}: expected the publisher's host (e.g. 127.0.0.1) to connect to, found '*'")
+        if port == "*" and bind:
+            return endpoint
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            allowed = "1-65535, or * for a free one" if bind else "1-65535"
+            raise PublishError(f"{what} {endpoint!r}: expected a TCP port in {allowed}, found {port!r}")
+        return endpoint
+    if scheme == "ipc":
+        if not rest or len(os.fsencode(rest)) > MAX_IPC_PATH_BYTES:
+            found = "an empty path" if not rest else f"a path of {len(os.fsencode(rest))} bytes"
+            raise PublishError(f"{what} {endpoint!r}: expected ipc://PATH with 1-{MAX_IPC_PATH_BYTES} bytes, found {found}")
+        return endpoint
+    if scheme == "inproc" and inproc:
+        if not rest:
+            raise PublishError(f"{what} {endpoint!r}: expected inproc://NAME, found an empty name")
+        return endpoint
+    found = "inproc:// (it reaches only the same process)" if scheme == "inproc" else f"scheme {scheme!r}"
+    raise PublishError(f"{what} {endpoint!r}: expected {expected}, found {found}")
+
+
+class _ThrottledWarnings:
+    """Warnings logged at most once per ``interval`` seconds per kind; the next one logged
+    says how many were left out."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def warning(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        if now < self._next.get(kind, -math.inf):
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return
+        left_out = self._left_out.pop(kind, 0)
+        if left_out:
+            text += f" ({left_out} more like this in the last {self.interval:.0f} s not logged)"
+        self._next[kind] = now + self.interval
+        logger.warning("%s", text)
+
+
+def _handshake_failure(zmq: Any, event: int, value: int, keys: "ClientKeys | None") -> tuple[str, str]:
+    """(kind, one line) for a failed handshake seen by the subscriber's socket monitor; one
+    kind for all, so that the log shows one line per ``WARNING_INTERVAL_S`` however the
+    refusal shows (a CURVE server may close before the client reads why)."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if keys is not None:
+            return "auth", (f"authentication failed: the publisher refused this subscriber's CURVE key (ZAP status {value}; "
+                            f"expected {keys.folder}/client.key in the publisher's allowed_clients)")
+        return "auth", f"authentication failed: the publisher refused this subscriber (ZAP status {value})"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            if keys is None:
+                return "auth", ("authentication failed: the publisher expects another security mechanism than this "
+                                "subscriber's none (a CURVE publisher: expected --curve-keys DIR / curve_keys=)")
+            return "auth", ("authentication failed: this subscriber uses CURVE (--curve-keys) and the publisher another "
+                            "security mechanism (an unencrypted publisher: expected no --curve-keys)")
+        return "auth", f"authentication failed: ZeroMQ handshake protocol error 0x{value:08x}"
+    # EVENT_HANDSHAKE_FAILED_NO_DETAIL: the peer closed the connection during the handshake;
+    # a CURVE server does so when the client's HELLO is not encrypted for its key
+    if keys is not None:
+        return "auth", ("authentication failed: the publisher ended the CURVE handshake (expected "
+                        f"{keys.folder}/server.key to be this publisher's public key)")
+    reason = os.strerror(value) if value else "no detail"
+    return "auth", (f"handshake failed: the publisher closed the connection ({reason}); a CURVE publisher refuses a "
+                    "subscriber without keys (expected --curve-keys DIR / curve_keys= for one)")
+
+
 def subscribe(
     endpoint: str,
     *,
@@ -716,49 +980,74 @@ def subscribe(
     curve_keys: "str | os.PathLike | ClientKeys | None" = None,
     rcvhwm: int | None = None,
     gaps: GapCounter | None = None,
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
 ) -> Iterator[Message]:
     """Connect a SUB socket to ``endpoint`` and yield each decoded :class:`Message`.
 
     Each message's ``missed`` is the number of the publisher's messages this subscriber
     did not receive just before it (its queue was full, or it was disconnected), counted
     by a :class:`GapCounter` from the headers' ``publish_seq``; pass ``gaps`` to read the
-    running totals (received, missed, publisher restarts). ``rcvhwm``: how many messages
-    ZeroMQ queues on this side (``ZMQ_RCVHWM``; ``None`` keeps ZeroMQ's 1000); once it and
-    the publisher's queue for this subscriber are full, the publisher drops messages for
-    this subscriber only.
+    running totals (received, missed, publisher restarts).
+
+    Memory is bounded: ZeroMQ queues at most ``rcvhwm`` received messages on this side
+    (``ZMQ_RCVHWM``; by default ``max_queued_bytes // max_message_bytes``, at least 1: 8
+    with the defaults, 512 MiB / 64 MiB), each at most ``max_message_bytes``, so what this
+    subscriber holds is about ``(rcvhwm + 2) * max_message_bytes`` (the queue, one message
+    being received, one being decoded; a decoded :class:`Message` keeps its masks packed,
+    about its size on the wire). An explicit ``rcvhwm`` must keep ``rcvhwm *
+    max_message_bytes`` within ``max_queued_bytes``. To queue more small messages, lower
+    ``max_message_bytes``. Once this queue and the publisher's for this subscriber are
+    full, the publisher drops messages for this subscriber only.
 
     A generator: the socket is made at the first ``next()`` (a bad endpoint raises
     :class:`PublishError` there) and closed when the generator ends or is closed.
     ``timeout`` (seconds): stop once that long passes with no valid message; ``None``
     waits forever. ZeroMQ drops the connection of a peer that sends a part above
     ``max_message_bytes`` (``ZMQ_MAXMSGSIZE``) before buffering it; the subscriber then
-    connects again (logged). Malformed messages are logged, counted and skipped. Messages published before the subscription reaches the publisher are
-    not received (ZeroMQ's "slow joiner").
+    connects again. Malformed messages are counted and skipped. Messages published before
+    the subscription reaches the publisher are not received (ZeroMQ's "slow joiner").
 
     ``curve_keys``: a key folder (:mod:`rtseg.keys`: ``client.key_secret`` and
     ``server.key``) or loaded :class:`rtseg.keys.ClientKeys`, for a publisher that uses
-    CURVE. A publisher that does not accept the key (or a key for another publisher)
-    completes no handshake: nothing is received, and ``timeout`` ends the wait.
+    CURVE. A publisher that does not accept the key (or a key for another publisher, or
+    no key for a CURVE publisher) completes no handshake: nothing is received, the log
+    says ``authentication failed`` and why, and ``timeout`` ends the wait.
+
+    Connection trouble backs off and is logged sparingly: after a refused handshake, or a
+    connection dropped again before any message arrived, the next attempt waits
+    ``RECONNECT_BACKOFF_FIRST_S`` (0.1 s), doubling to ``RECONNECT_BACKOFF_MAX_S`` (5 s),
+    until a message arrives; each kind of warning (authentication, dropped connection,
+    malformed message) is logged at most once per ``WARNING_INTERVAL_S`` (30 s), with a
+    count of those left out.
     """
-    if not isinstance(endpoint, str):
-        raise PublishError(f"subscribe endpoint must be a string like 'tcp://127.0.0.1:5555', found {type(endpoint).__name__}")
+    check_endpoint(endpoint, "cannot connect ZeroMQ SUB socket to", bind=False)
     if not isinstance(topic, bytes):
         raise ConfigError(f"topic must be bytes, got {type(topic).__name__}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
         raise ConfigError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
     if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
         raise ConfigError(f"max_message_bytes must be an integer >= 1, got {max_message_bytes!r}")
-    if rcvhwm is not None and (isinstance(rcvhwm, bool) or not isinstance(rcvhwm, int) or rcvhwm < 0):
-        raise ConfigError(f"rcvhwm must be an integer >= 0 (0 = unlimited) or None, got {rcvhwm!r}")
+    if isinstance(max_queued_bytes, bool) or not isinstance(max_queued_bytes, int) or max_queued_bytes < 1:
+        raise ConfigError(f"max_queued_bytes must be an integer >= 1, got {max_queued_bytes!r}")
+    if rcvhwm is None:
+        rcvhwm = max(1, max_queued_bytes // max_message_bytes)
+    elif isinstance(rcvhwm, bool) or not isinstance(rcvhwm, int) or rcvhwm < 1 \
+            or rcvhwm * max_message_bytes > max(max_queued_bytes, max_message_bytes):
+        limit = max(1, max_queued_bytes // max_message_bytes)
+        raise ConfigError(f"rcvhwm must be an integer in [1, {limit}] (max_queued_bytes {max_queued_bytes} / "
+                          f"max_message_bytes {max_message_bytes}: bounded memory) or None, got {rcvhwm!r}")
     if gaps is not None and not isinstance(gaps, GapCounter):
         raise ConfigError(f"gaps must be a GapCounter or None, got {type(gaps).__name__}")
     counter = GapCounter() if gaps is None else gaps
     zmq = _import_zmq()
+    from zmq.utils.monitor import parse_monitor_message
+
     keys = None
     if curve_keys is not None:
         from rtseg.keys import ClientKeys, load_client_keys
 
         keys = curve_keys if isinstance(curve_keys, ClientKeys) else load_client_keys(curve_keys)
+    warnings = _ThrottledWarnings(WARNING_INTERVAL_S)
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     monitor = None
@@ -768,12 +1057,13 @@ def subscribe(
             socket.curve_secretkey = keys.secret
             socket.curve_publickey = keys.public
             socket.curve_serverkey = keys.server_public
-        # Retry a refused connection every 20 ms (ZeroMQ's default is 100 ms), so a
-        # subscriber started before the publisher misses as few first frames as possible.
-        socket.setsockopt(zmq.RECONNECT_IVL, 20)
+        # Retry a refused TCP connect soon (20 ms; ZeroMQ's default is 100 ms), so a
+        # subscriber started before the publisher misses few first frames, backing off to
+        # 0.5 s while no publisher is there.
+        socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
-        if rcvhwm is not None:
-            socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        socket.setsockopt(zmq.RCVHWM, rcvhwm)
         socket.setsockopt(zmq.SUBSCRIBE, topic)
         try:
             socket.connect(endpoint)
@@ -781,41 +1071,65 @@ def subscribe(
             raise PublishError(
                 f"cannot connect ZeroMQ SUB socket to {endpoint!r} (expected e.g. tcp://127.0.0.1:5555): {exc.strerror}"
             ) from None
-        # libzmq ends a connection on a protocol error -- including a part above
-        # ZMQ_MAXMSGSIZE -- *without* reconnecting (session_base_t::engine_error), so one
-        # oversized message would silently end the subscription for good. A monitor sees
-        # the disconnect and the subscriber connects again.
-        monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # libzmq ends a connection on a protocol error -- a part above ZMQ_MAXMSGSIZE, a
+        # refused handshake -- *without* reconnecting (session_base_t::engine_error), so
+        # one oversized message would silently end the subscription for good. A monitor
+        # sees the disconnect (and why the handshake failed) and the subscriber connects
+        # again, after a back-off while nothing gets through.
+        monitor = socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        malformed = disconnects = 0
+        malformed = 0
+        failures = 0  # connection failures since the last message received
+        failure: tuple[str, str] | None = None  # why the handshake failed, until its DISCONNECTED
+        reconnect_at: float | None = None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            wait_ms = None if deadline is None else max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
+            wake = min((t for t in (deadline, reconnect_at) if t is not None), default=None)
+            wait_ms = None if wake is None else max(0, int(math.ceil((wake - time.monotonic()) * 1000)))
             ready = dict(poller.poll(wait_ms))
+            if reconnect_at is not None and time.monotonic() >= reconnect_at:
+                reconnect_at = None
+                socket.connect(endpoint)
             if monitor in ready:
-                monitor.recv_multipart()  # [event id + value, endpoint]: only DISCONNECTED is subscribed
-                disconnects += 1
-                logger.warning("connection to %s dropped (%d so far: publisher gone, or a message above "
-                               "max_message_bytes=%d); reconnecting", endpoint, disconnects, max_message_bytes)
+                event = parse_monitor_message(monitor.recv_multipart())
+                if event["event"] != zmq.EVENT_DISCONNECTED:
+                    failure = _handshake_failure(zmq, event["event"], event["value"], keys)
+                    continue
+                failures += 1
+                delay = 0.0 if failures == 1 and failure is None else \
+                    min(RECONNECT_BACKOFF_MAX_S, RECONNECT_BACKOFF_FIRST_S * 2 ** (failures - 1))
+                kind, why = failure or ("dropped", "connection dropped (publisher gone, or a message part above "
+                                                   f"max_message_bytes={max_message_bytes})")
+                failure = None
+                warnings.warning(kind, f"{endpoint}: {why}; connecting again in {delay:.1f} s "
+                                       f"(attempt {failures} since the last message)")
                 try:
-                    socket.disconnect(endpoint)
+                    socket.disconnect(endpoint)  # also stops ZeroMQ's own immediate retries
                 except zmq.ZMQError:
                     pass  # already gone
-                socket.connect(endpoint)
+                if reconnect_at is None:
+                    reconnect_at = time.monotonic() + delay
                 continue
             if socket not in ready:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 continue
-            parts = socket.recv_multipart()
+            parts, extra = _receive_parts(socket, zmq)
             try:
+                if extra:  # dropped while receiving: one message never holds more than 3 parts here
+                    raise _malformed("the message", "3 parts (topic, header, masks)", f"{3 + extra} parts")
                 message = decode_message(parts, max_message_bytes=max_message_bytes)
             except PublishError as exc:
                 malformed += 1
-                logger.warning("skipping message %d malformed so far from %s: %s", malformed, endpoint, exc)
+                warnings.warning("malformed", f"skipping a malformed message from {endpoint} ({malformed} so far): {exc}")
                 continue
+            finally:
+                del parts
+            failures = 0
             restarts = counter.restarts
             missed = counter.update(message)
             if counter.restarts != restarts:
@@ -830,6 +1144,20 @@ def subscribe(
             monitor.close(linger=0)
         socket.close(linger=0)
         context.term()
+
+
+def _receive_parts(socket: Any, zmq: Any) -> tuple[list[bytes], int]:
+    """The parts of the next message, at most 3 kept: ``(parts, how many more were dropped)``."""
+    parts = [socket.recv()]
+    extra = 0
+    while socket.getsockopt(zmq.RCVMORE):
+        part = socket.recv()
+        if len(parts) < 3:
+            parts.append(part)
+        else:
+            extra += 1
+        del part
+    return parts, extra
 
 
 def _format_line(message: Message, received_time: float) -> str:
@@ -884,6 +1212,7 @@ def run_subscriber(
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    check_endpoint(endpoint, "cannot connect ZeroMQ SUB socket to", bind=False)  # before --save makes a folder
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"--count must be an integer >= 1, got {count!r}")
     if save_dir is not None:

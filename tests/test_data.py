@@ -353,3 +353,43 @@ def test_synthetic_generation_in_parallel_writes_the_same_files(tmp_path):
     for k in range(6):
         name = f"images/{k:06d}.png"
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_damaged_annotations_are_repaired_counted_and_reported_in_one_warning(tmp_path, caplog):
+    """Polygon parts with fewer than 3 points, a box with a negative width, a mask with no
+    pixel: loaded (as before), and now counted and reported in one warning line (issue 15,
+    item 14); the negative box is replaced by its mask's extent."""
+    import logging
+
+    generate_dataset(str(tmp_path), images=2, seed=4, size=(64, 80), n_objects=(2, 3))
+    path = tmp_path / "annotations.json"
+    data = json.loads(path.read_text())
+    first, second = data["images"][0]["id"], data["images"][1]["id"]
+    cat = data["categories"][0]["id"]
+    data["annotations"] += [
+        # a valid square and two short parts (2 points, 1 point): the square stays
+        {"image_id": first, "category_id": cat, "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30], [1, 2, 3, 4], [5, 6]]},
+        # only a 2-point polygon: an empty mask
+        {"image_id": second, "category_id": cat, "segmentation": [[1, 1, 9, 9]]},
+        # a negative width
+        {"image_id": second, "category_id": cat, "segmentation": [[40, 20, 60, 20, 60, 40]], "bbox": [60, 20, -20, 20]},
+    ]
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="rtseg.data.coco"):
+        folder = load_coco_folder(str(tmp_path))
+    assert folder.problems == {"short_polygon_parts": 3, "negative_boxes": 1, "empty_masks": 1}
+    records = [r for r in caplog.records if r.name == "rtseg.data.coco"]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    line = records[0].getMessage()
+    assert "\n" not in line and "3 polygon part(s) with fewer than 3 points (dropped)" in line
+    assert "1 box(es) with a negative width or height (replaced by the mask's extent)" in line
+    assert "1 annotation(s) whose mask has no pixel" in line
+    total = len(data["annotations"])
+    assert f"in {total} annotations ({total - 1} usable" in line and folder.usable_annotations == total - 1
+    repaired = folder.dataset["annotations"][-1]["bbox"]
+    assert repaired[2] > 0 and repaired[3] > 0 and abs(repaired[0] - 40) <= 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rtseg.data.coco"):
+        generate_dataset(str(tmp_path / "clean"), images=1, seed=4, size=(64, 80))
+        assert load_coco_folder(str(tmp_path / "clean")).problems == {}
+    assert not [r for r in caplog.records if r.name == "rtseg.data.coco"]  # a clean set says nothing

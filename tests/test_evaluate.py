@@ -143,3 +143,27 @@ def test_rtseg_eval_class_agnostic(synth_dir, tmp_path):
     assert "| yolact_resnet18_half_384 (class-agnostic) | AP |" in proc.stdout
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["class_agnostic"] is True and result["images"] == 2
+
+
+def test_rtseg_eval_reports_damaged_ground_truth_in_one_warning_line(tmp_path):
+    """A polygon with fewer than 3 points and a box with a negative height in the ground
+    truth: `rtseg eval` still scores, and says what it found, with counts, in one line."""
+    from cli_helpers import run_cli
+
+    root = tmp_path / "set"
+    generate_dataset(str(root), images=1, seed=21, size=SIZE, n_objects=(2, 3))
+    path = root / "annotations.json"
+    data = json.loads(path.read_text())
+    image, cat = data["images"][0]["id"], data["categories"][0]["id"]
+    data["annotations"] += [
+        {"image_id": image, "category_id": cat, "segmentation": [[5, 5, 40, 40]]},
+        {"image_id": image, "category_id": cat, "segmentation": [[50, 10, 90, 10, 90, 50]], "bbox": [50, 50, 40, -40]},
+    ]
+    path.write_text(json.dumps(data))
+    proc = run_cli("eval", "--data", str(root), "--max-images", "1", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "annotations file" in line]
+    assert len(lines) == 1 and lines[0].startswith("rtseg: WARNING: "), proc.stderr
+    assert "1 polygon part(s) with fewer than 3 points (dropped)" in lines[0]
+    assert "1 box(es) with a negative width or height" in lines[0] and "1 annotation(s) whose mask has no pixel" in lines[0]
+    assert "| mask |" in proc.stdout

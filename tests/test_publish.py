@@ -8,8 +8,11 @@ import json
 import logging
 import math
 import re
+import subprocess
+import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtseg.errors import PublishError
+from rtseg.errors import ConfigError, PublishError
 from rtseg.publish import (
     MAX_IMAGE_SIDE,
     SCHEMA,
@@ -716,3 +719,199 @@ def test_run_subscriber_prints_the_frames_missed_before_a_message(zmq_context):
 def test_run_subscriber_with_a_bad_endpoint_raises_publish_error():
     with pytest.raises(PublishError, match="nonsense://x"):
         run_subscriber("nonsense://x", count=1, timeout=0.1, save_dir=None, out=io.StringIO())
+
+
+# ---------------------------------------------------------------------------------------
+# bounded memory: packed masks, the byte-bounded receive queue (issue 15, item 9)
+# ---------------------------------------------------------------------------------------
+def hostile_empty_masks_message() -> list[bytes]:
+    """Under 1 KB on the wire, within every documented limit: four empty masks declared on
+    a 16384 x 16384 image (4 * 16384**2 = 2**30 = max_mask_pixels)."""
+    side = MAX_IMAGE_SIDE
+    header = {"schema": SCHEMA, "seq": 7, "source": "hostile", "capture_time": 1.0, "publish_time": 1.0,
+              "image_size": [side, side], "mask_encoding": "bitpacked-window", "masks_bytes": 0,
+              "instances": [{"class_id": 0, "class_name": "person", "score": 0.5, "box": [0.0, 0.0, 1.0, 1.0],
+                             "mask_window": [0, 0, 0, 0], "mask_offset": 0, "mask_length": 0}] * 4,
+              "publisher_id": "00ff00ff00ff00ff", "publish_seq": 0}
+    return [b"rtseg", json.dumps(header).encode(), b""]
+
+
+@pytest.mark.parametrize("seed, n, h, w", [(0, 6, 24, 32), (1, 12, 7, 5), (2, 6, 1, 9), (3, 6, 9, 1), (4, 1, 3, 3)])
+def test_packed_masks_give_the_dense_masks_rle_and_areas_of_the_published_instances(seed, n, h, w):
+    instances = random_instances(np.random.default_rng(seed), n, h, w)
+    packed = decode_message(encode_message(make_frame(instances), NAMES)).instances
+    assert len(packed) == n and packed.image_size == (h, w)
+    assert np.array_equal(packed.masks, instances.masks) and packed.to_instances() == instances
+    assert packed.to_rle() == instances.to_rle()  # computed from the windows, same bytes as pycocotools
+    assert np.array_equal(packed.mask_areas(), instances.mask_areas())
+    assert packed[1:3] == instances[1:3] and packed[0] == instances[0] and packed == instances
+    assert packed[1:] != instances[:-1] if n > 1 else True
+
+
+def test_a_tiny_message_declaring_huge_empty_masks_is_received_and_saved_in_memory_proportional_to_its_size(
+        zmq_context, tmp_path):
+    """Through a real socket into ``rtseg subscribe --save`` (run_subscriber): receiving,
+    decoding and saving the message allocates (traced by tracemalloc, numpy's buffers
+    included) less than 200 bytes per byte on the wire -- not the 1 GiB its full-size
+    masks would take."""
+    parts = hostile_empty_masks_message()
+    wire_bytes = sum(len(p) for p in parts)
+    assert wire_bytes < 1000
+    pub = zmq_context.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def flood() -> None:  # until the subscriber has its one message (slow joiner)
+        while not stop.is_set():
+            pub.send_multipart(parts)
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=flood, daemon=True)
+    out, err = io.StringIO(), io.StringIO()
+    import pycocotools.mask  # noqa: F401  # one-time imports (a few MB) are not the message's cost
+    from zmq.utils import monitor  # noqa: F401
+    tracemalloc.start()
+    try:
+        sender.start()
+        code = run_subscriber(f"tcp://127.0.0.1:{port}", count=1, timeout=20.0, save_dir=str(tmp_path), out=out, err=err)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        stop.set()
+        sender.join(timeout=10)
+        pub.close(linger=0)
+    assert code == 0 and "instances=4" in out.getvalue()
+    assert peak < 200 * wire_bytes, f"{peak} bytes allocated for a {wire_bytes}-byte message"
+    saved = json.loads((tmp_path / "0000000007.json").read_text())
+    assert [int(a) for a in pycocotools.mask.area([{"size": r["size"], "counts": r["counts"].encode()} for r in saved["mask_rle"]])] \
+        == [0, 0, 0, 0]
+    assert all(r["size"] == [MAX_IMAGE_SIDE, MAX_IMAGE_SIDE] for r in saved["mask_rle"])
+
+
+SLOW_SUBSCRIBER = r"""
+import sys, time
+from rtseg.publish import subscribe
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+endpoint, max_message_bytes, max_queued_bytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+baseline = rss("VmRSS")
+messages = subscribe(endpoint, timeout=30.0, max_message_bytes=max_message_bytes, max_queued_bytes=max_queued_bytes)
+for i, message in enumerate(messages):
+    if i == 0:
+        print("first", flush=True)  # the test floods from here on
+        sys.stdin.readline()  # ... and says when it has sent everything
+    time.sleep(0.2)  # a slow consumer: 5 messages a second
+    if i == 10:
+        break
+messages.close()
+print("peak", rss("VmHWM") - baseline, flush=True)
+"""
+
+
+def test_a_slow_subscriber_under_a_flood_of_large_messages_holds_a_bounded_number_of_bytes(tmp_path):
+    """A real subscriber process that reads 5 messages a second while a publisher floods
+    it with 2 MiB messages (200 MiB in all, as fast as loopback takes them): its peak RSS
+    stays within its byte budget (``max_queued_bytes`` 16 MiB: ZMQ_RCVHWM 7) plus three
+    messages and 48 MiB for everything else. With a queue of 1000 messages it held every
+    message that arrived."""
+    rng = np.random.default_rng(0)
+    masks = rng.random((1, 4096, 4096)) < 0.5  # noise: 2 MiB bit-packed
+    big = Instances(np.array([[0, 0, 4096, 4096]], np.float32), np.array([0.5], np.float32), np.array([0], np.int64),
+                    masks, (4096, 4096))
+    parts = encode_message(make_frame(big), NAMES, publisher_id="00ff00ff00ff00ff", publish_seq=0)
+    message_bytes = sum(len(p) for p in parts)
+    max_message_bytes, max_queued_bytes = message_bytes + 4096, 16 * 2**20
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 1000)  # the publisher side queues the whole flood (zero-copy)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    script = tmp_path / "slow_subscriber.py"
+    script.write_text(SLOW_SUBSCRIBER)
+    proc = subprocess.Popen([sys.executable, str(script), f"tcp://127.0.0.1:{port}", str(max_message_bytes),
+                             str(max_queued_bytes)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        frames = [zmq.Frame(p) for p in parts]
+        ready = zmq.Poller()
+        ready.register(proc.stdout, zmq.POLLIN)
+        for _ in range(3000):  # until the subscriber has its first message (slow joiner)
+            pub.send_multipart(frames, copy=False)
+            if ready.poll(10):
+                break
+        assert proc.stdout.readline() == "first\n"
+        for _ in range(100):
+            pub.send_multipart(frames, copy=False)
+        time.sleep(3.0)  # lets the flood reach the subscriber (it holds what arrives while it is slow)
+        out, _ = proc.communicate("go\n", timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.close(linger=0)
+        context.term()
+    assert proc.returncode == 0
+    peak = int(out.split()[-1])
+    bound = max_queued_bytes + 3 * max_message_bytes + 48 * 2**20
+    assert peak < bound, f"peak RSS grew by {peak / 2**20:.0f} MiB, bound {bound / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rcvhwm=0), r"rcvhwm must be an integer in \[1, 8\]"),  # 0 = unlimited in ZeroMQ: unbounded memory
+    (dict(rcvhwm=1000), r"rcvhwm must be an integer in \[1, 8\] \(max_queued_bytes 536870912 / max_message_bytes 67108864"),
+    (dict(rcvhwm=5, max_message_bytes=2**20, max_queued_bytes=4 * 2**20), r"rcvhwm must be an integer in \[1, 4\]"),
+    (dict(max_queued_bytes=0), "max_queued_bytes must be an integer >= 1"),
+])
+def test_a_receive_queue_beyond_the_byte_budget_is_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        next(subscribe("tcp://127.0.0.1:1", timeout=0.1, **kwargs))
+
+
+def test_a_header_above_its_cap_is_refused_before_it_is_parsed():
+    """JSON in Python takes up to ~25 times its text: a header of a million empty objects in
+    an unknown field is refused by its length alone."""
+    header = json.loads(parts_of(1)[1])
+    header["future"] = [{}] * 1_000_000  # 3 MB of text, about 70 MB parsed
+    parts = [b"rtseg", json.dumps(header, separators=(",", ":")).encode(), parts_of(1)[2]]
+    with pytest.raises(PublishError, match=r"the header \(part 1\) must be at most 2097152 bytes, found 3"):
+        decode_message(parts, max_header_bytes=2 * 2**20)
+    assert decode_message(parts).seq == 0  # within the default 8 MiB: parsed, the unknown field ignored
+
+
+def test_subscribe_keeps_at_most_three_parts_of_a_message(zmq_context, caplog):
+    """A publisher's message of 50 parts of 1 MiB each (each part within max_message_bytes,
+    which ZeroMQ checks per part): the subscriber keeps three, drops the rest as they
+    arrive (tracemalloc: under 8 MiB allocated, not the 49 MiB of the whole message), and
+    reports the message as malformed."""
+    pub = zmq_context.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    good = parts_of(2)
+    hostile = [b"rtseg"] + [b"x" * 2**20] * 49
+    received: list[Message] = []
+    messages = subscribe(f"tcp://127.0.0.1:{port}", timeout=10.0, max_message_bytes=2 * 2**20)
+    stop = threading.Event()
+
+    def send() -> None:  # hostile then good, until the subscriber has a good one (slow joiner)
+        while not stop.is_set():
+            pub.send_multipart(hostile, copy=False)
+            pub.send_multipart(good)
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=send, daemon=True)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="rtseg.publish"):
+            sender.start()
+            received.append(next(messages))
+            while not any("found 50 parts" in r.getMessage() for r in caplog.records):
+                received.append(next(messages))  # until a hostile message came through whole
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        stop.set()
+        sender.join(timeout=10)
+        messages.close()
+        pub.close(linger=0)
+    assert received[0].instances == decode_message(good).instances
+    assert any("must be 3 parts (topic, header, masks), found 50 parts" in r.getMessage() for r in caplog.records)
+    assert peak < 8 * 2**20, f"{peak} bytes allocated"

@@ -461,3 +461,28 @@ def test_unknown_model_name_is_a_config_error(coco_folder, tmp_path):
 
 def test_priors_to_xyxy():
     assert priors_to_xyxy(torch.tensor([[0.5, 0.5, 0.2, 0.4]]))[0].tolist() == pytest.approx([0.4, 0.3, 0.6, 0.7])
+
+
+@pytest.mark.parametrize("annotations", ["none", "only empty masks"])
+def test_training_on_a_set_without_usable_annotations_is_refused_before_it_starts(tmp_path, annotations):
+    """It used to train and write weights (issue 15, item 14); now one line, and no file."""
+    from cli_helpers import assert_one_line_error, run_cli
+
+    root = tmp_path / "set"
+    generate_dataset(str(root), images=2, seed=3, size=(64, 80), n_objects=(1, 2))
+    data = json.loads((root / "annotations.json").read_text())
+    if annotations == "none":
+        data["annotations"] = []
+    else:  # every polygon shorter than 3 points: masks with no pixel
+        data["annotations"] = [{"image_id": img["id"], "category_id": data["categories"][0]["id"],
+                                "segmentation": [[1, 1, 5, 5]]} for img in data["images"]]
+    (root / "annotations.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="has no usable annotations: expected at least one non-crowd annotation") as info:
+        train(model=tiny_config(), data=str(root), out=str(out), iterations=2, progress=False)
+    assert "\n" not in str(info.value) and f"found {len(data['annotations'])} annotation(s) in 2 image(s)" in str(info.value)
+    assert not out.exists()
+    if annotations == "none":  # the command line says the same in one line
+        proc = run_cli("train", "--data", str(root), "--out", str(out), "--iterations", "2", timeout=300)
+        assert_one_line_error(proc, 2, "has no usable annotations")
+        assert not out.exists()

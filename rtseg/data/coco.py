@@ -12,7 +12,10 @@ is the name of the ``k``-th smallest category id.
 
 Everything a user can get wrong here (a missing folder, a broken JSON, an annotation
 pointing at an unknown image, a missing image file) raises :class:`ConfigError` with one
-line naming what was expected and what was found.
+line naming what was expected and what was found. Annotations that load but are damaged
+(polygon parts with fewer than 3 points, boxes with a negative width or height, masks
+with no pixel) are repaired where they can be, counted (:attr:`CocoFolder.problems`) and
+reported in one warning line per file.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cv2
@@ -34,9 +38,18 @@ from rtseg.errors import ConfigError
 from rtseg.models.yolact import YolactConfig
 from rtseg.postprocess.yolact import preprocess
 
+log = logging.getLogger(__name__)
+
 #: default annotation file and image folder inside a dataset root
 DEFAULT_ANNOTATIONS = "annotations.json"
 DEFAULT_IMAGES_DIR = "images"
+
+#: what ``load_coco_folder`` counts in :attr:`CocoFolder.problems`, and how it says it
+ANNOTATION_PROBLEMS = {
+    "short_polygon_parts": "polygon part(s) with fewer than 3 points (dropped)",
+    "negative_boxes": "box(es) with a negative width or height (replaced by the mask's extent)",
+    "empty_masks": "annotation(s) whose mask has no pixel",
+}
 
 _REQUIRED = {
     "images": ("id", "file_name", "height", "width"),
@@ -101,6 +114,10 @@ class CocoFolder:
     - ``categories``: the category entries sorted by id.
     - ``annotations_by_image``: image id -> its annotations, non-crowd first, then crowds
       (upstream YOLACT's order), each group in file order.
+    - ``problems``: what was wrong with annotations that still loaded, counted by kind
+      (:data:`ANNOTATION_PROBLEMS`; only kinds that occurred); logged as one warning.
+    - ``usable_annotations``: non-crowd annotations whose mask has at least one pixel,
+      what training learns from.
     """
 
     root: str
@@ -110,6 +127,8 @@ class CocoFolder:
     images: tuple[dict, ...]
     categories: tuple[dict, ...]
     annotations_by_image: dict[int, list[dict]]
+    problems: dict[str, int] = field(default_factory=dict)
+    usable_annotations: int = 0
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -209,6 +228,8 @@ def load_coco_folder(root: str, ann_file: str | None = None, *, images_dir: str 
     next_id = max(used_ids, default=0) + 1
     completed: list[dict] = []
     seen_ids: set[int] = set()
+    problems = dict.fromkeys(ANNOTATION_PROBLEMS, 0)
+    usable = 0
     plain: dict[int, list[dict]] = {i: [] for i in images}
     crowds: dict[int, list[dict]] = {i: [] for i in images}
     for k, ann in enumerate(data["annotations"]):
@@ -226,7 +247,13 @@ def load_coco_folder(root: str, ann_file: str | None = None, *, images_dir: str 
             raise ConfigError(f"{where} has an invalid segmentation: {e}") from None
         if isinstance(ann["segmentation"], list):  # degenerate parts dropped, as decoded
             parts = [p for p in ann["segmentation"] if isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0]
+            problems["short_polygon_parts"] += len(ann["segmentation"]) - len(parts)
             ann["segmentation"] = parts if parts else {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+        mask_area = float(mask_utils.area(rle))
+        if mask_area == 0:
+            problems["empty_masks"] += 1
+        elif not ann.get("iscrowd", 0):
+            usable += 1
         if not (isinstance(ann.get("id"), int) and ann["id"] > 0) or ann["id"] in seen_ids:
             ann["id"] = next_id  # missing, invalid or repeated: pycocotools needs unique ids > 0
             next_id += 1
@@ -237,8 +264,11 @@ def load_coco_folder(root: str, ann_file: str | None = None, *, images_dir: str 
         elif not (isinstance(ann["bbox"], (list, tuple)) and len(ann["bbox"]) == 4
                   and all(isinstance(v, (int, float)) for v in ann["bbox"])):
             raise ConfigError(f"{where} has bbox {ann['bbox']!r}, expected [x, y, width, height] numbers")
+        elif ann["bbox"][2] < 0 or ann["bbox"][3] < 0:
+            problems["negative_boxes"] += 1
+            ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]  # all zeros for an empty mask
         if "area" not in ann:
-            ann["area"] = float(mask_utils.area(rle))
+            ann["area"] = mask_area
         completed.append(ann)
         (crowds if ann["iscrowd"] else plain)[img["id"]].append(ann)
 
@@ -249,6 +279,11 @@ def load_coco_folder(root: str, ann_file: str | None = None, *, images_dir: str 
             first = missing[0]
             raise ConfigError(f"image file '{os.path.join(images_dir, str(first['file_name']))}' (image id {first['id']}) not found; "
                               f"{len(missing)} of {len(sorted_images)} images are missing")
+    problems = {kind: n for kind, n in problems.items() if n}
+    if problems:
+        log.warning("annotations file '%s': %s, in %d annotations (%d usable: non-crowd with a non-empty mask)",
+                    ann_path, ", ".join(f"{n} {ANNOTATION_PROBLEMS[kind]}" for kind, n in problems.items()),
+                    len(completed), usable)
     dataset = dict(data, annotations=completed)
     return CocoFolder(
         root=root,
@@ -258,6 +293,8 @@ def load_coco_folder(root: str, ann_file: str | None = None, *, images_dir: str 
         images=sorted_images,
         categories=tuple(categories[i] for i in sorted(categories)),
         annotations_by_image={i: plain[i] + crowds[i] for i in images},
+        problems=problems,
+        usable_annotations=usable,
     )
 
 

@@ -34,9 +34,21 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file '{path}' is empty (0 bytes), expected a PyTorch checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"weights file '{path}' is not a readable PyTorch checkpoint: {reason[:200]}") from None
+    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, KeyError, ...)
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        # torch >= 2.6 leads with a paragraph on weights_only; the unpickler's reason comes later
+        reason = lines[0] if lines else type(exc).__name__
+        for i, line in enumerate(lines):
+            if "WeightsUnpickler error:" in line:
+                after = line.split("WeightsUnpickler error:", 1)[1].strip()
+                reason = after or (lines[i + 1] if i + 1 < len(lines) else reason)
+                break
+        what, torch_says = describe_file(path)
+        detail = f" (torch: {reason[:160]})" if torch_says else ""
+        raise CheckpointError(
+            f"weights file '{path}' is not a readable PyTorch checkpoint: expected a file written by torch.save "
+            f"(a zip archive with data.pkl, or a legacy pickle), found {what}, {os.path.getsize(path)} bytes{detail}"
+        ) from None
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
@@ -48,6 +60,62 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             "(bare, or under 'model' / 'state_dict')"
         )
     return dict(obj)
+
+
+def describe_file(path: str) -> tuple[str, bool]:
+    """What a file that ``torch.load`` refused looks like, from its first bytes: ``(text,
+    torch's own reason helps)``, e.g. ``("a text file starting 'hello'", False)``."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "a damaged zip archive", True
+        if not any(name.endswith("/data.pkl") for name in names):
+            shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            return f"a zip archive without data.pkl ({len(names)} entries: {shown or 'none'})", False
+        return "a PyTorch zip archive torch cannot read (damaged, or from a newer torch)", True
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras / h5py weights?)", False
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file (unpack it first)", False
+    if head.startswith(b"\x80") and len(head) > 1 and head[1] <= 5:
+        return f"a pickle (protocol {head[1]}) that is not a loadable checkpoint", True
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file (load it with safetensors.torch.load_file and torch.save the result)", False
+    if head[:1] == b"\x08" and _is_onnx(path):  # field 1 (ir_version) of an ONNX ModelProto comes first
+        return "an ONNX model (use it with --backend onnxruntime --engine FILE)", False
+    if not any(byte < 0x20 and byte not in b"\t\n\r" for byte in head):
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 3:  # not just a character cut by the 4096-byte read
+                return f"binary data starting {head[:8].hex(' ')}", True
+            text = head[:exc.start].decode("utf-8")
+        stripped = text.lstrip()
+        if stripped.startswith("version https://git-lfs"):
+            return "a Git LFS pointer, not the file it points to (run 'git lfs pull')", False
+        if stripped[:15].lower().startswith(("<!doctype html", "<html")):
+            return "an HTML page (a download that returned a web page?)", False
+        first = stripped.splitlines()[0][:40] if stripped else ""
+        return (f"a text file starting {first!r}" if first else "a text file of blank lines"), False
+    return f"binary data starting {head[:8].hex(' ')}", True
+
+
+def _is_onnx(path: str) -> bool:
+    try:
+        import onnx
+    except ImportError:
+        return path.lower().endswith(".onnx")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # protobuf's DecodeError and friends: not an ONNX model
+        return False
+    return len(model.graph.node) > 0
 
 
 def _short(keys: list[str], limit: int = 4) -> str:

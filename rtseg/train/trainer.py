@@ -379,6 +379,11 @@ def train(*, model: str | ModelConfig, data: str | Dataset, out: str, iterations
     dataset = _open_dataset(data, cfg, augment=True, seed=seed)
     if len(dataset) == 0:
         raise ConfigError(f"training data '{data}' holds no images")
+    folder = getattr(dataset, "folder", None)  # a CocoInstanceDataset's CocoFolder
+    if folder is not None and getattr(folder, "usable_annotations", 1) == 0:
+        raise ConfigError(f"training data '{data}' has no usable annotations: expected at least one non-crowd annotation "
+                          f"whose mask has a pixel, found {len(folder.dataset['annotations'])} annotation(s) in "
+                          f"{len(folder.images)} image(s)")
     class_names = tuple(getattr(dataset, "class_names", cfg.class_names))
     if class_names != cfg.class_names:
         log.info("dataset classes %s differ from %s's %s: building the model for the dataset's classes",
