@@ -50,13 +50,12 @@ ENGINE_SCHEMA = "rtseg.engine/2"
 TRT_API: dict[str, tuple[str, ...]] = {
     "trt": ("Logger", "Builder", "OnnxParser", "Runtime", "MemoryPoolType", "NetworkDefinitionCreationFlag",
             "TensorIOMode", "nptype", "__version__"),
-    "Logger": ("WARNING", "INTERNAL_ERROR"),
+    "Logger": ("WARNING", "INTERNAL_ERROR", "min_severity"),
     "Builder": ("create_network", "create_builder_config", "create_optimization_profile", "build_serialized_network"),
     "INetworkDefinition": ("num_inputs", "get_input"),
     "ITensor": ("name", "shape"),
     "OnnxParser": ("parse", "num_errors", "get_error"),
     "ParserError": ("desc", "func", "node", "node_name", "node_operator"),
-    "ILogger": ("min_severity",),
     "IBuilderConfig": ("set_flag", "set_memory_pool_limit", "add_optimization_profile", "create_timing_cache",
                        "set_timing_cache", "get_timing_cache"),
     "ITimingCache": ("serialize",),
@@ -85,16 +84,17 @@ TRT_API_RTX_ONLY: dict[str, tuple[str, ...]] = {
     "Runtime": ("get_engine_validity",),
     "CudaGraphStrategy": ("WHOLE_GRAPH_CAPTURE",),
     "EngineValidity": ("VALID", "SUBOPTIMAL", "INVALID"),
+    "EngineInvalidityDiagnostics": ("__members__",),
 }
 
-_LOGGERS: dict[str, Any] = {}
+_LOGGERS: dict[Any, Any] = {}
 
 
 def trt_logger(trt):
     """One logger per TensorRT library (TensorRT warns when a second one is passed)."""
-    if trt.__name__ not in _LOGGERS:
-        _LOGGERS[trt.__name__] = trt.Logger(trt.Logger.WARNING)
-    return _LOGGERS[trt.__name__]
+    if trt not in _LOGGERS:
+        _LOGGERS[trt] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[trt]
 
 
 def import_tensorrt(flavour: str | Flavour | None = None):
@@ -534,6 +534,7 @@ def rtx_engine_validity(engine_bytes: bytes) -> tuple[str, list[str]]:
     """TensorRT-RTX's own verdict on an engine for the GPU here: ``("VALID" | "SUBOPTIMAL" |
     "INVALID", [diagnostics])`` (needs a CUDA driver: without one it reads INVALID)."""
     trt = TENSORRT_RTX.import_module()
-    validity, diag = trt.Runtime(trt_logger(trt)).get_engine_validity(engine_bytes)
+    runtime = trt.Runtime(trt_logger(trt))
+    validity, diag = runtime.get_engine_validity(engine_bytes)
     flags = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if int(diag) & int(member)]
     return validity.name, flags
