@@ -79,6 +79,8 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="inference runtime (default torch; onnxruntime exports the model once into ./engines)")
     p.add_argument("--engine", metavar="FILE",
                    help="with --backend onnxruntime: an .onnx file; with tensorrt: an engine file ('rtseg export')")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --backend tensorrt: replay inference as a CUDA graph (fixed shapes, less launch overhead)")
     p.add_argument("--postprocess", choices=("torch", "cuda"), default="torch",
                    help="pre/post-processing ops: torch (default, any device) or cuda (rtseg's CUDA kernels in cuda/; "
                         "needs --device cuda and pycuda or CuPy)")
@@ -400,7 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cleanup.callback(recorder.close)
         segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
                               score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
-                              postprocess=args.postprocess)
+                              postprocess=args.postprocess, cuda_graph=args.cuda_graph)
         log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
                  segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, torch_threads())
         segmenter.warmup()

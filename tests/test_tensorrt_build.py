@@ -98,6 +98,15 @@ def test_an_engine_for_another_tensorrt_or_gpu_is_refused_with_what_differs(onnx
             assert fragment in message, message
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no GPU is visible")
+def test_a_built_engine_is_refused_by_the_backend_without_a_gpu(onnx_dir, tmp_path):
+    from rtseg.backends.tensorrt_backend import TensorRTBackend
+
+    built = ensure_engine(_export(BUILTIN[0], onnx_dir), str(tmp_path), RTX)
+    with pytest.raises(EngineError, match="tensorrt-rtx engines need an NVIDIA GPU to run; none is visible"):
+        TensorRTBackend(built.path, model=BUILTIN[0], device=torch.device("cuda:1"))
+
+
 def test_a_dynamic_batch_engine_records_its_profile(onnx_dir, tmp_path):
     onnx_path = _export(BUILTIN[0], onnx_dir, dynamic_batch=True)
     built = ensure_engine(onnx_path, str(tmp_path), dataclasses.replace(RTX, batch=(1, 2, 4)))

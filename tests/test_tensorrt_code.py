@@ -230,3 +230,67 @@ def test_a_strongly_typed_engine_records_the_graphs_precision(tmp_path):
     m = engine_manifest(_onnx(tmp_path), manifest, BuildSettings(precision="fp32", strongly_typed=True), FACTS, [1, 3, 8, 8])
     assert m["precision"] == "onnx-float16" and m["strongly_typed"] is True
     assert "--strongly-typed" in engine.rebuild_command(m) and "--precision" not in engine.rebuild_command(m)
+
+
+# -- the TensorRT backend's logic that runs without a GPU ----------------------------------------
+
+
+def test_buffers_allocated_at_the_profile_max_are_viewed_at_each_calls_shape():
+    import torch
+
+    buf = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32)
+    one = trt_backend.buffer_view(buf, (1, 3, 8, 8))
+    assert one.shape == (1, 3, 8, 8) and one.is_contiguous() and one.data_ptr() == buf.data_ptr()
+    assert float(one[0, 2, 7, 7]) == 3 * 64 - 1  # the first batch's elements
+    assert trt_backend.buffer_view(buf, (4, 3, 8, 8)).numel() == buf.numel()
+    with pytest.raises(AssertionError, match="exceeds its buffer"):
+        trt_backend.buffer_view(buf, (5, 3, 8, 8))
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_the_slot_pool_never_lends_one_context_to_two_workers(size):
+    import threading
+
+    class Slot:
+        holder = None
+
+    pool = trt_backend.SlotPool(lambda i: Slot(), size)
+    clashes, seen = [], set()
+
+    def worker(me: int) -> None:
+        for _ in range(300):
+            with pool.acquire() as slot:
+                if slot.holder is not None:
+                    clashes.append((me, slot.holder))
+                slot.holder = me
+                seen.add(id(slot))
+                for _ in range(50):  # give another thread the chance to barge in
+                    if slot.holder != me:
+                        clashes.append((me, slot.holder))
+                slot.holder = None
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert clashes == [] and len(seen) <= size
+    with pytest.raises(EngineError, match="at least 1 execution context"):
+        trt_backend.SlotPool(lambda i: Slot(), 0)
+
+
+def test_the_cuda_device_an_engine_is_checked_against_is_the_backends_own():
+    import torch
+
+    assert engine.cuda_index(torch.device("cuda:3")) == 3 and engine.cuda_index("cuda:1") == 1
+    with pytest.raises(EngineError, match="run on a CUDA device, got 'cpu'"):
+        engine.cuda_index("cpu")
+    with pytest.raises(EngineError, match="runs on a GPU: pass --device cuda"):
+        trt_backend.TensorRTBackend("x.engine", model="m", device=torch.device("cpu"))
+
+
+def test_cuda_graph_replay_is_reachable_from_the_segmenter_and_refused_elsewhere():
+    from rtseg.segmenter import Segmenter
+
+    with pytest.raises(ConfigError, match="--cuda-graph replays a TensorRT engine: it needs --backend tensorrt, got 'torch'"):
+        Segmenter("yolact_resnet18_half_384", cuda_graph=True)
