@@ -248,3 +248,23 @@ def test_half_export_carries_float16_and_stays_close_to_torch(tmp_path, photo):
     for name in ref:
         assert got[name].dtype == torch.float32
         assert rel_err(got[name], ref[name]) <= 2e-2, name  # float16 precision
+
+
+@pytest.mark.parametrize("device, available, plugin, chosen", [
+    ("cpu", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], True,
+     (False, ["CPUExecutionProvider"])),  # a CPU segmenter never takes a GPU provider
+    ("cuda", ["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"], False,
+     (False, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])),
+    ("cuda", ["NvTensorRTRTXExecutionProvider", "CPUExecutionProvider"], False,
+     (False, ["NvTensorRTRTXExecutionProvider", "CPUExecutionProvider"])),
+    ("cuda", ["CPUExecutionProvider"], True, (True, ["CPUExecutionProvider"])),  # the TensorRT-RTX plugin EP first
+])
+def test_onnxruntime_provider_choice(device, available, plugin, chosen):
+    from rtseg.backends.onnxruntime_backend import choose_providers
+
+    assert choose_providers(device, available, plugin) == chosen
+
+
+def test_the_cpu_provider_runs_without_io_binding(builtin_pair):
+    _, ort_seg, _ = builtin_pair
+    assert ort_seg.backend.providers == ["CPUExecutionProvider"] and ort_seg.backend.io_binding is False
