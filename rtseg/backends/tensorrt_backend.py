@@ -222,7 +222,9 @@ class TensorRTBackend:
                     dst.copy_(batch, non_blocking=True)
                 self._run(slot, shape)
                 # copies: the buffers serve the next call; made on the slot's stream, used on the caller's
-                outputs = {io: slot.views[io].clone() for io in self.outputs}
+                # (float32 whatever the engine computed in: post-processing runs in float32)
+                outputs = {io: slot.views[io].float() if slot.views[io].dtype == torch.float16 else slot.views[io].clone()
+                           for io in self.outputs}
             producer.wait_stream(stream)
             for out in outputs.values():
                 out.record_stream(producer)
