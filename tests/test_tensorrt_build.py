@@ -177,18 +177,21 @@ def _yolact_plus_quarter():
     return net, cfg
 
 
-def test_a_deformable_convolution_network_builds_an_engine_without_plugins(tmp_path):
+def test_onnx_deformconv_is_refused_by_the_real_parser_with_the_way_out(tmp_path):
     net, cfg = _yolact_plus_quarter()
     plain = export_onnx(net, cfg, str(tmp_path / "deformconv.onnx"), dcn="deformconv")
     with pytest.raises(EngineError, match=r"DeformConv \(node .*Plugin not found.*re-export with 'rtseg export --dcn decomposed'"):
         ensure_engine(plain.path, str(tmp_path / "engines"), RTX)
-    decomposed = export_onnx(net, cfg, str(tmp_path / "decomposed.onnx"))
-    built = ensure_engine(decomposed.path, str(tmp_path / "engines"), RTX)
-    assert built.built and os.path.getsize(built.path) > 0
+    assert not os.path.isdir(tmp_path / "engines") or not os.listdir(tmp_path / "engines")
 
 
-@pytest.mark.slow  # the built-in three are built in the default run above
-@pytest.mark.parametrize("name", list(MODELS))
+#: in the default run: YOLACT++ R-50, the graph whose DeformConv the real parser refused
+#: (about 30 s); the built-in three are built by the first test; every other variant is slow
+DEFAULT_VARIANTS = ("yolact_plus_resnet50",)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in DEFAULT_VARIANTS else pytest.mark.slow)
+                                  for n in MODELS])
 def test_every_variant_parses_passes_the_table_and_builds(name, tmp_path):
     """The operator table against the real parser: a graph the table passes must parse."""
     seg = Segmenter(name)
