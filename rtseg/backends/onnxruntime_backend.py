@@ -121,10 +121,21 @@ class OnnxRuntimeBackend:
         outputs = {}
         binding = self.session.io_binding()
         binding.bind_input(self.input_name, "cuda", index, np_dtype, tuple(x.shape), x.data_ptr())
+        allocated_by_ort = []
         for o in self.manifest["outputs"]:
-            shape = [x.shape[0] if not isinstance(d, int) else d for d in o["shape"]]  # a symbolic batch
-            outputs[o["name"]] = torch.empty(shape, dtype=dtype, device=self.device)
-            binding.bind_output(o["name"], "cuda", index, np_dtype, tuple(shape), outputs[o["name"]].data_ptr())
+            if all(isinstance(d, int) for d in o["shape"][1:]):  # known but for a symbolic batch: bind a torch tensor
+                shape = [x.shape[0] if not isinstance(d, int) else d for d in o["shape"]]
+                outputs[o["name"]] = torch.empty(shape, dtype=dtype, device=self.device)
+                binding.bind_output(o["name"], "cuda", index, np_dtype, tuple(shape), outputs[o["name"]].data_ptr())
+            else:  # symbolic height / width: ONNX Runtime sizes it on the device
+                binding.bind_output(o["name"], "cuda", index)
+                allocated_by_ort.append(o["name"])
         torch.cuda.current_stream(self.device).synchronize()  # ONNX Runtime runs on its own stream
         self.session.run_with_iobinding(binding)
+        if allocated_by_ort:
+            values = dict(zip(self.output_names, binding.get_outputs()))
+            for name in allocated_by_ort:  # DLPack where this build has it (no copy), else through the host
+                v = values[name]
+                outputs[name] = (torch.from_dlpack(v.to_dlpack()) if hasattr(v, "to_dlpack")
+                                 else torch.from_numpy(v.numpy()).to(self.device))
         return {n: outputs[n].float() for n in self.output_names}
