@@ -48,7 +48,8 @@ def test_the_report_renders_rows_errors_and_the_verdict(tmp_path):
         "pytest -m gpu": {"result": {"summary": "40 passed in 12.0s"}},
         "pytest -m tensorrt": {"skipped": "time budget spent"},
         "engines": {"result": {"rtx_verdict": gpu_check.rtx_verdict(True, [False], H200), "rows": [
-            {"model": "m", "runtime": "tensorrt-rtx", "batch": 1, "precision": "fp32", "error": "EngineError: no"},
+            {"model": "m", "runtime": "tensorrt-rtx", "batch": 1, "precision": "fp32", "error": "EngineError: no",
+             "raw_attempt": {"validity": "INVALID", "diagnostics": ["UNSUPPORTED_CC"], "deserialized": False}},
             {"model": "m", "runtime": "tensorrt", "batch": 8, "precision": "fp16", "inference_ms": 3.2,
              "images_per_s": 2500.0, "max_rel_err": 1.5e-3}]}},
         "torch stages": {"result": [{"model": "m", "runtime": "torch CUDA", "batch": 1, "precision": "fp32",
@@ -61,5 +62,5 @@ def test_the_report_renders_rows_errors_and_the_verdict(tmp_path):
     assert "**TensorRT-RTX engines DO NOT RUN on this NVIDIA H200" in text
     assert "- `pytest -m gpu`: 40 passed in 12.0s" in text and "- `pytest -m tensorrt`: time budget spent" in text
     assert "| m | torch CUDA | 1 | fp32 | 1.0 | 5.0 | 2.0 | 125.0 |" in text
-    assert "| m | tensorrt | 8 | fp16 |  | 3.2 |  | 2500.0 | 1.5e-03 |" in text and "EngineError: no" in text
+    assert "| m | tensorrt | 8 | fp16 |  | 3.2 |  | 2500.0 | 1.5e-03 |" in text and "EngineError: no · TensorRT-RTX itself: validity INVALID UNSUPPORTED_CC, deserialized False, ran False" in text
     assert (tmp_path / "gpu_check.json").exists()

@@ -16,7 +16,9 @@ Steps (each bounded; a step that fails is reported and the next one runs):
    installed, at batch 1 and 8, fp32 and fp16 (``--half`` export, strongly typed), run
    against torch (max relative error of every head output). The report says plainly whether
    TensorRT-RTX engines run on this GPU (an H200, compute capability 9.0, is outside
-   TensorRT-RTX's published matrix);
+   TensorRT-RTX's published matrix): where rtseg's manifest check refuses an engine, the
+   engine is handed to TensorRT-RTX itself (validity, deserialization, one execution), so the
+   verdict is the library's;
 4. FPS and per-stage latency (preprocess / inference / post-processing, median ms) of the
    built-in models for torch CUDA, torch + rtseg's CUDA kernels, and each engine;
 5. the CUDA kernels against torch / torchvision at 100 / 1k / 10k candidates and 720p / 1080p
@@ -206,6 +208,7 @@ def engine_rows(args, gpu: dict, folder: Path) -> dict:
                     settings = BuildSettings(flavour=flavour.name, gpu_targets=rtx_targets,
                                              strongly_typed=half or flavour.strongly_typed_only,
                                              precision=None if (half or flavour.strongly_typed_only) else "fp32")
+                    built = None
                     try:
                         built = ensure_engine(str(onnx_path), str(folder / "engines"), settings)
                         row["build_s"] = round(built.seconds, 1)
@@ -234,10 +237,52 @@ def engine_rows(args, gpu: dict, folder: Path) -> dict:
                     except Exception as exc:
                         row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                         if flavour is TENSORRT_RTX:
-                            rtx_runs.append(False)
+                            # rtseg refused it (e.g. compute capability 9.0 is no RTX target): ask
+                            # TensorRT-RTX itself, so the verdict is the library's, not the manifest's
+                            raw = rtx_raw_attempt(built.path, x) if built is not None else None
+                            rtx_runs.append(bool(raw and raw.get("ran")))
+                            if raw is not None:
+                                row["raw_attempt"] = raw
                     rows.append(row)
     verdict = rtx_verdict(TENSORRT_RTX in flavours, rtx_runs, gpu)
     return {"rows": rows, "rtx_verdict": verdict}
+
+
+def rtx_raw_attempt(engine_path: str, x) -> dict:
+    """Deserialize and run an RTX engine with TensorRT-RTX directly (no rtseg checks): what
+    the library says about this GPU (validity, deserialization, one execution)."""
+    import torch
+
+    from rtseg.export.engine import rtx_engine_validity, trt_logger
+    from rtseg.export.trt_flavour import TENSORRT_RTX
+
+    trt = TENSORRT_RTX.import_module()
+    blob = Path(engine_path).read_bytes()
+    out: dict = {}
+    try:
+        out["validity"], out["diagnostics"] = rtx_engine_validity(blob)
+        engine = trt.Runtime(trt_logger(trt)).deserialize_cuda_engine(blob)
+        out["deserialized"] = engine is not None
+        if engine is None:
+            return out
+        context = engine.create_execution_context()
+        keep = []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                context.set_input_shape(name, tuple(x.shape))
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
+            buf = torch.zeros(tuple(context.get_tensor_shape(name)), dtype=dtype, device=x.device)
+            keep.append(buf)
+            context.set_tensor_address(name, int(buf.data_ptr()))
+        stream = torch.cuda.Stream(x.device)
+        out["ran"] = bool(context.execute_async_v3(stream.cuda_stream))
+        stream.synchronize()
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return out
 
 
 def rtx_verdict(installed: bool, runs: list[bool], gpu: dict) -> str:
@@ -265,6 +310,16 @@ def kernels(args, timeout: float) -> dict:
     return {"returncode": proc.returncode, "table": proc.stdout[-6000:], "stderr": proc.stderr[-1000:]}
 
 
+def _note(row: dict) -> str:
+    note = row.get("error", "")[:120]
+    raw = row.get("raw_attempt")
+    if raw:  # what TensorRT-RTX itself did with the engine rtseg refused
+        note += (f" · TensorRT-RTX itself: validity {raw.get('validity')} {','.join(raw.get('diagnostics') or [])}, "
+                 f"deserialized {raw.get('deserialized')}, ran {raw.get('ran', False)}"
+                 + (f", {raw['error'][:80]}" if raw.get("error") else ""))
+    return note.replace("|", "/")
+
+
 def markdown(report: Report, gpu: dict) -> None:
     d, lines = report.data, report.lines
     lines += [f"## GPU check {d['date']}: {gpu['name']} (compute capability {gpu['compute_capability']}, "
@@ -283,7 +338,7 @@ def markdown(report: Report, gpu: dict) -> None:
         lines.append(f"| {row['model']} | {row['runtime']} | {row.get('batch', 1)} | {row.get('precision', '')} | "
                      f"{row.get('preprocess_ms', '')} | {row.get('inference_ms', '')} | {row.get('postprocess_ms', '')} | "
                      f"{row.get('fps', row.get('images_per_s', ''))} | "
-                     f"{'%.1e' % row['max_rel_err'] if 'max_rel_err' in row else ''} | {row.get('error', '')[:120]} |")
+                     f"{'%.1e' % row['max_rel_err'] if 'max_rel_err' in row else ''} | {_note(row)} |")
     k = (steps.get("kernels") or {}).get("result")
     if k:
         lines += ["", "CUDA kernels vs torch / torchvision (`benchmarks/kernels.py`):", "", "```", k["table"].strip(), "```"]
