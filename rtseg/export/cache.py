@@ -5,7 +5,7 @@ the file while the model, the weights (by SHA-256), the opset and the rtseg / to
 stay the same: the key is in the file name, so a change simply makes a new file.
 
 Deformable convolutions stay ONNX ``DeformConv`` here (``dcn="deformconv"``): ONNX Runtime
-runs it 1.13-1.35x faster than the standard-operator form TensorRT needs
+runs a DCN layer 1.07-1.35x faster than the standard-operator form TensorRT needs
 (``benchmarks/deform_conv.py``, BENCHMARKS.md).
 """
 
