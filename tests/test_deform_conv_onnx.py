@@ -89,3 +89,22 @@ def test_an_unknown_mode_is_refused():
     with pytest.raises(ConfigError, match="--dcn must be one of decomposed, deformconv, got 'plugin'"):
         with deform_conv_export(nn.Identity(), "plugin"):
             pass
+
+
+def test_the_decomposition_keeps_a_dynamic_height_and_width(tmp_path):
+    """Issue 16's exports make H and W symbolic: the decomposed graph must follow them."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(1)
+    layer = resnet_module.ModulatedDeformConv2d(4, 6, 3, stride=2, padding=1).eval()
+    nn.init.normal_(layer.conv_offset_mask.weight, std=0.3)
+    path = str(tmp_path / "dyn.onnx")
+    with deform_conv_export(layer, "decomposed"):
+        torch.onnx.export(layer, (torch.randn(1, 4, 16, 20),), path, input_names=["x"], output_names=["y"],
+                          opset_version=19, dynamo=False, dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "oh", 3: "ow"}})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for h, w in ((16, 20), (23, 9)):
+        x = torch.randn(1, 4, h, w)
+        with torch.inference_mode():
+            ref = layer(x)
+        got = session.run(None, {"x": x.numpy()})[0]
+        assert got.shape == tuple(ref.shape) and float(np.abs(got - ref.numpy()).max()) <= TOL

@@ -202,3 +202,26 @@ def test_every_variant_parses_passes_the_table_and_builds(name, tmp_path):
     assert checker.startswith("tensorrt-rtx") and refusals == []
     built = ensure_engine(result.path, str(tmp_path), RTX)
     assert built.built and os.path.getsize(built.path) > 0
+
+
+def test_an_engine_over_a_dynamic_height_and_width_gets_one_profile_for_them(tmp_path):
+    """Where issue 16's dynamic-size exports slot in: symbolic H / W take --dynamic-height /
+    --dynamic-width ranges (here a DCN layer exported with symbolic H / W, decomposed)."""
+    from rtseg.export.deform_conv_onnx import deform_conv_export
+    from rtseg.models.resnet import ModulatedDeformConv2d
+
+    layer = ModulatedDeformConv2d(4, 6, 3).eval()
+    onnx_path = tmp_path / "dcn.onnx"
+    with deform_conv_export(layer, "decomposed"):
+        torch.onnx.export(layer, (torch.randn(1, 4, 16, 20),), str(onnx_path), input_names=["images"],
+                          output_names=["y"], opset_version=19, dynamo=False,
+                          dynamic_axes={"images": {2: "height", 3: "width"}})
+    (tmp_path / "dcn.json").write_text(json.dumps({"model": "dcn_layer", "family": None,
+                                                   "input": {"name": "images", "shape": [1, 4, "height", "width"]}}))
+    with pytest.raises(ConfigError, match="dynamic height"):
+        ensure_engine(str(onnx_path), str(tmp_path / "e"), RTX)
+    built = ensure_engine(str(onnx_path), str(tmp_path / "e"),
+                          dataclasses.replace(RTX, height=(8, 16, 64), width=(8, 20, 96)))
+    assert built.built and built.manifest["input"]["profile"] == {
+        "min": [1, 4, 8, 8], "opt": [1, 4, 16, 20], "max": [1, 4, 64, 96]}
+    assert "--dynamic-height 8,16,64 --dynamic-width 8,20,96" in built.manifest["rebuild"]
