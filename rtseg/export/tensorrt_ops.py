@@ -86,19 +86,27 @@ def tensorrt_refusals(model) -> tuple[str, list[str]]:
     version), else the operator table's (``checker`` = ``"operator table"``)."""
     from rtseg.export.trt_flavour import TENSORRT, TENSORRT_RTX
 
+    unusable = []
     for flavour in (TENSORRT_RTX, TENSORRT):
         if flavour.installed():
-            return parse_with(flavour, model.SerializeToString())
-    return "operator table", unsupported_nodes(model)
+            try:
+                return parse_with(flavour, model.SerializeToString())
+            except Exception as exc:  # e.g. datacenter TensorRT without a GPU cannot make a builder
+                unusable.append(f"{flavour.name}: {type(exc).__name__}")
+    note = f" ({', '.join(unusable)})" if unusable else ""
+    return f"operator table{note}", unsupported_nodes(model)
 
 
 def parse_with(flavour, model_bytes: bytes) -> tuple[str, list[str]]:
     """Parse ``model_bytes`` with ``flavour``'s ONNX parser (no build): its name and errors."""
+    from rtseg.errors import EngineError
     from rtseg.export.engine import parser_errors, trt_logger
 
     trt = flavour.import_module()
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
+    if builder is None:
+        raise EngineError(f"{flavour.name} could not create a builder here")
     network = flavour.create_network(trt, builder, False)
     parser = trt.OnnxParser(network, logger)
     quiet, logger.min_severity = logger.min_severity, trt.Logger.INTERNAL_ERROR  # its errors come back in the list
