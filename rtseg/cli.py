@@ -79,6 +79,8 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="inference runtime (default torch; onnxruntime exports the model once into ./engines)")
     p.add_argument("--engine", metavar="FILE",
                    help="with --backend onnxruntime: an .onnx file; with tensorrt: an engine file ('rtseg export')")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --backend tensorrt: replay inference as a CUDA graph (fixed shapes, less launch overhead)")
     p.add_argument("--postprocess", choices=("torch", "cuda"), default="torch",
                    help="pre/post-processing ops: torch (default, any device) or cuda (rtseg's CUDA kernels in cuda/; "
                         "needs --device cuda and pycuda or CuPy)")
@@ -194,19 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output .onnx path (default engines/<model>.onnx)")
     ex.add_argument("--half", action="store_true",
                     help="export in float16 (what a --strongly-typed TensorRT engine then runs in)")
+    ex.add_argument("--dcn", choices=("decomposed", "deformconv"), default="decomposed",
+                    help="deformable convolution as standard operators (default; every TensorRT parses it) or as "
+                         "ONNX DeformConv (ONNX Runtime only)")
     _add_engine_args(ex)
 
     be = sub.add_parser("build-engine", help="build a TensorRT engine from an 'rtseg export' ONNX file")
     be.add_argument("--onnx", required=True, help="the .onnx file (with its manifest beside it)")
     be.add_argument("--dynamic-batch", metavar="MIN,OPT,MAX", help="optimisation profile for a dynamic-batch ONNX")
+    be.add_argument("--dynamic-height", metavar="MIN,OPT,MAX", help="optimisation profile for a dynamic-height ONNX")
+    be.add_argument("--dynamic-width", metavar="MIN,OPT,MAX", help="optimisation profile for a dynamic-width ONNX")
     _add_engine_args(be)
     return parser
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="engine precision (default fp16)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                   help="engine precision (datacenter TensorRT; default fp16). TensorRT-RTX takes the ONNX's "
+                        "(export --half for float16)")
     p.add_argument("--strongly-typed", action="store_true",
-                   help="strongly typed network: precision comes from the ONNX (TensorRT 11's only mode)")
+                   help="strongly typed network: precision comes from the ONNX (TensorRT 11's and TensorRT-RTX's "
+                        "only mode)")
+    p.add_argument("--trt-flavour", choices=("tensorrt", "tensorrt-rtx"), default=None,
+                   help="TensorRT flavour (default: $RTSEG_TRT_FLAVOUR, else datacenter TensorRT where it is "
+                        "installed and a GPU is visible, else TensorRT-RTX, which builds without a GPU)")
+    p.add_argument("--gpu-targets", metavar="CC,CC", default=None,
+                   help="TensorRT-RTX: compute capabilities to build for (default 8.0,8.6,8.9,12.0)")
     p.add_argument("--calibration", metavar="FOLDER_OR_VIDEO", help="INT8 calibration images or video")
     p.add_argument("--engine-dir", default="engines", help="where engines are cached (default engines/)")
     p.add_argument("--rebuild", action="store_true", help="build even if a matching engine is cached")
@@ -254,15 +269,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch_profile(text: str | None) -> tuple[int, int, int] | None:
+def _batch_profile(text: str | None, what: str = "batch") -> tuple[int, int, int] | None:
     if text is None:
         return None
     try:
         lo, opt, hi = (int(v) for v in text.split(","))
     except ValueError:
-        raise ConfigError(f"--dynamic-batch takes MIN,OPT,MAX (e.g. 1,4,8), got '{text}'") from None
+        raise ConfigError(f"--dynamic-{what} takes MIN,OPT,MAX (e.g. 1,4,8), got '{text}'") from None
     if not 1 <= lo <= opt <= hi:
-        raise ConfigError(f"--dynamic-batch needs 1 <= MIN <= OPT <= MAX, got '{text}'")
+        raise ConfigError(f"--dynamic-{what} needs 1 <= MIN <= OPT <= MAX, got '{text}'")
     return lo, opt, hi
 
 
@@ -274,7 +289,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "engine":  # fail before the export when the engine cannot be built here
         from rtseg.export.engine import MachineFacts
 
-        MachineFacts.here()
+        flavour, _ = _engine_settings(args)
+        MachineFacts.here(flavour)
     seg = Segmenter(args.model, weights=args.weights)
     if args.size is not None:
         try:
@@ -287,7 +303,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "part of the variant (anchors, grids): pick a variant with that size ('rtseg models')")
     out = args.out or os.path.join(args.engine_dir, f"{args.model}.onnx")
     result = export_onnx(seg.net, seg.config, out, batch=args.batch, dynamic_batch=profile is not None,
-                         opset=args.opset, weights=seg.weights_path, half=args.half)
+                         opset=args.opset, weights=seg.weights_path, half=args.half, dcn=args.dcn)
     outputs = ", ".join(f"{o['name']}{o['shape']}" for o in result.manifest["outputs"])
     print(f"wrote {result.path} (input {result.manifest['input']['shape']}; outputs {outputs}) and {result.manifest_path}")
     if args.format == "engine":
@@ -297,20 +313,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    from rtseg.export.engine import BuildSettings, build_engine
+    from rtseg.export.engine import ensure_engine
     from rtseg.export.onnx_export import read_manifest
 
-    profile = _batch_profile(args.dynamic_batch) or (1, 1, 1)
-    settings = BuildSettings(precision="fp32" if args.strongly_typed else args.precision, batch=profile,
-                             strongly_typed=args.strongly_typed)
-    settings.check()
+    _, settings = _engine_settings(args)
     preprocess = None
     if args.precision == "int8":
         preprocess = _calibration_preprocess(read_manifest(args.onnx)["model"])
-    path = build_engine(args.onnx, args.engine_dir, settings, calibration=args.calibration, preprocess=preprocess,
-                        rebuild=args.rebuild)
-    print(f"engine {path}")
+    result = ensure_engine(args.onnx, args.engine_dir, settings, calibration=args.calibration, preprocess=preprocess,
+                           rebuild=args.rebuild)
+    how = f"built in {result.seconds:.1f} s" if result.built else "cached: same ONNX, settings and TensorRT"
+    print(f"engine {result.path} ({result.manifest['tensorrt']}, {how}) and {result.path[:-len('.engine')]}.json")
     return 0
+
+
+def _engine_settings(args: argparse.Namespace):
+    """``(flavour, BuildSettings)`` from the engine options, checked (before any export)."""
+    from rtseg.export.engine import BuildSettings
+    from rtseg.export.trt_flavour import parse_targets, resolve_flavour
+
+    flavour = resolve_flavour(args.trt_flavour)
+    settings = BuildSettings(precision=args.precision, batch=_batch_profile(args.dynamic_batch),
+                             height=_batch_profile(getattr(args, "dynamic_height", None), "height"),
+                             width=_batch_profile(getattr(args, "dynamic_width", None), "width"),
+                             strongly_typed=args.strongly_typed, flavour=flavour.name,
+                             gpu_targets=parse_targets(args.gpu_targets))
+    settings.check(flavour)
+    return flavour, settings
 
 
 def _calibration_preprocess(model: str):
@@ -377,7 +406,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cleanup.callback(recorder.close)
         segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
                               score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
-                              postprocess=args.postprocess)
+                              postprocess=args.postprocess, cuda_graph=args.cuda_graph)
         log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
                  segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, torch_threads())
         segmenter.warmup()

@@ -84,11 +84,14 @@ class Segmenter:
 
     def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | None = None, device: str = "cpu",
                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch",
-                 engine: str | None = None, cache_dir: str | None = None, postprocess: str = "torch") -> None:
+                 engine: str | None = None, cache_dir: str | None = None, postprocess: str = "torch",
+                 cuda_graph: bool = False) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"unknown backend '{backend}', expected one of {', '.join(BACKENDS)}")
         if engine is not None and backend == "torch":
             raise ConfigError("an engine file is for --backend onnxruntime or tensorrt, not torch")
+        if cuda_graph and backend != "tensorrt":
+            raise ConfigError(f"--cuda-graph replays a TensorRT engine: it needs --backend tensorrt, got '{backend}'")
         if not 0.0 <= score_threshold < 1.0:
             raise ConfigError(f"score threshold must be in [0, 1), got {score_threshold}")
         self.config: ModelConfig = get_config(model)
@@ -112,6 +115,7 @@ class Segmenter:
                         "initialisation, so the detections are meaningless (%s)", model, self.config.weights_source)
         self.net = net.eval().to(self.device)
         self.weights_path = weights
+        self.cuda_graph = cuda_graph  # --backend tensorrt: replay inference as a CUDA graph
         self.backend = self._make_backend(backend, engine, cache_dir)
 
     @staticmethod
@@ -143,7 +147,7 @@ class Segmenter:
         if engine is None:
             raise ConfigError(f"--backend tensorrt needs an engine file: rtseg export --model {self.model_name} "
                               "--format engine, then pass --engine PATH")
-        return TensorRTBackend(engine, model=self.model_name, device=self.device)
+        return TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph)
 
     @property
     def class_names(self) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from rtseg.backends.onnxruntime_backend import OnnxRuntimeBackend
 from rtseg.errors import ConfigError, EngineError
 from rtseg.export.cache import cached_onnx, onnx_cache_key
 from rtseg.export.onnx_export import export_onnx, read_manifest
-from rtseg.export.tensorrt_ops import SUPPORTED_OPS, unsupported_nodes
+from rtseg.export.tensorrt_ops import SUPPORTED_OPS, tensorrt_refusals, unsupported_nodes
 from rtseg.models import DEFAULT_MODEL, MODELS
 from rtseg.models.yolact import Yolact
 from rtseg.segmenter import Segmenter
@@ -85,6 +85,8 @@ def test_export_writes_a_manifest_and_a_graph_tensorrt_parses(builtin_pair):
     assert m["input"] == {"name": "images", "shape": [1, 3, 384, 384], "dtype": "float32"}
     assert [o["name"] for o in m["outputs"]] == ["loc", "conf", "coef", "proto"]
     assert len(m["onnx_sha256"]) == 64 and m["weights_sha256"] and m["opset"] == 19
+    # checked by the real TensorRT-RTX parser (a dev dependency), not only by the table
+    assert m["tensorrt_check"].startswith("tensorrt-rtx 1.7") and m["dcn"] is None
 
 
 def test_cached_export_is_reused_and_keyed_by_weights(builtin_pair, tmp_path):
@@ -100,18 +102,28 @@ def test_cached_export_is_reused_and_keyed_by_weights(builtin_pair, tmp_path):
     assert not torch_seg.net.training
 
 
-def test_deformable_convolution_exports_as_onnx_deformconv_and_matches(tmp_path):
+@pytest.mark.parametrize("dcn", ["decomposed", "deformconv"])
+def test_deformable_convolution_exports_in_both_forms_and_matches(tmp_path, dcn):
     # YOLACT++ R-50's DCN layout at a quarter of the width (a quick export; same operators)
     cfg = dataclasses.replace(MODELS["yolact_plus_resnet50"], max_size=256, backbone_width=0.25, fpn_features=32,
                               proto_channels=32)
     torch.manual_seed(0)
     net = Yolact(cfg).eval()
-    for m in net.modules():  # non-zero offsets, so the deformation is really exercised
+    for m in net.modules():  # offsets of a few pixels, so the deformation is really exercised
         if hasattr(m, "conv_offset_mask"):
-            nn.init.normal_(m.conv_offset_mask.weight, std=0.01)
-    result = export_onnx(net, cfg, str(tmp_path / "plus.onnx"))
-    ops = {n.op_type for n in onnx.load(result.path).graph.node}
-    assert "DeformConv" in ops and unsupported_nodes(onnx.load(result.path)) == []
+            nn.init.normal_(m.conv_offset_mask.weight, std=0.05)
+    result = export_onnx(net, cfg, str(tmp_path / "plus.onnx"), dcn=dcn)
+    model = onnx.load(result.path)
+    ops = {n.op_type for n in model.graph.node}
+    assert result.manifest["dcn"] == dcn
+    if dcn == "decomposed":  # standard operators only: the real TensorRT-RTX parser takes it
+        assert "DeformConv" not in ops and {"GridSample", "MatMul"} <= ops
+        checker, refusals = tensorrt_refusals(model)
+        assert checker.startswith("tensorrt-rtx") and refusals == []
+    else:  # ONNX DeformConv, for ONNX Runtime; the real parser refuses it (a plugin), so does the table
+        assert "DeformConv" in ops and result.manifest["tensorrt_check"].startswith("skipped")
+        assert any("DeformConv" in r for r in tensorrt_refusals(model)[1])
+        assert any("DeformConv" in p for p in unsupported_nodes(model))
     backend = OnnxRuntimeBackend(result.path, model=cfg.name, device=torch.device("cpu"))
     x = torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
@@ -121,11 +133,15 @@ def test_deformable_convolution_exports_as_onnx_deformconv_and_matches(tmp_path)
         assert rel_err(got[name], ref[name]) <= 1e-4, name
 
 
-def test_dcn_needs_opset_19_and_opsets_outside_tensorrts_range_are_refused(tmp_path):
+def test_dcn_needs_its_opset_and_opsets_outside_tensorrts_range_are_refused(tmp_path):
     cfg = dataclasses.replace(MODELS["yolact_plus_resnet50"], max_size=256)
     net = Yolact(cfg)
     with pytest.raises(ConfigError, match="DeformConv needs opset >= 19, got 17"):
-        export_onnx(net, cfg, str(tmp_path / "a.onnx"), opset=17)
+        export_onnx(net, cfg, str(tmp_path / "a.onnx"), opset=17, dcn="deformconv")
+    with pytest.raises(ConfigError, match="GridSample needs opset >= 16, got 15"):
+        export_onnx(net, cfg, str(tmp_path / "a.onnx"), opset=15)
+    with pytest.raises(ConfigError, match="dcn must be one of decomposed, deformconv"):
+        export_onnx(net, cfg, str(tmp_path / "a.onnx"), dcn="plugin")
     with pytest.raises(ConfigError, match=r"opset must be an integer in 9\.\.20"):
         export_onnx(net, cfg, str(tmp_path / "a.onnx"), opset=21)
     with pytest.raises(ConfigError, match="batch must be an integer >= 1"):
@@ -145,7 +161,9 @@ class _Unique(nn.Module):
 
 def test_a_graph_with_an_operator_tensorrt_lacks_is_refused_by_name(tmp_path):
     cfg = SimpleNamespace(name="unique_net", family="test", class_names=("a",), input_size=(8, 8))
-    with pytest.raises(EngineError, match=r"Unique \(node .*not supported by the TensorRT 10 ONNX parser"):
+    # the real TensorRT-RTX parser's refusal, named by operator and node
+    with pytest.raises(EngineError, match=r"the tensorrt-rtx 1\.7[.\d]* ONNX parser refuses the exported graph "
+                                          r"\(1 error\(s\)\): Unique \(node '/net/Unique'\): false \(in checkUnique\)"):
         export_onnx(_Unique(), cfg, str(tmp_path / "u.onnx"))
     assert not os.listdir(tmp_path)  # nothing half-written left behind
 
@@ -230,3 +248,23 @@ def test_half_export_carries_float16_and_stays_close_to_torch(tmp_path, photo):
     for name in ref:
         assert got[name].dtype == torch.float32
         assert rel_err(got[name], ref[name]) <= 2e-2, name  # float16 precision
+
+
+@pytest.mark.parametrize("device, available, plugin, chosen", [
+    ("cpu", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], True,
+     (False, ["CPUExecutionProvider"])),  # a CPU segmenter never takes a GPU provider
+    ("cuda", ["CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"], False,
+     (False, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])),
+    ("cuda", ["NvTensorRTRTXExecutionProvider", "CPUExecutionProvider"], False,
+     (False, ["NvTensorRTRTXExecutionProvider", "CPUExecutionProvider"])),
+    ("cuda", ["CPUExecutionProvider"], True, (True, ["CPUExecutionProvider"])),  # the TensorRT-RTX plugin EP first
+])
+def test_onnxruntime_provider_choice(device, available, plugin, chosen):
+    from rtseg.backends.onnxruntime_backend import choose_providers
+
+    assert choose_providers(device, available, plugin) == chosen
+
+
+def test_the_cpu_provider_runs_without_io_binding(builtin_pair):
+    _, ort_seg, _ = builtin_pair
+    assert ort_seg.backend.providers == ["CPUExecutionProvider"] and ort_seg.backend.io_binding is False

@@ -1,7 +1,9 @@
-"""The TensorRT path, checked without TensorRT (it cannot be installed where rtseg is developed).
+"""The TensorRT path's code, checked where no GPU runs it.
 
-- every TensorRT 10 API name the code uses exists in the official API (the names of the
-  ``tensorrt-stubs`` wheel, kept in ``tests/fixtures/tensorrt/tensorrt10_api.json``);
+- every TensorRT API name the code uses exists: datacenter TensorRT 10's in the official API
+  (the names of the ``tensorrt-stubs`` wheel, kept in
+  ``tests/fixtures/tensorrt/tensorrt10_api.json``: TensorRT 10 cannot be installed here), and
+  TensorRT-RTX's in the installed library itself;
 - manifests, cache keys and the refusal of an engine built for another machine;
 - the error paths a user meets without TensorRT or a GPU.
 """
@@ -17,17 +19,25 @@ import pytest
 
 import rtseg.backends.tensorrt_backend as trt_backend
 import rtseg.export.engine as engine
+import rtseg.export.tensorrt_ops as tensorrt_ops
+import rtseg.export.trt_flavour as trt_flavour
 from rtseg.errors import ConfigError, EngineError
-from rtseg.export.engine import (TRT_API, BuildSettings, MachineFacts, calibration_batches, check_engine_manifest,
-                                 engine_cache_key, engine_manifest, import_tensorrt, manifest_mismatches)
+from rtseg.export.engine import (TRT_API, TRT_API_RTX_ONLY, TRT_API_TENSORRT_ONLY, BuildSettings, MachineFacts,
+                                 calibration_batches, check_engine_manifest, engine_cache_key, engine_manifest,
+                                 import_tensorrt, manifest_mismatches)
 
 API = json.loads((Path(__file__).parent / "fixtures" / "tensorrt" / "tensorrt10_api.json").read_text())
-SOURCES = [Path(engine.__file__), Path(trt_backend.__file__)]
+SOURCES = [Path(engine.__file__), Path(trt_backend.__file__), Path(trt_flavour.__file__), Path(tensorrt_ops.__file__)]
 
-#: how the TensorRT-facing code names its TensorRT objects -> their TensorRT 10 class
+#: how the TensorRT-facing code names its TensorRT objects -> their TensorRT class
 VARIABLES = {"builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser", "config": "IBuilderConfig",
-             "profile": "IOptimizationProfile", "inp": "ITensor", "self.engine": "ICudaEngine",
-             "self.context": "IExecutionContext", "self.logger": "Logger", "logger": "Logger"}
+             "profile": "IOptimizationProfile", "calib_profile": "IOptimizationProfile", "inp": "ITensor",
+             "err": "ParserError", "self.engine": "ICudaEngine", "engine": "ICudaEngine",
+             "self.context": "IExecutionContext", "context": "IExecutionContext", "slot.context": "IExecutionContext",
+             "self.logger": "Logger", "logger": "Logger", "runtime": "Runtime", "runtime_config": "IRuntimeConfig",
+             "self.runtime_cache": "IRuntimeCache", "runtime_cache": "IRuntimeCache"}
+DECLARED = {owner: set(TRT_API.get(owner, ())) | set(TRT_API_TENSORRT_ONLY.get(owner, ())) | set(TRT_API_RTX_ONLY.get(owner, ()))
+            for owner in {*TRT_API, *TRT_API_TENSORRT_ONLY, *TRT_API_RTX_ONLY}}
 
 
 def members(cls: str) -> set[str]:
@@ -40,13 +50,36 @@ def members(cls: str) -> set[str]:
     return out
 
 
-def test_every_declared_tensorrt_name_exists_in_the_tensorrt_10_api():
-    missing = [f"trt.{n}" for n in TRT_API["trt"] if n not in API["module"]]
-    for owner, names in TRT_API.items():
+def _missing_in_tensorrt_10(table: dict) -> list[str]:
+    missing = [f"trt.{n}" for n in table.get("trt", ()) if n not in API["module"]]
+    for owner, names in table.items():
         if owner != "trt":
             assert owner in API["classes"], f"no TensorRT 10 class {owner}"
             missing += [f"{owner}.{n}" for n in names if n not in members(owner)]
-    assert missing == []
+    return missing
+
+
+def _missing_in_rtx(table: dict) -> list[str]:
+    trt = trt_flavour.TENSORRT_RTX.import_module()
+    missing = [f"trt.{n}" for n in table.get("trt", ()) if not hasattr(trt, n)]
+    for owner, names in table.items():
+        if owner != "trt":
+            cls = getattr(trt, owner, None)
+            missing += [f"{owner}.{n}" for n in names if cls is None or not hasattr(cls, n)]
+    return missing
+
+
+def test_every_declared_tensorrt_name_exists_in_the_tensorrt_10_api():
+    assert _missing_in_tensorrt_10(TRT_API) == [] and _missing_in_tensorrt_10(TRT_API_TENSORRT_ONLY) == []
+
+
+@pytest.mark.skipif(not trt_flavour.TENSORRT_RTX.installed(), reason="TensorRT-RTX is a dev dependency")
+def test_every_declared_tensorrt_rtx_name_exists_in_the_installed_library():
+    assert _missing_in_rtx(TRT_API) == [] and _missing_in_rtx(TRT_API_RTX_ONLY) == []
+    # and what RTX lacks, declared as datacenter-only, really is missing there
+    trt = trt_flavour.TENSORRT_RTX.import_module()
+    assert not hasattr(trt.BuilderFlag, "FP16") and not hasattr(trt.BuilderFlag, "INT8")
+    assert not hasattr(trt, "IInt8EntropyCalibrator2")
 
 
 def _uses(source: str) -> tuple[set[str], set[tuple[str, str]]]:
@@ -68,22 +101,35 @@ def _uses(source: str) -> tuple[set[str], set[tuple[str, str]]]:
 def test_the_code_uses_only_declared_tensorrt_names(path):
     module_names, pairs = _uses(path.read_text())
     assert module_names, "the scan found no TensorRT use: has the code changed shape?"
-    assert module_names <= set(TRT_API["trt"]), module_names - set(TRT_API["trt"])
-    undeclared = {f"{c}.{a}" for c, a in pairs if a not in TRT_API.get(c, ())}
+    assert module_names <= DECLARED["trt"], module_names - DECLARED["trt"]
+    undeclared = {f"{c}.{a}" for c, a in pairs if a not in DECLARED.get(c, ())}
     assert undeclared == set()
-    unknown = {f"{c}.{a}" for c, a in pairs if a not in members(c)}
-    assert unknown == set()
 
 
 def test_without_tensorrt_the_error_names_the_extra():
-    try:
-        import tensorrt  # noqa: F401
-        if getattr(tensorrt, "__file__", None) is not None:
-            pytest.skip("TensorRT is installed here")
-    except ImportError:
-        pass
-    with pytest.raises(EngineError, match=r"TensorRT is not installed: pip install 'rtseg\[gpu\]'"):
-        import_tensorrt()
+    if trt_flavour.TENSORRT.installed():
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(EngineError, match=r"tensorrt is not installed: pip install 'rtseg\[tensorrt\]'"):
+        import_tensorrt("tensorrt")
+
+
+@pytest.mark.parametrize("requested, installed, gpu, chosen", [
+    ("tensorrt", {"tensorrt-rtx": True}, False, "tensorrt"),  # a flag wins
+    (None, {"tensorrt": True, "tensorrt-rtx": True}, True, "tensorrt"),  # datacenter TensorRT builds for this GPU
+    (None, {"tensorrt": True, "tensorrt-rtx": True}, False, "tensorrt-rtx"),  # no GPU: only RTX builds
+    (None, {"tensorrt": False, "tensorrt-rtx": True}, True, "tensorrt-rtx"),
+    (None, {}, False, "tensorrt"),  # nothing installed: the import error names rtseg[tensorrt]
+])
+def test_the_flavour_follows_the_flag_then_what_is_installed(requested, installed, gpu, chosen):
+    assert trt_flavour.choose_flavour(requested, installed, gpu) == chosen
+
+
+def test_an_unknown_flavour_or_target_is_refused():
+    with pytest.raises(ConfigError, match="--trt-flavour must be one of tensorrt, tensorrt-rtx, got 'tensorrt11'"):
+        trt_flavour.get_flavour("tensorrt11")
+    with pytest.raises(ConfigError, match="--gpu-targets takes compute capabilities from 7.5, 8.0"):
+        trt_flavour.parse_targets("9.0")
+    assert trt_flavour.parse_targets("8.6, 12.0") == ("8.6", "12.0")
 
 
 FACTS = MachineFacts(tensorrt="10.13.0", gpu="NVIDIA H100 80GB HBM3", compute_capability="9.0")
@@ -145,6 +191,7 @@ def _onnx_manifest() -> dict:
 @pytest.mark.parametrize("settings, message", [
     (BuildSettings(precision="int4"), "precision must be one of fp32, fp16, int8"),
     (BuildSettings(batch=(2, 1, 4)), "1 <= min <= opt <= max"),
+    (BuildSettings(height=(384, 320, 640)), "height profile must satisfy 1 <= min <= opt <= max"),
     (BuildSettings(precision="fp16", strongly_typed=True), "strongly typed engine takes its precision from the ONNX"),
     (BuildSettings(workspace_mib=8), "workspace must be >= 64 MiB"),
 ])
@@ -155,7 +202,7 @@ def test_build_settings_are_checked(settings, message):
 
 def test_int8_without_calibration_data_is_refused_before_anything_is_built(tmp_path):
     with pytest.raises(ConfigError, match="INT8 needs calibration data"):
-        engine.build_engine(_onnx(tmp_path), str(tmp_path), BuildSettings(precision="int8"))
+        engine.build_engine(_onnx(tmp_path), str(tmp_path), BuildSettings(precision="int8", flavour="tensorrt"))
 
 
 def test_calibration_batches_come_from_a_folder_of_images(tmp_path):
@@ -183,3 +230,67 @@ def test_a_strongly_typed_engine_records_the_graphs_precision(tmp_path):
     m = engine_manifest(_onnx(tmp_path), manifest, BuildSettings(precision="fp32", strongly_typed=True), FACTS, [1, 3, 8, 8])
     assert m["precision"] == "onnx-float16" and m["strongly_typed"] is True
     assert "--strongly-typed" in engine.rebuild_command(m) and "--precision" not in engine.rebuild_command(m)
+
+
+# -- the TensorRT backend's logic that runs without a GPU ----------------------------------------
+
+
+def test_buffers_allocated_at_the_profile_max_are_viewed_at_each_calls_shape():
+    import torch
+
+    buf = torch.arange(4 * 3 * 8 * 8, dtype=torch.float32)
+    one = trt_backend.buffer_view(buf, (1, 3, 8, 8))
+    assert one.shape == (1, 3, 8, 8) and one.is_contiguous() and one.data_ptr() == buf.data_ptr()
+    assert float(one[0, 2, 7, 7]) == 3 * 64 - 1  # the first batch's elements
+    assert trt_backend.buffer_view(buf, (4, 3, 8, 8)).numel() == buf.numel()
+    with pytest.raises(AssertionError, match="exceeds its buffer"):
+        trt_backend.buffer_view(buf, (5, 3, 8, 8))
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_the_slot_pool_never_lends_one_context_to_two_workers(size):
+    import threading
+
+    class Slot:
+        holder = None
+
+    pool = trt_backend.SlotPool(lambda i: Slot(), size)
+    clashes, seen = [], set()
+
+    def worker(me: int) -> None:
+        for _ in range(300):
+            with pool.acquire() as slot:
+                if slot.holder is not None:
+                    clashes.append((me, slot.holder))
+                slot.holder = me
+                seen.add(id(slot))
+                for _ in range(50):  # give another thread the chance to barge in
+                    if slot.holder != me:
+                        clashes.append((me, slot.holder))
+                slot.holder = None
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert clashes == [] and len(seen) <= size
+    with pytest.raises(EngineError, match="at least 1 execution context"):
+        trt_backend.SlotPool(lambda i: Slot(), 0)
+
+
+def test_the_cuda_device_an_engine_is_checked_against_is_the_backends_own():
+    import torch
+
+    assert engine.cuda_index(torch.device("cuda:3")) == 3 and engine.cuda_index("cuda:1") == 1
+    with pytest.raises(EngineError, match="run on a CUDA device, got 'cpu'"):
+        engine.cuda_index("cpu")
+    with pytest.raises(EngineError, match="runs on a GPU: pass --device cuda"):
+        trt_backend.TensorRTBackend("x.engine", model="m", device=torch.device("cpu"))
+
+
+def test_cuda_graph_replay_is_reachable_from_the_segmenter_and_refused_elsewhere():
+    from rtseg.segmenter import Segmenter
+
+    with pytest.raises(ConfigError, match="--cuda-graph replays a TensorRT engine: it needs --backend tensorrt, got 'torch'"):
+        Segmenter("yolact_resnet18_half_384", cuda_graph=True)

@@ -1,97 +1,242 @@
-"""TensorRT backend: an engine from ``rtseg export --format engine`` run on one CUDA stream.
+"""TensorRT backend: an engine from ``rtseg export --format engine`` (either flavour,
+:mod:`rtseg.export.trt_flavour`) run on CUDA streams.
 
-- Device buffers for every I/O tensor are allocated once (torch CUDA tensors: their
-  addresses go to ``set_tensor_address``); a pinned host buffer takes the input when it
-  arrives from the CPU.
-- Copy in, ``execute_async_v3`` and post-processing run on the same stream; outputs stay
-  on the GPU (as torch tensors) for the post-processing (torch ops or the CUDA kernels).
-- ``cuda_graph=True`` captures copy-in + inference once (fixed shapes) and replays it.
+- A pool of execution *slots* (:class:`SlotPool`): each has its own execution context, CUDA
+  stream and device buffers, and serves one call at a time; a pipeline worker takes a free
+  slot and waits while every slot is busy (``contexts=1``: the calls are serialised). No
+  two workers share a context or a buffer.
+- Ordering: a slot's stream first waits for the caller's current stream (the stream that
+  produced the input), then copies in, runs ``execute_async_v3`` and copies the outputs out;
+  the caller's stream then waits for the slot's stream. Outputs are fresh tensors (the slot's
+  buffers are reused by the next call).
+- Shapes: each call sets the input shape within the engine's optimisation profile (a
+  dynamic-batch engine takes batch 1 as well as its opt); buffers are allocated once at the
+  profile's max and viewed at the call's shape (:func:`buffer_view`).
+- ``cuda_graph=True``: datacenter TensorRT captures ``execute_async_v3`` into a torch CUDA
+  graph per input shape (after one plain run) and replays it; TensorRT-RTX captures whole
+  graphs itself (``IRuntimeConfig.cuda_graph_strategy``).
+- TensorRT-RTX: the JIT-compiled kernels are kept in a runtime cache beside the engine
+  (``<engine>.runtime-cache``), read at start and written by :meth:`TensorRTBackend.close`.
 
-Written against the TensorRT 10 API (names listed in :data:`rtseg.export.engine.TRT_API`);
-not run on the machines rtseg is developed on (no TensorRT there).
+Written against both flavours' APIs (names listed in :mod:`rtseg.export.engine`); the
+builder runs in the default tests, this execution path needs a GPU (``-m tensorrt``,
+``tools/gpu_check.py``) and has not run on one yet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+from typing import Any, Callable, Iterator
 
 import torch
 
 from rtseg.errors import EngineError
-from rtseg.export.engine import MachineFacts, check_engine_manifest, import_tensorrt
+from rtseg.export.engine import (MachineFacts, check_engine_manifest, rebuild_command, rtx_engine_validity,
+                                 shape_in_profile, trt_logger)
+from rtseg.export.trt_flavour import get_flavour
+
+
+def buffer_view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The first ``prod(shape)`` elements of a flat buffer allocated at the profile's max, as a
+    contiguous tensor of ``shape`` (its address is the buffer's: what TensorRT binds)."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    assert n <= buffer.numel(), f"shape {list(shape)} exceeds its buffer ({buffer.numel()} elements)"
+    return buffer.view(-1)[:n].view(tuple(int(s) for s in shape))
+
+
+class SlotPool:
+    """``size`` slots made by ``factory``; :meth:`acquire` lends one to one caller at a time."""
+
+    def __init__(self, factory: Callable[[int], Any], size: int) -> None:
+        if size < 1:
+            raise EngineError(f"a TensorRT backend needs at least 1 execution context, got {size}")
+        self.slots = [factory(i) for i in range(size)]
+        self._free: queue.Queue = queue.Queue()
+        for slot in self.slots:
+            self._free.put(slot)
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[Any]:
+        slot = self._free.get()
+        try:
+            yield slot
+        finally:
+            self._free.put(slot)
+
+
+class _Slot:
+    """One execution context with its stream, buffers, bound shape and CUDA graphs."""
+
+    def __init__(self) -> None:
+        self.context = None
+        self.runtime_config = None
+        self.stream: torch.cuda.Stream | None = None
+        self.buffers: dict[str, torch.Tensor] = {}  # flat, sized for the profile's max
+        self.views: dict[str, torch.Tensor] = {}  # the buffers at the bound shape
+        self.shape: tuple[int, ...] | None = None
+        self.graphs: dict[tuple[int, ...], torch.cuda.CUDAGraph] = {}
+        self.host_input: torch.Tensor | None = None
 
 
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, path: str, *, model: str, device: torch.device, cuda_graph: bool = False) -> None:
-        trt = import_tensorrt()
+    def __init__(self, path: str, *, model: str, device: torch.device, cuda_graph: bool = False,
+                 contexts: int = 1) -> None:
+        device = torch.device(device)
         if device.type != "cuda":
             raise EngineError("--backend tensorrt runs on a GPU: pass --device cuda")
         if not os.path.isfile(path):
             raise EngineError(f"engine file '{path}' not found")
-        manifest = check_engine_manifest(path, MachineFacts.here())
+        from rtseg.export.onnx_export import read_manifest
+
+        flavour = get_flavour(read_manifest(path).get("flavour", "tensorrt"))
+        trt = flavour.import_module()
+        machine = MachineFacts.here(flavour, device, need_gpu=True)  # the GPU this backend runs on, not device 0
+        manifest = check_engine_manifest(path, machine)
         if manifest["model"] != model:
             raise EngineError(f"engine '{path}' was built for model '{manifest['model']}', not '{model}'")
-        self.device = device
-        self.stream = torch.cuda.Stream(device)
-        self.logger = trt.Logger(trt.Logger.WARNING)
         with open(path, "rb") as f:
-            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(f.read())
-        if self.engine is None:
-            raise EngineError(f"TensorRT could not deserialize '{path}'; rebuild it: {manifest.get('rebuild', 'rtseg build-engine')}")
-        self.context = self.engine.create_execution_context()
-        self.inputs: list[str] = []
-        self.outputs: list[str] = []
-        self.buffers: dict[str, torch.Tensor] = {}
-        shape = tuple(manifest["input"]["shape"])
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                self.inputs.append(name)
-                self.context.set_input_shape(name, shape)
-            else:
-                self.outputs.append(name)
-        for name in self.inputs + self.outputs:
-            dims = tuple(self.context.get_tensor_shape(name))
-            dtype = _torch_dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            self.buffers[name] = torch.empty(dims, dtype=dtype, device=device)
-            self.context.set_tensor_address(name, int(self.buffers[name].data_ptr()))
-        self.input_shape = shape
-        self.host_input = torch.empty(shape, dtype=self.buffers[self.inputs[0]].dtype).pin_memory()
-        self.graph: torch.cuda.CUDAGraph | None = None
-        if cuda_graph:
-            self._capture()
+            blob = f.read()
+        if flavour.builds_without_gpu:  # TensorRT-RTX's own verdict for this GPU, before deserializing
+            validity, why = rtx_engine_validity(blob)
+            if validity == "INVALID":
+                raise EngineError(f"TensorRT-RTX cannot run '{path}' on {machine.gpu} (compute capability "
+                                  f"{machine.compute_capability}): {', '.join(why) or 'no reason given'}; "
+                                  f"rebuild it: {rebuild_command(manifest, machine)}")
+        self.trt = trt
+        self.flavour = flavour
+        self.device = device
+        self.manifest = manifest
+        self.cuda_graph = cuda_graph
+        self.profile = manifest["input"]["profile"]
+        self.input_shape = tuple(manifest["input"]["shape"])  # the profile's opt shape
+        self.logger = trt_logger(trt)
+        with torch.cuda.device(device):
+            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(blob)
+            if self.engine is None:
+                raise EngineError(f"{flavour.name} could not deserialize '{path}'; rebuild it: "
+                                  f"{rebuild_command(manifest, machine)}")
+            self.inputs: list[str] = []
+            self.outputs: list[str] = []
+            for i in range(self.engine.num_io_tensors):
+                name = self.engine.get_tensor_name(i)
+                (self.inputs if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self.outputs).append(name)
+            if len(self.inputs) != 1:
+                raise EngineError(f"engine '{path}' has {len(self.inputs)} inputs; rtseg engines take one (the images)")
+            self.runtime_cache_path = os.path.splitext(path)[0] + ".runtime-cache"
+            self.runtime_cache = None
+            self.pool = SlotPool(self._make_slot, contexts)
 
-    def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+    # -- slots ---------------------------------------------------------------------------------------
+    def _make_slot(self, index: int) -> _Slot:
+        trt, slot = self.trt, _Slot()
+        if self.flavour.has_runtime_cache:
+            runtime_config = self.engine.create_runtime_config()
+            if self.runtime_cache is None:  # one cache for every context: kernels compiled once
+                self.runtime_cache = runtime_config.create_runtime_cache()
+                if os.path.isfile(self.runtime_cache_path):
+                    with open(self.runtime_cache_path, "rb") as f:
+                        self.runtime_cache.deserialize(f.read())
+            runtime_config.set_runtime_cache(self.runtime_cache)
+            if self.cuda_graph:
+                runtime_config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+            slot.runtime_config = runtime_config
+            slot.context = self.engine.create_execution_context(runtime_config)
+        else:
+            slot.context = self.engine.create_execution_context()
+        if slot.context is None:
+            raise EngineError(f"{self.flavour.name} could not create execution context {index} (GPU memory?)")
+        slot.stream = torch.cuda.Stream(self.device)
+        name = self.inputs[0]
+        # buffers at the profile's max shape, viewed at each call's shape
+        slot.context.set_input_shape(name, tuple(self.profile["max"]))
+        for io in self.inputs + self.outputs:
+            dims = tuple(slot.context.get_tensor_shape(io))
+            if any(d < 0 for d in dims):
+                raise EngineError(f"engine output '{io}' has a data-dependent shape {list(dims)}; rtseg engines have none")
+            dtype = _torch_dtype(trt.nptype(self.engine.get_tensor_dtype(io)))
+            numel = 1
+            for d in dims:
+                numel *= d
+            slot.buffers[io] = torch.empty(numel, dtype=dtype, device=self.device)
+        slot.host_input = torch.empty(slot.buffers[name].numel(), dtype=slot.buffers[name].dtype).pin_memory()
+        return slot
+
+    def _bind(self, slot: _Slot, shape: tuple[int, ...]) -> None:
+        """Set the input shape (within the profile) and bind every buffer at the resulting shapes."""
+        if slot.shape == shape:
+            return
+        name = self.inputs[0]
+        if not slot.context.set_input_shape(name, shape):
+            raise EngineError(f"TensorRT refused input shape {list(shape)} (profile {self.profile})")
+        for io in self.inputs + self.outputs:
+            view = buffer_view(slot.buffers[io], tuple(slot.context.get_tensor_shape(io)))
+            slot.views[io] = view
+            slot.context.set_tensor_address(io, int(view.data_ptr()))
+        slot.shape = shape
+
+    def _enqueue(self, slot: _Slot) -> None:
+        if not slot.context.execute_async_v3(slot.stream.cuda_stream):
             raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
 
-    def _capture(self) -> None:
-        with torch.cuda.stream(self.stream):
-            self._enqueue()  # one plain run first: TensorRT allocates lazily
-            self.stream.synchronize()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=self.stream):
-                self._enqueue()
+    def _run(self, slot: _Slot, shape: tuple[int, ...]) -> None:
+        """Inference on the slot's stream: plain, or a CUDA graph replay (datacenter TensorRT)."""
+        if not self.cuda_graph or self.flavour.has_runtime_cache:  # RTX captures graphs itself
+            self._enqueue(slot)
+            return
+        graph = slot.graphs.get(shape)
+        if graph is None:
+            self._enqueue(slot)  # one plain run first: TensorRT allocates lazily
+            slot.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=slot.stream):
+                self._enqueue(slot)
+            slot.graphs[shape] = graph
+        graph.replay()
 
+    # -- the backend interface -----------------------------------------------------------------------
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        if tuple(batch.shape) != self.input_shape:
-            raise EngineError(f"engine takes input {list(self.input_shape)}, got {list(batch.shape)}")
-        dst = self.buffers[self.inputs[0]]
-        with torch.cuda.stream(self.stream):
-            if batch.device.type == "cpu":
-                self.host_input.copy_(batch)
-                dst.copy_(self.host_input, non_blocking=True)
-            else:
-                dst.copy_(batch, non_blocking=True)
-            if self.graph is not None:
-                self.graph.replay()
-            else:
-                self._enqueue()
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        # copies: the buffers are reused by the next call, possibly from another pipeline worker
-        return {name: self.buffers[name].clone() for name in self.outputs}
+        shape = tuple(int(s) for s in batch.shape)
+        why = shape_in_profile(shape, self.profile)
+        if why is not None:
+            raise EngineError(why)
+        producer = torch.cuda.current_stream(self.device)
+        with self.pool.acquire() as slot:
+            stream = slot.stream
+            stream.wait_stream(producer)  # the input is complete before the copy reads it
+            with torch.cuda.device(self.device), torch.cuda.stream(stream):
+                self._bind(slot, shape)
+                dst = slot.views[self.inputs[0]]
+                if batch.device.type == "cpu":
+                    host = buffer_view(slot.host_input, shape)
+                    stream.synchronize()  # the previous call's copy from the pinned buffer is done
+                    host.copy_(batch)
+                    dst.copy_(host, non_blocking=True)
+                else:
+                    batch.record_stream(stream)  # the allocator keeps the input alive until the copy ran
+                    dst.copy_(batch, non_blocking=True)
+                self._run(slot, shape)
+                # copies: the buffers serve the next call; made on the slot's stream, used on the caller's
+                # (float32 whatever the engine computed in: post-processing runs in float32)
+                outputs = {io: slot.views[io].float() if slot.views[io].dtype == torch.float16 else slot.views[io].clone()
+                           for io in self.outputs}
+            producer.wait_stream(stream)
+            for out in outputs.values():
+                out.record_stream(producer)
+        return outputs
+
+    def close(self) -> None:
+        """Keep TensorRT-RTX's JIT-compiled kernels for the next start (the runtime cache)."""
+        if self.runtime_cache is not None:
+            blob = self.runtime_cache.serialize()
+            with open(self.runtime_cache_path + ".tmp", "wb") as f:
+                f.write(bytes(blob))
+            os.replace(self.runtime_cache_path + ".tmp", self.runtime_cache_path)
 
 
 def _torch_dtype(np_dtype) -> torch.dtype:

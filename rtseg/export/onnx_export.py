@@ -3,15 +3,16 @@
 - Exporter: torch's TorchScript-based ``torch.onnx.export(dynamo=False)``; it gives plain
   static graphs that the TensorRT parser takes (the dynamo exporter needs ``onnxscript``
   and is not needed for these convolutional networks).
-- Deformable convolution (YOLACT++ DCNv2, ``torchvision::deform_conv2d``) becomes the
-  standard ONNX ``DeformConv`` (opset 19), which ONNX Runtime and the TensorRT 10 parser
-  both run. Hence the default opset 19 (TensorRT 10 parses 9-20).
+- Deformable convolution (YOLACT++ DCNv2, SOLOv2-DCN, ``torchvision::deform_conv2d``) is
+  exported as standard operators (GridSample + MatMul, :mod:`rtseg.export.deform_conv_onnx`)
+  by default (``dcn="decomposed"``), which every TensorRT parses; ``dcn="deformconv"`` keeps
+  the ONNX ``DeformConv`` (opset 19) that only ONNX Runtime runs (no TensorRT check then).
 - Constant folding by the exporter, then ``onnxsim`` (shape arithmetic folded away).
 - Post-processing stays out of the graph: it is data-dependent (NMS) and runs as torch
   ops (or the CUDA kernels) on the named outputs, the same for every backend.
-- Every graph is checked against the TensorRT 10 parser's operator table
-  (:mod:`rtseg.export.tensorrt_ops`) before it is written; an unsupported operator is
-  refused by name.
+- Every graph is checked by the real TensorRT ONNX parser where one is installed, else
+  against its operator table (:func:`rtseg.export.tensorrt_ops.tensorrt_refusals`) before it
+  is written; a refusal names the parser's error.
 
 A manifest ``<file>.json`` is written beside the ``.onnx``: model, family, classes, input
 and output names and shapes, opset, SHA-256 of the weights and of the ONNX file, versions.
@@ -31,7 +32,8 @@ import torch
 from torch import nn
 
 from rtseg.errors import ConfigError, EngineError
-from rtseg.export.tensorrt_ops import MAX_OPSET, MIN_OPSET, unsupported_nodes
+from rtseg.export.deform_conv_onnx import DCN_MODES, deform_conv_export
+from rtseg.export.tensorrt_ops import MAX_OPSET, MIN_OPSET, tensorrt_refusals
 
 #: DeformConv entered the ONNX standard at opset 19
 DEFAULT_OPSET = 19
@@ -99,7 +101,7 @@ def manifest_path_for(path: str) -> str:
 
 def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_batch: bool = False,
                 opset: int = DEFAULT_OPSET, weights: str | None = None, simplify: bool = True,
-                half: bool = False) -> OnnxExport:
+                half: bool = False, dcn: str = "decomposed") -> OnnxExport:
     """Export ``net`` (any family's network, eval mode) to ``path``.
 
     Args:
@@ -113,6 +115,9 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
         half: export in float16 (weights, input and outputs): the precision a strongly typed
             TensorRT network takes from the graph. The network is exported from a float16
             copy; ``net`` itself is left as it is.
+        dcn: how deformable convolutions export (:data:`rtseg.export.deform_conv_onnx.DCN_MODES`):
+            ``decomposed`` (standard operators, every TensorRT) or ``deformconv`` (ONNX
+            ``DeformConv``, ONNX Runtime only: the TensorRT check is skipped).
 
     ``net`` is exported in eval mode and comes back in the mode it was in.
 
@@ -130,19 +135,23 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
     # rtseg's deformable convolutions (YOLACT++ DCNv2, mmdet-style DCN / DCNv2 in SOLOv2) all call
     # torchvision.ops.deform_conv2d from a module whose class name says DeformConv
     uses_dcn = any("DeformConv" in type(m).__name__ for m in net.modules())
-    if uses_dcn and opset < 19:
+    if dcn not in DCN_MODES:
+        raise ConfigError(f"dcn must be one of {', '.join(DCN_MODES)}, got {dcn!r}")
+    if uses_dcn and dcn == "deformconv" and opset < 19:
         raise ConfigError(f"model {cfg.name} has deformable convolutions: ONNX DeformConv needs opset >= 19, got {opset}")
+    if uses_dcn and dcn == "decomposed" and opset < 16:
+        raise ConfigError(f"model {cfg.name} has deformable convolutions: their GridSample needs opset >= 16, got {opset}")
 
     was_training = net.training  # the caller's network comes back in the mode it was in
     try:
         return _export(net.eval(), cfg, path, batch=batch, dynamic_batch=dynamic_batch, opset=opset, weights=weights,
-                       simplify=simplify, half=half, uses_dcn=uses_dcn)
+                       simplify=simplify, half=half, uses_dcn=uses_dcn, dcn=dcn)
     finally:
         net.train(was_training)
 
 
 def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: bool, opset: int,
-            weights: str | None, simplify: bool, half: bool, uses_dcn: bool) -> OnnxExport:
+            weights: str | None, simplify: bool, half: bool, uses_dcn: bool, dcn: str = "decomposed") -> OnnxExport:
     """:func:`export_onnx` after its checks, with ``net`` in eval mode."""
     import onnx
 
@@ -156,7 +165,7 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
     with torch.inference_mode():
         names = tuple(net(example).keys())
     wrapper = _NamedOutputs(net, names).eval()  # eval: the exporter restores the wrapper's mode afterwards
-    if uses_dcn:
+    if uses_dcn and dcn == "deformconv":
         _register_deform_conv()
     dynamic_axes = {n: {0: "batch"} for n in (INPUT_NAME, *names)} if dynamic_batch else None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -164,7 +173,7 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
     import warnings
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), deform_conv_export(net, dcn if uses_dcn else "deformconv"):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(wrapper, (example,), tmp, input_names=[INPUT_NAME], output_names=list(names),
                               opset_version=opset, do_constant_folding=True, dynamic_axes=dynamic_axes, dynamo=False)
@@ -183,11 +192,14 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
         if not ok:
             _remove(tmp)
             raise EngineError(f"onnxsim could not validate the simplified graph of {cfg.name}")
-    problems = unsupported_nodes(model)
-    if problems:
-        _remove(tmp)
-        raise EngineError(f"{cfg.name}: the exported graph has {len(problems)} node(s) the TensorRT 10 ONNX parser "
-                          f"refuses: {'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
+    if uses_dcn and dcn == "deformconv":  # for ONNX Runtime: no TensorRT parser takes DeformConv
+        checker = "skipped: DeformConv kept for ONNX Runtime"
+    else:
+        checker, problems = tensorrt_refusals(model)
+        if problems:
+            _remove(tmp)
+            raise EngineError(f"{cfg.name}: the {checker} refuses the exported graph ({len(problems)} error(s)): "
+                              f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
     onnx.checker.check_model(model)
     onnx.save(model, tmp)
     os.replace(tmp, path)
@@ -204,6 +216,8 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
         "outputs": [{"name": o.name, "shape": dims(o)} for o in model.graph.output],
         "opset": opset,
         "dynamic_batch": bool(dynamic_batch),
+        "dcn": dcn if uses_dcn else None,
+        "tensorrt_check": checker,
         "weights": weights,
         "weights_sha256": sha256_file(weights) if weights and os.path.isfile(weights) else None,
         "onnx_sha256": sha256_file(path),
