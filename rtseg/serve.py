@@ -274,5 +274,46 @@ def serve(settings: ServeSettings, *, on_ready=None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    left = _wait_for_children(timeout=30.0)
+    if left:
+        log.warning("Triton server processes %s still running 30 s after the stop", ", ".join(map(str, left)))
     print("rtseg: Triton server stopped", flush=True)
     return 0
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def _wait_for_children(timeout: float) -> list[int]:
+    """Wait until tritonserver (PyTriton's child) and its stubs have exited, so a stopped
+    ``rtseg serve`` leaves nothing holding its ports; returns those still running."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _children(os.getpid())
+        if not left or time.monotonic() > deadline:
+            return left
+        try:
+            os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
