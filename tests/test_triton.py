@@ -9,6 +9,7 @@ tritonclient's model-config protobuf for the exported repository.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -125,6 +126,9 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+            # what PyTriton's tensor store had in /dev/shm (named after its pid) outlives a SIGKILL
+            for leftover in glob.glob(f"/dev/shm/pytrtion{self.proc.pid}-*"):
+                os.remove(leftover)
 
     def stop(self) -> int:
         """SIGTERM to ``rtseg serve``; returns its exit code."""
@@ -260,6 +264,43 @@ def test_two_pipelines_share_a_batching_server_survive_its_restart_and_match_loc
             np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
             np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-2)
             assert (got.masks != expected.masks).sum() <= 0.001 * got.masks.size, message.seq
+
+
+def test_a_stalled_server_drops_frames_after_the_timeout_instead_of_stalling_the_stream(server, tmp_path):
+    """SIGSTOP freezes the server with its connections open: requests get no answer. With
+    ``?timeout=1`` each one is given up after a second and its frame dropped (counted); after
+    SIGCONT frames flow again."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    received: list = []
+    ready, stop_sub = threading.Event(), threading.Event()
+    sub = threading.Thread(target=_collect, args=(endpoint, received, ready, stop_sub), daemon=True)
+    sub.start()
+    assert ready.wait(10)
+    summary_path = tmp_path / "summary.json"
+    run = subprocess.Popen([*RTSEG, "run", "--source", "synthetic", "--backend", server.url + "?timeout=1",
+                            "--publish", endpoint, "--summary-json", str(summary_path)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "RTSEG_CACHE": server.cache})
+    try:
+        _wait(lambda: len(received) >= 3, 240, "frames before the stall", [run])
+        os.killpg(server.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(5.0)
+        finally:
+            os.killpg(server.proc.pid, signal.SIGCONT)
+        t_resumed = time.monotonic()
+        _wait(lambda: sum(t > t_resumed for t, _ in received) >= 3, 240, "frames after the stall", [run])
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=120)
+        stop_sub.set()
+        sub.join(timeout=10)
+    assert run.returncode == 0, err[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["dropped_backend"] >= 2, summary  # at least one per worker during the 5 s stall
+    assert summary["frames_read"] == summary["frames_processed"] + summary["dropped_backend"]
+    assert "dropped by the backend" in out
 
 
 def test_serve_stops_cleanly_on_sigterm(server):

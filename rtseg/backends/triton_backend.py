@@ -383,7 +383,8 @@ class TritonBackend:
                 array = regions.shm.get_contents_as_numpy(regions.handles[1], np.float32, list(meta.shape),
                                                           offset=offsets[name]).copy()
             else:
-                array = result.as_numpy(name)
+                array = result.as_numpy(name)  # a read-only view of the response's bytes
+                array = np.array(array, dtype=np.float32)  # owned and writable (torch warns on read-only)
             out[name] = torch.from_numpy(np.asarray(array, dtype=np.float32)).to(self.device)
         return out
 
