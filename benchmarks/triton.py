@@ -83,26 +83,30 @@ def statistics_of(port: int) -> dict:
     return {"inference_count": int(s.get("inference_count", 0)), "execution_count": int(s.get("execution_count", 0))}
 
 
-def _collect(endpoint: str, times: list, ready: threading.Event, done: threading.Event) -> None:
+def _collect(endpoint: str, times: list, ready: threading.Event, count: int) -> None:
+    """Arrival times of ``count`` messages; returns while the publisher is still up (its
+    last frame), so the subscriber never has to handle its publisher going away."""
     from rtseg.publish import subscribe
 
-    gen = subscribe(endpoint, timeout=0.5)
+    gen = subscribe(endpoint, timeout=600)
     ready.set()
-    while not done.is_set():
+    try:
         for _ in gen:
             times.append(time.monotonic())
-        gen = subscribe(endpoint, timeout=0.5)
+            if len(times) >= count:
+                break
+    finally:
+        gen.close()
 
 
 def run_streams(n: int, backend: str, frames: int, cache: str, tmp: str) -> dict:
     """``n`` pipelines at once; total FPS while all run, per-stream end-to-end latency."""
     endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(n)]
     times: list[list[float]] = [[] for _ in range(n)]
-    done = threading.Event()
     subs = []
     for endpoint, box in zip(endpoints, times):
         ready = threading.Event()
-        t = threading.Thread(target=_collect, args=(endpoint, box, ready, done), daemon=True)
+        t = threading.Thread(target=_collect, args=(endpoint, box, ready, frames), daemon=True)
         t.start()
         ready.wait(10)
         subs.append(t)
@@ -111,14 +115,17 @@ def run_streams(n: int, backend: str, frames: int, cache: str, tmp: str) -> dict
                                "--backend", backend, "--publish", endpoints[i], "--summary-json", summaries[i]],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "RTSEG_CACHE": cache}) for i in range(n)]
+    ended = None
+    while any(t.is_alive() for t in subs):  # normally they end at each stream's last frame
+        if ended is None and all(p.poll() is not None for p in procs):
+            ended = time.monotonic()
+        if ended is not None and time.monotonic() - ended > 5:
+            break  # a subscriber missed a message: count what it has
+        time.sleep(0.1)
     for p in procs:
-        _, err = p.communicate(timeout=1800)
+        _, err = p.communicate(timeout=600)
         if p.returncode != 0:
             sys.exit(f"rtseg run --backend {backend} failed: {err.strip().splitlines()[-1:]}")
-    time.sleep(1.0)
-    done.set()
-    for t in subs:
-        t.join(timeout=5)
     start = max(box[0] for box in times)
     end = min(box[-1] for box in times)
     overlap = sum(sum(start <= x <= end for x in box) for box in times)

@@ -281,8 +281,10 @@ def serve(settings: ServeSettings, *, on_ready=None) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+def _children(pid: int, name: str = "tritonserver") -> list[int]:
+    """Running processes whose parent is ``pid`` and whose command line holds ``name``
+    (Linux /proc; empty elsewhere). multiprocessing's resource tracker, also a child, ends
+    only after this process, so it is not waited for."""
     found = []
     try:
         entries = os.listdir("/proc")
@@ -298,7 +300,12 @@ def _children(pid: int) -> list[int]:
             continue
         fields = stat.rsplit(")", 1)[-1].split()
         if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
-            found.append(int(entry))
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if name.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
     return found
 
 

@@ -175,16 +175,20 @@ def test_serve_port_in_use_is_one_line(server):
 
 
 def _collect(endpoint: str, received: list, ready: threading.Event, stop: threading.Event) -> None:
+    """Messages with their arrival time until ``stop``; the test sets it while the publisher is
+    still up, so this subscriber never sees its publisher go away."""
     from rtseg.publish import subscribe
 
-    gen = subscribe(endpoint, timeout=1.0)
     ready.set()
     while not stop.is_set():
-        for message in gen:
-            received.append((time.monotonic(), message))
-            if stop.is_set():
-                break
-        gen = subscribe(endpoint, timeout=1.0)  # timed out quietly (server outage): listen again
+        gen = subscribe(endpoint, timeout=1.0)  # ends after 1 s without a message (server outage)
+        try:
+            for message in gen:
+                received.append((time.monotonic(), message))
+                if stop.is_set():
+                    break
+        finally:
+            gen.close()
 
 
 def _wait(predicate, timeout: float, what: str, procs=()) -> None:
@@ -232,13 +236,13 @@ def test_two_pipelines_share_a_batching_server_survive_its_restart_and_match_loc
         _wait(lambda: all(sum(t > t_ready for t, _ in r) >= 4 for r in received), 240, "frames after the restart", runs)
         after = server.statistics()
     finally:
+        stop_subs.set()
+        for t in subs:
+            t.join(timeout=10)
         for p in runs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # rtseg run finishes the frames it accepted
         outs = [p.communicate(timeout=120) for p in runs]
-        stop_subs.set()
-        for t in subs:
-            t.join(timeout=10)
     for p, (out, err) in zip(runs, outs):
         assert p.returncode == 0, err[-3000:]
 
@@ -266,6 +270,7 @@ def test_two_pipelines_share_a_batching_server_survive_its_restart_and_match_loc
             assert (got.masks != expected.masks).sum() <= 0.001 * got.masks.size, message.seq
 
 
+@pytest.mark.slow  # ~40 s; the default run's kill-and-restart test covers the drop-and-go-on path
 def test_a_stalled_server_drops_frames_after_the_timeout_instead_of_stalling_the_stream(server, tmp_path):
     """SIGSTOP freezes the server with its connections open: requests get no answer. With
     ``?timeout=1`` each one is given up after a second and its frame dropped (counted); after
@@ -291,11 +296,11 @@ def test_a_stalled_server_drops_frames_after_the_timeout_instead_of_stalling_the
         t_resumed = time.monotonic()
         _wait(lambda: sum(t > t_resumed for t, _ in received) >= 3, 240, "frames after the stall", [run])
     finally:
+        stop_sub.set()
+        sub.join(timeout=10)
         if run.poll() is None:
             run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=120)
-        stop_sub.set()
-        sub.join(timeout=10)
     assert run.returncode == 0, err[-3000:]
     summary = json.loads(summary_path.read_text())
     assert summary["dropped_backend"] >= 2, summary  # at least one per worker during the 5 s stall
