@@ -10,10 +10,13 @@ One run measures, on this machine:
   stream to start to the last frame of the first stream to end), so start-up is left out;
   per-stream latency is each run's end-to-end (capture -> published) p50 / p95 from its
   summary. Triton's own statistics give the mean batch per execution.
-* **per-request overhead at batch 1**: one image at a time, in this process, the median
-  time of ``TritonBackend(batch)`` (gRPC + system shared memory, and with ``shm=off`` the
-  tensors inside the gRPC messages) minus that of a local ``OnnxRuntimeBackend`` running the
-  same dynamic-batch graph the server runs, with as many threads as the server's.
+* **per-request overhead at batch 1**: one image at a time, in this process, the mean time
+  of a ``TritonBackend(batch)`` call (gRPC + system shared memory, and with ``shm=off`` the
+  tensors inside the gRPC messages) minus the compute time Triton's own statistics give for
+  those requests (input + infer + output, which includes PyTriton's hop from its stub to the
+  ``rtseg serve`` process): what the remote call adds. A local ``OnnxRuntimeBackend`` on the
+  server's graph is timed too, for scale (two processes' sessions on a loaded machine do not
+  give a clean difference).
 
 On one machine the server and the pipelines share the same cores, so this shows the cost of
 the remote call and what batching across streams does, not a gain: the gain comes when the
@@ -142,8 +145,20 @@ def run_streams(n: int, backend: str, frames: int, cache: str, tmp: str) -> dict
     }
 
 
+def _server_ns(port: int) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    stats = grpcclient.InferenceServerClient(f"127.0.0.1:{port}").get_inference_statistics(MODEL, as_json=True)
+    inf = stats["model_stats"][0]["inference_stats"]
+    return {k: int(inf.get(k, {}).get("ns", 0)) for k in ("success", "queue", "compute_input", "compute_infer",
+                                                          "compute_output")} | \
+        {"count": int(inf.get("success", {}).get("count", 0))}
+
+
 def per_request_overhead(port: int, cache: str, calls: int) -> dict:
-    """Median batch-1 call: Triton (shm, and shm=off) vs local ONNX Runtime on the server's graph."""
+    """Batch-1 calls one at a time: the client's round trip against what Triton itself spent on
+    each request (its statistics: queue + compute), with shared memory and with the tensors in
+    the gRPC messages; and, for scale, a local ONNX Runtime session on the server's graph."""
     import numpy as np
     import torch
 
@@ -158,21 +173,28 @@ def per_request_overhead(port: int, cache: str, calls: int) -> dict:
     seg_wire = Segmenter(MODEL, backend=url + "?shm=off")
     local = OnnxRuntimeBackend(dynamic_batch_onnx(seg, cache), model=MODEL, device=torch.device("cpu"))
     batch = seg.preprocess(SyntheticVideo(seed=1).frame(3).image)
-    fns = {"local onnxruntime": local, "triton (shared memory)": seg.backend, "triton (gRPC payload)": seg_wire.backend}
-    for fn in fns.values():
+    out: dict = {"calls": calls}
+    for name, fn in (("local onnxruntime", local), ("triton shared memory", seg.backend),
+                     ("triton gRPC payload", seg_wire.backend)):
         for _ in range(3):
             fn(batch)
-    samples = {k: [] for k in fns}
-    for _ in range(calls):  # interleaved, so load changes hit all three alike
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
+        before = _server_ns(port) if name.startswith("triton") else None
+        wall = []
+        for _ in range(calls):
+            t0 = time.perf_counter_ns()
             fn(batch)
-            samples[name].append((time.perf_counter() - t0) * 1000)
-    med = {k: float(np.median(v)) for k, v in samples.items()}
-    out = {"calls": calls, "median_ms": med,
-           "overhead_shm_ms": med["triton (shared memory)"] - med["local onnxruntime"],
-           "overhead_grpc_ms": med["triton (gRPC payload)"] - med["local onnxruntime"],
-           "shm_used": seg.backend.stats.shm_used}
+            wall.append(time.perf_counter_ns() - t0)
+        row = {"client_mean_ms": float(np.mean(wall)) / 1e6, "client_median_ms": float(np.median(wall)) / 1e6}
+        if before is not None:
+            after = _server_ns(port)
+            n = after["count"] - before["count"]
+            per = {k: (after[k] - before[k]) / n / 1e6 for k in after if k != "count"}
+            row |= {"server_request_ms": per["success"], "server_queue_ms": per["queue"],
+                    "server_compute_ms": per["compute_input"] + per["compute_infer"] + per["compute_output"],
+                    "overhead_ms": row["client_mean_ms"] - per["compute_input"] - per["compute_infer"]
+                    - per["compute_output"]}
+        out[name] = row
+    out["shm_used"] = seg.backend.stats.shm_used
     seg.backend.close()
     seg_wire.backend.close()
     return out
@@ -210,9 +232,12 @@ def main() -> int:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
     o = results["overhead"]
-    print(f"\nper-request at batch 1 (median of {o['calls']}): " +
-          ", ".join(f"{k} {v:.1f} ms" for k, v in o["median_ms"].items()) +
-          f"; overhead {o['overhead_shm_ms']:.1f} ms (shared memory), {o['overhead_grpc_ms']:.1f} ms (gRPC payload)")
+    print(f"\nbatch 1, one request at a time, mean of {o['calls']} (overhead: client round trip minus Triton's compute):")
+    for name in ("local onnxruntime", "triton shared memory", "triton gRPC payload"):
+        r = o[name]
+        extra = (f", Triton compute {r['server_compute_ms']:.1f} ms, queue {r['server_queue_ms']:.1f} ms, "
+                 f"overhead {r['overhead_ms']:.1f} ms") if "overhead_ms" in r else ""
+        print(f"  {name}: {r['client_mean_ms']:.1f} ms{extra}")
     print("| streams | backend | total FPS | per-stream p50 ms | worst p95 ms | mean batch |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in results["rounds"]:
