@@ -79,6 +79,43 @@ def test_symbolic_height_and_width_become_minus_one(tmp_path):
     assert list(config.input[0].dims) == [3, -1, -1] and list(config.output[0].dims) == [-1, -1, 3]
 
 
+def test_engine_given_makes_a_tensorrt_plan_repository_and_a_bad_profile_is_one_error(tmp_path):
+    """``--triton-plan``: the engine becomes ``1/model.plan`` under platform tensorrt_plan (dims
+    still from the ONNX graph); an engine whose batch profile does not start at 1 or reach
+    max_batch_size is refused. TensorRT cannot run here: the engine is a stand-in file with
+    the manifest ``rtseg build-engine`` writes (its fields that matter here)."""
+    onnx = pytest.importorskip("onnx")
+    from google.protobuf import text_format
+    from onnx import TensorProto, helper
+
+    pytest.importorskip("tritonclient.grpc")
+    from tritonclient.grpc import model_config_pb2
+
+    from rtseg.errors import EngineError
+    from rtseg.export.triton_repo import write_triton_repo
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("proto", TensorProto.FLOAT, ["batch", 8, 8, 3])
+    graph = helper.make_graph([helper.make_node("Transpose", ["images"], ["proto"], perm=[0, 2, 3, 1])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "m.onnx"))
+    (tmp_path / "m.json").write_text(json.dumps({"model": MODEL, "input": {"name": "images"}}))
+    engine = tmp_path / "m-engine.engine"  # its manifest: m-engine.json (rtseg.export.onnx_export.manifest_path_for)
+    engine.write_bytes(b"stand-in for a serialized engine")
+    for profile, ok in (([1, 4, 8], True), ([2, 4, 8], False), ([1, 2, 4], False)):
+        (tmp_path / "m-engine.json").write_text(json.dumps({"model": MODEL, "input": {"batch_profile": profile}}))
+        if ok:
+            repo = write_triton_repo(str(tmp_path / "repo"), MODEL, str(tmp_path / "m.onnx"), plan_path=str(engine),
+                                     max_batch_size=8)
+            config = text_format.Parse(open(repo.config_path).read(), model_config_pb2.ModelConfig())
+            assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
+            assert list(config.output[0].dims) == [8, 8, 3]
+            assert sorted(os.listdir(os.path.dirname(repo.model_path))) == ["model.json", "model.plan"]
+        else:
+            with pytest.raises(EngineError, match="batch profile"):
+                write_triton_repo(str(tmp_path / "repo"), MODEL, str(tmp_path / "m.onnx"), plan_path=str(engine),
+                                  max_batch_size=8)
+
+
 # -- the real server -------------------------------------------------------------------------
 class Server:
     """``rtseg serve`` in its own process group (so SIGKILL takes tritonserver and its stubs too)."""
