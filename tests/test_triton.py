@@ -12,9 +12,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -126,6 +128,7 @@ class Server:
         self.port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.pytriton_home = tempfile.mkdtemp(prefix="rtseg-pt-")
 
     @property
     def url(self) -> str:
@@ -135,8 +138,11 @@ class Server:
         import tritonclient.grpc as grpcclient
 
         self.starts += 1
+        self.shm_before = set(glob.glob("/dev/shm/psm_*"))
         log = open(self.log_dir / f"serve-{self.starts}.log", "w")
-        env = {**os.environ, "RTSEG_CACHE": self.cache}
+        # PYTRITON_HOME: PyTriton's workspace (a copy of tritonserver) that a SIGKILL leaves goes
+        # into a folder the fixture removes, not ~/.cache/pytriton (short: it holds unix sockets)
+        env = {**os.environ, "RTSEG_CACHE": self.cache, "PYTRITON_HOME": self.pytriton_home}
         self.proc = subprocess.Popen([*RTSEG, "serve", "--model", MODEL, "--port", str(self.port),
                                       "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
                                       "--queue-delay-us", "20000"],
@@ -163,14 +169,33 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
-            # what PyTriton's tensor store had in /dev/shm (named after its pid) outlives a SIGKILL
-            for leftover in glob.glob(f"/dev/shm/pytrtion{self.proc.pid}-*"):
-                os.remove(leftover)
+            # what PyTriton had in /dev/shm outlives a SIGKILL of its process group: its tensor
+            # store (named after its pid) and multiprocessing's segments (psm_*) that appeared
+            # since this server started and no live process maps any more
+            mapped = _mapped_shm()
+            for leftover in glob.glob(f"/dev/shm/pytrtion{self.proc.pid}-*") + [
+                    p for p in glob.glob("/dev/shm/psm_*") if p not in self.shm_before and os.path.basename(p) not in mapped]:
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
 
     def stop(self) -> int:
         """SIGTERM to ``rtseg serve``; returns its exit code."""
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=60)
+
+
+def _mapped_shm() -> set[str]:
+    """Names of the /dev/shm files some live process has mapped."""
+    names = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as f:
+                names.update(os.path.basename(line.split()[-1]) for line in f if "/dev/shm/" in line)
+        except (OSError, IndexError):
+            continue
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +207,7 @@ def server(tmp_path_factory):
     srv.start()
     yield srv
     srv.kill()
+    shutil.rmtree(srv.pytriton_home, ignore_errors=True)
     if srv.proc is not None:  # a kill leaves no orphan tritonserver holding the port
         try:
             os.killpg(srv.proc.pid, signal.SIGKILL)
