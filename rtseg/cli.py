@@ -74,9 +74,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _backend_arg(text: str) -> str:
+    """--backend: a local runtime's name, or a Triton server's triton://HOST:PORT/MODEL."""
+    if text in ("torch", "onnxruntime", "tensorrt") or text.startswith("triton://"):
+        return text
+    raise argparse.ArgumentTypeError(f"expected torch, onnxruntime, tensorrt or triton://HOST:PORT/MODEL, got '{text}'")
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
-                   help="inference runtime (default torch; onnxruntime exports the model once into ./engines)")
+    p.add_argument("--backend", type=_backend_arg, default="torch", metavar="{torch,onnxruntime,tensorrt,triton://HOST:PORT/MODEL}",
+                   help="inference runtime (default torch; onnxruntime exports the model once into ./engines; "
+                        "triton://HOST:PORT/MODEL: a Triton Inference Server, e.g. one 'rtseg serve' started)")
     p.add_argument("--engine", metavar="FILE",
                    help="with --backend onnxruntime: an .onnx file; with tensorrt: an engine file ('rtseg export')")
     p.add_argument("--cuda-graph", action="store_true",
@@ -186,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a model to ONNX (and build a TensorRT engine from it)")
     ex.add_argument("--model", default=DEFAULT_MODEL)
     ex.add_argument("--weights", help="weights file (default: the built-in weights)")
-    ex.add_argument("--format", choices=("onnx", "engine"), default="onnx")
+    ex.add_argument("--format", choices=("onnx", "engine", "triton-repo"), default="onnx",
+                    help="onnx (default), engine (TensorRT), or triton-repo: a Triton model repository in DIR")
+    # --format triton-repo (rtseg.export.triton_repo): the repository folder and its config.pbtxt settings
+    ex.add_argument("repository", nargs="?", metavar="DIR", help="with --format triton-repo: the model repository folder")
+    ex.add_argument("--triton-queue-delay-us", type=int, default=None, metavar="US",
+                    help="with triton-repo: dynamic_batching max_queue_delay_microseconds (default 2000)")
+    ex.add_argument("--triton-instances", type=_positive_int, default=1, metavar="N",
+                    help="with triton-repo: model instances (instance_group count, KIND_AUTO; default 1)")
+    ex.add_argument("--triton-plan", metavar="ENGINE",
+                    help="with triton-repo: serve this TensorRT engine of the model (platform tensorrt_plan) instead of the ONNX")
     ex.add_argument("--size", metavar="HxW", help="network input size; must be the model's (see 'rtseg models')")
     batch = ex.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=_positive_int, default=1, help="fixed batch size (default 1)")
@@ -200,6 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deformable convolution as standard operators (default; every TensorRT parses it) or as "
                          "ONNX DeformConv (ONNX Runtime only)")
     _add_engine_args(ex)
+
+    # rtseg serve (rtseg.serve): a Triton Inference Server for a model, through PyTriton
+    sv = sub.add_parser("serve", help="serve a model on a Triton Inference Server (PyTriton) for --backend triton://")
+    sv.add_argument("--model", default=DEFAULT_MODEL)
+    sv.add_argument("--weights", help="weights file (default: the built-in weights)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8001, help="gRPC port (default 8001)")
+    sv.add_argument("--http-port", type=int, help="HTTP port (default: --port + 1)")
+    sv.add_argument("--metrics-port", type=int, help="Prometheus metrics port (default: --port + 2)")
+    sv.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                    help="what runs the network inside the server (default onnxruntime)")
+    sv.add_argument("--max-batch", type=_positive_int, default=8, help="dynamic batching: largest batch (default 8)")
+    sv.add_argument("--queue-delay-us", type=int, default=2000,
+                    help="dynamic batching: microseconds a request may wait for others to join its batch (default 2000)")
+    sv.add_argument("--instances", type=_positive_int, default=1, help="model instances run in parallel (default 1)")
+    sv.add_argument("--threads", type=_positive_int, help="torch / ONNX Runtime CPU threads (default: all cores)")
 
     be = sub.add_parser("build-engine", help="build a TensorRT engine from an 'rtseg export' ONNX file")
     be.add_argument("--onnx", required=True, help="the .onnx file (with its manifest beside it)")
@@ -286,6 +320,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from rtseg.segmenter import Segmenter
 
     profile = _batch_profile(args.dynamic_batch)
+    if args.format == "triton-repo":
+        return _export_triton_repo(args, profile)
+    if args.repository is not None:
+        raise ConfigError(f"a repository folder is for --format triton-repo, got '{args.repository}' with --format {args.format}")
     if args.format == "engine":  # fail before the export when the engine cannot be built here
         from rtseg.export.engine import MachineFacts
 
@@ -309,6 +347,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "engine":
         args.onnx = result.path
         return cmd_build_engine(args)
+    return 0
+
+
+def _export_triton_repo(args: argparse.Namespace, profile: tuple[int, int, int] | None) -> int:
+    from rtseg.export.triton_repo import export_triton_repo
+
+    repo = export_triton_repo(args.repository or args.out, args.model, weights=args.weights,
+                              max_batch_size=profile[2] if profile else None, queue_delay_us=args.triton_queue_delay_us,
+                              instances=args.triton_instances, opset=args.opset, half=args.half,
+                              plan_path=args.triton_plan)
+    print(f"wrote Triton model repository {os.path.dirname(repo.model_dir) or '.'}: {repo.config_path} "
+          f"(platform {repo.platform}), {repo.model_path}, {repo.manifest_path}")
     return 0
 
 
@@ -443,6 +493,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if summary.stopped_by.startswith("interrupted") else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rtseg.serve import ServeSettings, serve
+
+    return serve(ServeSettings(model=args.model, weights=args.weights, host=args.host, port=args.port,
+                               http_port=args.http_port, metrics_port=args.metrics_port, runtime=args.runtime,
+                               max_batch_size=args.max_batch, queue_delay_us=args.queue_delay_us,
+                               instances=args.instances, threads=args.threads))
+
+
 def cmd_subscribe(args: argparse.Namespace) -> int:
     from rtseg.publish import check_endpoint, run_subscriber
 
@@ -478,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands = {"bench": cmd_bench, "run": cmd_run, "subscribe": cmd_subscribe, "models": cmd_models, "data": cmd_data,
                 "train": cmd_train, "eval": cmd_eval, "export": cmd_export, "build-engine": cmd_build_engine,
-                "keys": cmd_keys}
+                "keys": cmd_keys, "serve": cmd_serve}
     if args.command == "data" and args.data_command is None:
         parser.parse_args(["data", "--help"])
     if args.command == "keys" and args.keys_command is None:

@@ -45,3 +45,9 @@ class EngineError(RtsegError):
     another machine."""
 
     exit_code = 6
+
+
+class FrameDropped(Exception):
+    """Not a user error: a backend gave up on one batch without failing the run (a remote
+    call timed out, or the server is unreachable and being reconnected to). The pipeline
+    counts the frame as dropped and goes on; the message says why."""

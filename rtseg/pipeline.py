@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
+from rtseg.errors import FrameDropped
 from rtseg.render import render as draw
 from rtseg.structures import Frame
 
@@ -96,6 +97,8 @@ class Summary:
     #: frame after; an outage that never ended ends when the source gave up)
     gaps: list[tuple[float, float]] = field(default_factory=list)
     outage_seconds: float = 0.0  #: total length of ``gaps``
+    #: frames a remote backend gave up on (``rtseg.backends.FrameDropped``: timeout, server down)
+    dropped_backend: int = 0
 
     def format(self) -> str:
         lines = [
@@ -103,7 +106,8 @@ class Summary:
             f"published {self.frames_published}, dropped {self.dropped_source + self.dropped_stale} "
             f"(source {self.dropped_source}, stale {self.dropped_stale}), corrupt skipped {self.skipped_corrupt}, "
             f"reconnects {self.reconnects}"
-            + (f" ({len(self.gaps)} outage(s), {self.outage_seconds:.1f} s without frames)" if self.gaps else ""),
+            + (f" ({len(self.gaps)} outage(s), {self.outage_seconds:.1f} s without frames)" if self.gaps else "")
+            + (f", dropped by the backend {self.dropped_backend}" if self.dropped_backend else ""),
             f"{self.fps:.2f} FPS over {self.wall_seconds:.2f} s ({self.stopped_by})",
             f"{'stage':<14}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}",
         ]
@@ -158,6 +162,7 @@ class Pipeline:
         self.frames_processed = 0
         self.frames_published = 0
         self.dropped_stale = 0
+        self.dropped_backend = 0
         self.stages = {name: StageStats() for name in
                        ("capture", "queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
         self._t_first: float | None = None
@@ -242,7 +247,14 @@ class Pipeline:
                 now = time.perf_counter()
                 if frame.capture_monotonic:
                     self.stages["queue wait"].add(now - frame.capture_monotonic)
-                instances, times = self.segmenter.process(frame.image)
+                try:
+                    instances, times = self.segmenter.process(frame.image)
+                except FrameDropped as exc:  # a remote backend gave up on it: counted, the stream goes on
+                    with self._lock:
+                        self.dropped_backend += 1
+                    log.debug("frame %s dropped by the backend: %s", frame.seq, exc)
+                    self._put(self.q_render, (order, None))  # keeps the order of the frames after it
+                    continue
                 frame.instances = instances
                 frame.timings.update(preprocess=times.preprocess, inference=times.inference,
                                      postprocess=times.postprocess)
@@ -275,6 +287,8 @@ class Pipeline:
     def _render(self) -> None:
         try:
             for frame in self._in_order():
+                if frame is None:  # dropped by the backend
+                    continue
                 if self.recorder is not None or self.window is not None:
                     t0 = time.perf_counter()
                     self._update_fps(t0)
@@ -371,4 +385,5 @@ class Pipeline:
             stopped_by=self._stopped_by,
             gaps=gaps,
             outage_seconds=float(sum(b - a for a, b in gaps)),
+            dropped_backend=self.dropped_backend,
         )

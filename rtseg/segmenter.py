@@ -15,7 +15,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from rtseg.backends import BACKENDS, Backend, TorchBackend
+from rtseg.backends import BACKENDS, TRITON_SCHEME, Backend, TorchBackend
 from rtseg.defaults import DEFAULT_SCORE_THRESHOLD
 from rtseg.errors import ConfigError
 from rtseg.families import family_of
@@ -68,7 +68,8 @@ class Segmenter:
             them for this model, else a seeded random initialisation (with a warning).
         device: ``"cpu"`` or ``"cuda[:N]"``.
         score_threshold: detections scoring ``<=`` this are dropped.
-        backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (:mod:`rtseg.backends`).
+        backend: ``"torch"``, ``"onnxruntime"``, ``"tensorrt"`` or ``"triton://HOST:PORT/MODEL"``
+            (:mod:`rtseg.backends`).
         engine: for ``onnxruntime`` an ``.onnx`` file, for ``tensorrt`` an engine file, each
             with the manifest ``rtseg export`` writes beside it. ``None`` with
             ``onnxruntime``: export the model (with these weights) once into ``cache_dir``
@@ -86,10 +87,12 @@ class Segmenter:
                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch",
                  engine: str | None = None, cache_dir: str | None = None, postprocess: str = "torch",
                  cuda_graph: bool = False) -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown backend '{backend}', expected one of {', '.join(BACKENDS)}")
-        if engine is not None and backend == "torch":
-            raise ConfigError("an engine file is for --backend onnxruntime or tensorrt, not torch")
+        remote = isinstance(backend, str) and backend.startswith(TRITON_SCHEME)
+        if backend not in BACKENDS and not remote:
+            raise ConfigError(f"unknown backend '{backend}', expected one of {', '.join(BACKENDS)} "
+                              "or triton://HOST:PORT/MODEL")
+        if engine is not None and (backend == "torch" or remote):
+            raise ConfigError(f"an engine file is for --backend onnxruntime or tensorrt, not {backend}")
         if cuda_graph and backend != "tensorrt":
             raise ConfigError(f"--cuda-graph replays a TensorRT engine: it needs --backend tensorrt, got '{backend}'")
         if not 0.0 <= score_threshold < 1.0:
@@ -136,6 +139,16 @@ class Segmenter:
     def _make_backend(self, backend: str, engine: str | None, cache_dir: str | None) -> Backend:
         if backend == "torch":
             return TorchBackend(self.net)
+        if backend.startswith(TRITON_SCHEME):
+            from rtseg.backends.triton_backend import TritonBackend, parse_triton_url
+
+            parse_triton_url(backend)  # a malformed URL is one error line before the forward pass below
+            h, w = self.input_size
+            with torch.inference_mode():  # the head outputs (names, per-image shapes) the server must return
+                example = self.net(torch.zeros(1, 3, h, w, device=self.device))
+            return TritonBackend(backend, model=self.model_name, expected_input=(3, h, w),
+                                 expected_outputs={n: tuple(t.shape[1:]) for n, t in example.items()},
+                                 device=self.device)
         if backend == "onnxruntime":
             from rtseg.backends.onnxruntime_backend import OnnxRuntimeBackend
             from rtseg.export.cache import cached_onnx

@@ -10,6 +10,10 @@ care which one runs:
   (:class:`rtseg.backends.onnxruntime_backend.OnnxRuntimeBackend`): CPU provider here,
   CUDA / TensorRT providers picked up where installed.
 - ``tensorrt``: a TensorRT engine (:class:`rtseg.backends.tensorrt_backend.TensorRTBackend`).
+- ``triton://HOST:PORT/MODEL``: a model on a Triton Inference Server
+  (:class:`rtseg.backends.triton_backend.TritonBackend`). A remote backend may give up on
+  a batch (timeout, server restarting) by raising :class:`FrameDropped`: the pipeline
+  counts the frame as dropped (``Summary.dropped_backend``) and goes on with the next.
 
 Outputs come back as torch tensors on the device post-processing runs on.
 """
@@ -21,7 +25,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from rtseg.errors import FrameDropped  # noqa: F401 - part of the backend interface
+
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+#: prefix of the remote backend's URL form (``triton://HOST:PORT/MODEL``)
+TRITON_SCHEME = "triton://"
 
 
 class Backend(Protocol):
