@@ -9,6 +9,7 @@ the frames is done, so a log holds at most ten of them whatever the length of th
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -99,8 +100,12 @@ class Progress:
         if self.tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc or None, unit="frame", file=self.stream, dynamic_ncols=True,
-                             smoothing=0.1)
+            try:  # a terminal that reports no size (0 columns) would get an empty bar from tqdm
+                sized = os.get_terminal_size(self.stream.fileno()).columns > 0
+            except (AttributeError, OSError, ValueError):
+                sized = False
+            self._bar = tqdm(total=total, desc=desc or None, unit="frame", file=self.stream, smoothing=0.1,
+                             dynamic_ncols=sized, ncols=None if sized else 80)
 
     def update(self, n: int = 1) -> None:
         now = time.perf_counter()
