@@ -287,11 +287,15 @@ class Pipeline:
             while True:
                 with self._take_lock:
                     frame = self.q_infer.get()
-                    order = self._taken
-                    self._taken += 1
+                    # decided under the lock, so the frames segmented are those taken before
+                    # abandon(): no gap in the order that the render stage would wait on
+                    abandoned = frame is not _END and self._abandon
+                    if not abandoned:
+                        order = self._taken
+                        self._taken += 1
                 if frame is _END:
                     break
-                if self._abandon:
+                if abandoned:
                     with self._lock:
                         self.frames_abandoned += 1
                     continue
