@@ -416,6 +416,8 @@ def _check_run_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"score threshold must be in [0, 1), got {args.score_threshold}")
     if args.engine is not None and args.backend == "torch":
         raise ConfigError("an engine file is for --backend onnxruntime or tensorrt, not torch")
+    if args.postprocess == "cuda" and not args.device.startswith("cuda"):
+        raise ConfigError(f"--postprocess cuda runs rtseg's CUDA kernels and needs --device cuda[:N], got '{args.device}'")
     if args.weights is not None:
         check_weights_file(args.weights)
     if args.engine is not None and args.backend == "onnxruntime":

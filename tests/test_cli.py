@@ -223,6 +223,7 @@ def _run_probing_torch(tmp_path, *args: str) -> tuple[subprocess.CompletedProces
         (["run", "--weights", "{tmp}/missing.pth"], 4, ["missing.pth", "not found"]),
         (["run", "--device", "tpu"], 2, ["device 'tpu'"]),
         (["run", "--score-threshold", "1.5"], 2, ["score threshold must be in [0, 1), got 1.5"]),
+        (["run", "--postprocess", "cuda"], 2, ["--postprocess cuda", "needs --device cuda"]),
         (["run", "--summary-json", "{tmp}/nodir/summary.json"], 2, ["--summary-json", "nodir", "does not exist"]),
         (["run", "--summary-json", "{tmp}"], 2, ["--summary-json", "expected a file name, found a directory"]),
         (["run", "--record", "{tmp}/nodir/out.mp4"], 2, ["--record", "does not exist"]),
