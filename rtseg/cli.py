@@ -449,7 +449,7 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
     recorder = None
     summary = None
     failure: BaseException | None = None
-    source_id = args.source
+    source_id = args.source if "@" not in args.source else "(not opened)"  # the source redacts passwords
     try:
         with ExitStack() as cleanup:
             _check_run_options(args)

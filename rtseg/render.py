@@ -91,9 +91,10 @@ def label_boxes(instances: Instances, class_names: Sequence[str], *,
     """Where :func:`render` puts the labels: ``(instance index, text, rect)`` by descending
     score, each rect inside the image and overlapping neither an earlier one nor ``reserved``.
 
-    A label goes above its box, else inside the box's top edge, else below its bottom edge
-    (the first of those that is free, each shifted into the image); a label with no free
-    place is left out, and so is that of every duplicate (:func:`shown_instances`)."""
+    A label goes above its box, else inside the box's top edge, else below its bottom edge,
+    else inside its bottom edge, else further down inside the box; at the box's left edge,
+    else at its right (the first free place, each shifted into the image). A label with no
+    free place is left out, and so is that of every duplicate (:func:`shown_instances`)."""
     h, w = instances.image_size
     taken: list[Rect] = list(reserved)
     placed: list[tuple[int, str, Rect]] = []
@@ -103,10 +104,10 @@ def label_boxes(instances: Instances, class_names: Sequence[str], *,
         text = f"{name} {float(instances.scores[i]):.2f}"
         (tw, th), base = cv2.getTextSize(text, _FONT, _LABEL_SCALE, 1)
         lw, lh = min(tw + 2, w), min(th + base, h)  # +2: the last glyph's anti-aliasing
-        x1, y1, _, y2 = (int(round(float(v))) for v in instances.boxes[i])
-        left = min(max(x1, 0), w - lw)
-        for top in (y1 - lh, y1, y2 + 1):
-            top = min(max(top, 0), h - lh)
+        x1, y1, x2, y2 = (int(round(float(v))) for v in instances.boxes[i])
+        tops = [y1 - lh, y1, y2 + 1, y2 - lh, *range(y1 + lh, y2 - lh, lh)]
+        for top, left in ((t, x) for t in tops for x in (x1, x2 - lw)):
+            top, left = min(max(top, 0), h - lh), min(max(left, 0), w - lw)
             rect = (left, top, left + lw, top + lh)
             if not _overlaps(rect, taken):
                 taken.append(rect)
