@@ -180,7 +180,29 @@ class BenchPlan:
 
 
 def plan_from_args(args: argparse.Namespace) -> BenchPlan:
-    """Check every option before any slow work; each problem is one :class:`ConfigError`."""
+    """Check every option before any slow work; each problem is one :class:`ConfigError`.
+
+    The output paths, model names and the device's spelling are checked before torch is
+    imported (7-50 s on a busy machine), the rest after."""
+    from rtseg.preflight import MODEL_NAMES, check_device_spelling, check_output_file
+
+    for option, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
+        if path:
+            check_output_file(option, path)
+    for m in _split(args.models):
+        if m not in ("all", "every") and m not in MODEL_NAMES:
+            raise ConfigError(f"unknown model '{m}' in --models, expected 'all', 'every' or names from 'rtseg models'")
+    for option, items in (("--weights", args.weights), ("--engine", args.engine)):
+        for item in items:
+            model, sep, path = item.partition("=")
+            if not sep or model not in MODEL_NAMES or not path:
+                raise ConfigError(f"{option} takes MODEL=PATH with a model from 'rtseg models', got '{item}'")
+            if not os.path.isfile(path):
+                raise ConfigError(f"{option} {item}: file '{path}' does not exist")
+    check_device_spelling(args.device)
+    if args.plot:
+        _import_pyplot()  # fail now, not after the measurements
+
     from rtseg.backends import BACKENDS
     from rtseg.models import MODELS
     from rtseg.segmenter import parse_device
@@ -224,13 +246,6 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
             out[model] = path
         return out
 
-    for option, path in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
-        if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(folder):
-                raise ConfigError(f"{option} {path}: folder '{folder}' does not exist")
-    if args.plot:
-        _import_pyplot()  # fail now, not after the measurements
     return BenchPlan(models=models, backends=backends, sizes=sizes, precisions=precisions, batches=batches,
                      frames=frames, warmup=warmup, device=args.device, threads=threads, workers=workers,
                      pipeline=not args.no_pipeline, weights=pairs(args.weights, "--weights"),

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--read-timeout", type=_positive_float, default=5.0,
                      help="seconds without a frame before a live source is reopened (default 5)")
     run.add_argument("--loop", action="store_true", help="restart a video file or image folder at its end")
+    run.add_argument("--reconnect-timeout", type=_positive_float, default=60.0,
+                     help="seconds a lost camera or stream is retried before the run ends (exit 3; default 60)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the end-of-run summary as JSON")
     _add_backend_args(run)
 
@@ -426,71 +428,208 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
+class _StoppedEarly(BaseException):
+    """A signal before the pipeline ran (while loading the model, opening the source): unwinds
+    ``cmd_run`` to its summary. A BaseException, so that no ``except Exception`` swallows it."""
 
-    from rtseg.pipeline import Pipeline
-    from rtseg.render import VideoRecorder, Window
-    from torch import get_num_threads as torch_threads
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
-    from rtseg.segmenter import Segmenter, configure_threads
-    from rtseg.sources import open_source
 
-    if args.publish:  # a malformed endpoint is one line before the model loads
+class _RunSignals:
+    """SIGINT and SIGTERM for ``rtseg run``, installed before anything slow (torch's import,
+    the model load): the default handlers would end the process by the signal (SIGTERM: no
+    summary, no exit 0) or raise KeyboardInterrupt anywhere in the main thread.
+
+    Before the pipeline runs, a signal raises :class:`_StoppedEarly` in the main thread. While
+    it runs, the first signal stops it (accepted frames are finished) and any later one
+    abandons the frames not yet segmented (:meth:`rtseg.pipeline.Pipeline.abandon`). Once it
+    has ended, signals are only counted: the summary is printed, the recording closed."""
+
+    REASONS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+    def __init__(self) -> None:
+        self.pipeline = None
+        self.finishing = False
+        self.first: str | None = None
+        self.phase = "checking the options"
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False  # main() called from a thread: signals stay the caller's business
+        for sig in self.REASONS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return True
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        reason = self.REASONS[signal.Signals(signum)]
+        first = self.first is None
+        if first:
+            self.first = reason
+        if self.finishing:
+            return
+        if self.pipeline is None:
+            self.finishing = True
+            raise _StoppedEarly(reason)
+        if first:
+            self.pipeline.stop(reason)
+        else:
+            self.pipeline.abandon()
+
+
+def _check_run_options(args: argparse.Namespace) -> None:
+    """Every problem visible from the options alone, as one line, before torch is imported."""
+    from rtseg.preflight import (check_device_spelling, check_engine_file, check_model_name, check_output_file,
+                                 check_weights_file)
+
+    check_model_name(args.model)
+    check_device_spelling(args.device)
+    if not 0.0 <= args.score_threshold < 1.0:
+        raise ConfigError(f"score threshold must be in [0, 1), got {args.score_threshold}")
+    if args.engine is not None and args.backend == "torch":
+        raise ConfigError("an engine file is for --backend onnxruntime or tensorrt, not torch")
+    if args.postprocess == "cuda" and not args.device.startswith("cuda"):
+        raise ConfigError(f"--postprocess cuda runs rtseg's CUDA kernels and needs --device cuda[:N], got '{args.device}'")
+    if args.weights is not None:
+        check_weights_file(args.weights)
+    if args.engine is not None and args.backend == "onnxruntime":
+        check_engine_file(args.engine, args.backend)
+    if args.curve_keys and not args.publish:
+        raise ConfigError("--curve-keys is for --publish: expected --publish ENDPOINT with it, found none")
+    if args.publish:
         from rtseg.publish import check_endpoint
 
         check_endpoint(args.publish, "--publish", bind=True, inproc=False)
-    curve_keys = None
-    if args.curve_keys:  # checked before slow work
-        if not args.publish:
-            raise ConfigError("--curve-keys is for --publish: expected --publish ENDPOINT with it, found none")
-        from rtseg.keys import load_server_keys
+    for option, path in (("--record", args.record), ("--summary-json", args.summary_json)):
+        if path:
+            check_output_file(option, path)
 
-        curve_keys = load_server_keys(args.curve_keys)
-    workers = args.workers or default_workers(args.device)
-    configure_threads(args.threads, workers)
-    with ExitStack() as cleanup:
-        recorder = None
-        if args.record:  # validate paths before slow work
-            recorder = VideoRecorder(args.record)
-            cleanup.callback(recorder.close)
-        segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
-                              score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
-                              postprocess=args.postprocess, cuda_graph=args.cuda_graph)
-        log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
-                 segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, torch_threads())
-        segmenter.warmup()
-        publisher = None
-        if args.publish:
-            from rtseg.publish import Publisher
 
-            publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode(), curve_keys=curve_keys)
-            cleanup.callback(publisher.close)
-        source = open_source(args.source, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
-                             loop=args.loop)
-        cleanup.callback(source.close)
-        source.open()  # fail here, in one line, before any thread starts
-        if recorder is not None and getattr(source, "fps", None):
-            recorder.fps = float(source.fps)
-        window = None
-        if args.display:
-            window = Window()
-            cleanup.callback(window.close)
-        pipeline = Pipeline(source, segmenter, publisher=publisher, recorder=recorder, window=window,
-                            max_frames=args.max_frames, workers=workers)
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *_: pipeline.stop("terminated (SIGTERM)"))
-            cleanup.callback(signal.signal, signal.SIGTERM, previous)
-        summary = pipeline.run()
-    print(summary.format())
-    if recorder is not None:
-        print(f"wrote {recorder.frames_written} frames to {args.record}")
-    if args.summary_json:
-        from dataclasses import asdict
+def cmd_run(args: argparse.Namespace) -> int:
+    signals = _RunSignals()
+    signals.install()
+    try:
+        return _run(args, signals)
+    finally:
+        signals.restore()
 
-        with open(args.summary_json, "w") as f:
-            json.dump(asdict(summary), f, indent=2)
-    return EXIT_INTERRUPTED if summary.stopped_by.startswith("interrupted") else 0
+
+def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
+    from contextlib import ExitStack
+
+    from rtseg.console import Progress, describe_detections, frames_in_source, where_results_go
+    from rtseg.pipeline import Pipeline, Summary
+    from rtseg.render import VideoRecorder, Window
+    from rtseg.sources import ImageFilesSource, open_source
+
+    recorder = None
+    summary = None
+    failure: BaseException | None = None
+    source_id = args.source if "@" not in args.source else "(not opened)"  # the source redacts passwords
+    try:
+        with ExitStack() as cleanup:
+            _check_run_options(args)
+            if args.record:
+                recorder = VideoRecorder(args.record)
+                cleanup.callback(recorder.close)
+            curve_keys = None
+            if args.curve_keys:
+                from rtseg.keys import load_server_keys
+
+                curve_keys = load_server_keys(args.curve_keys)
+            signals.phase = "opening the source"
+            source = open_source(args.source, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
+                                 loop=args.loop, reconnect_timeout=args.reconnect_timeout)
+            source_id = source.source_id
+            cleanup.callback(source.close)
+            source.open()  # fail here, in one line, before the model loads and before any thread starts
+            single_image = isinstance(source, ImageFilesSource) and not os.path.isdir(args.source)
+            window = None
+            if args.display:
+                window = Window()
+                cleanup.callback(window.close)
+
+            signals.phase = "loading the model"
+            log.info("loading model %s", args.model)
+            from rtseg.segmenter import Segmenter, configure_threads
+
+            workers = args.workers or default_workers(args.device)
+            threads = configure_threads(args.threads, workers)
+            segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
+                                  score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
+                                  postprocess=args.postprocess, cuda_graph=args.cuda_graph)
+            log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
+                     segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, threads)
+            segmenter.warmup()
+            publisher = None
+            if args.publish:
+                from rtseg.publish import Publisher
+
+                publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode(),
+                                      curve_keys=curve_keys)
+                cleanup.callback(publisher.close)
+            if recorder is not None and getattr(source, "fps", None):
+                recorder.fps = float(source.fps)
+            level, text = where_results_go(record=args.record, publish=args.publish, display=args.display,
+                                           single_image=single_image)
+            log.log(level, "%s", text)
+
+            progress = None
+            total = None if (source.is_live or single_image) else frames_in_source(source)
+            if args.max_frames is not None and not single_image and not source.is_live:
+                total = min(total, args.max_frames) if total else args.max_frames
+            if not (args.quiet or source.is_live or single_image):
+                progress = Progress(total, desc=os.path.basename(source_id.rstrip("/")) or source_id)
+                cleanup.callback(progress.close)
+                if progress.tty:
+                    from tqdm.contrib.logging import logging_redirect_tqdm
+
+                    cleanup.enter_context(logging_redirect_tqdm())
+
+            def on_frame(frame) -> None:
+                if progress is not None:
+                    progress.update()
+                if single_image:
+                    name = os.path.basename(args.source)
+                    print(describe_detections(name, frame.instances, segmenter.class_names), flush=True)
+
+            pipeline = Pipeline(source, segmenter, publisher=publisher, recorder=recorder, window=window,
+                                max_frames=args.max_frames, workers=workers, on_frame=on_frame)
+            signals.phase = "running"
+            signals.pipeline = pipeline
+            try:
+                summary = pipeline.run()
+            except BaseException as exc:  # noqa: BLE001 - re-raised once the summary is out
+                failure, summary = exc, pipeline.result
+            signals.finishing = True
+    except _StoppedEarly as stop:
+        log.warning("%s while %s: nothing was processed", stop.reason.split(" (")[0], signals.phase)
+        summary = Summary.nothing(source_id, stop.reason)
+    finally:
+        signals.finishing = True
+    if summary is not None:
+        print(summary.format(), flush=True)
+        if recorder is not None and recorder.frames_written:
+            print(f"wrote {recorder.frames_written} frames to {args.record}")
+        if args.summary_json:
+            from dataclasses import asdict
+
+            try:
+                with open(args.summary_json, "w") as f:
+                    json.dump(asdict(summary), f, indent=2)
+            except OSError as exc:
+                raise ConfigError(f"--summary-json {args.summary_json}: cannot write it: {exc.strerror}") from None
+    if failure is not None:
+        raise failure
+    stopped_by = signals.first or summary.stopped_by
+    return EXIT_INTERRUPTED if stopped_by.startswith("interrupted") else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -506,6 +645,10 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     from rtseg.publish import check_endpoint, run_subscriber
 
     check_endpoint(args.endpoint, "subscribe", bind=False, inproc=False)  # one line, before any socket
+    if args.save:  # before connecting and waiting for messages
+        from rtseg.preflight import check_output_dir
+
+        check_output_dir("--save", args.save)
     return run_subscriber(args.endpoint, topic=args.topic.encode(), count=args.count, timeout=args.timeout,
                           save_dir=args.save, curve_keys=args.curve_keys)
 

@@ -26,7 +26,12 @@ Overflow policy
 
 Shutdown: end of input, ``max_frames``, or :meth:`Pipeline.stop` (Ctrl-C, SIGTERM) makes
 capture push a sentinel that flows through every queue; each stage finishes the frames it
-has already accepted and exits when the sentinel arrives.
+has already accepted and exits when the sentinel arrives. :meth:`Pipeline.abandon` (a second
+Ctrl-C) is the fast way out: the frames still waiting for inference are dropped and counted
+(``abandoned``), the ones being segmented and those after inference are finished, so a
+recording is still closed properly. ``stop`` and ``abandon`` only set flags (safe from a
+signal handler); :meth:`Pipeline.run`'s own thread does the rest. Whatever ends a run, an
+error included, :attr:`Pipeline.result` then holds the summary of what was processed.
 """
 
 from __future__ import annotations
@@ -99,6 +104,15 @@ class Summary:
     outage_seconds: float = 0.0  #: total length of ``gaps``
     #: frames a remote backend gave up on (``rtseg.backends.FrameDropped``: timeout, server down)
     dropped_backend: int = 0
+    abandoned: int = 0  #: accepted frames dropped unsegmented by :meth:`Pipeline.abandon` (a second Ctrl-C)
+    error: str | None = None  #: the error that ended the run (``stopped_by`` is then "error")
+
+    @classmethod
+    def nothing(cls, source: str, stopped_by: str) -> "Summary":
+        """The summary of a run stopped before its first frame (e.g. a signal during the model load)."""
+        return cls(source=source, frames_read=0, frames_processed=0, frames_published=0, dropped_source=0,
+                   dropped_stale=0, skipped_corrupt=0, reconnects=0, wall_seconds=0.0, fps=0.0, stages_ms={},
+                   stopped_by=stopped_by)
 
     def format(self) -> str:
         lines = [
@@ -108,9 +122,11 @@ class Summary:
             f"reconnects {self.reconnects}"
             + (f" ({len(self.gaps)} outage(s), {self.outage_seconds:.1f} s without frames)" if self.gaps else "")
             + (f", dropped by the backend {self.dropped_backend}" if self.dropped_backend else ""),
+            + (f", abandoned {self.abandoned} (not segmented: a second Ctrl-C or SIGTERM)" if self.abandoned else ""),
             f"{self.fps:.2f} FPS over {self.wall_seconds:.2f} s ({self.stopped_by})",
-            f"{'stage':<14}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}",
         ]
+        if self.stages_ms:
+            lines.append(f"{'stage':<14}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}")
         for name, p in self.stages_ms.items():
             lines.append(f"{name:<14}{p['mean']:>10.1f}{p['p50']:>10.1f}{p['p95']:>10.1f}")
         return "\n".join(lines)
@@ -156,6 +172,10 @@ class Pipeline:
         self._live = live
         self._stop = threading.Event()
         self._stopped_by = "end of input"
+        self._requests: list[str] = []  # stop / abandon asked for, not yet acted on (see run())
+        self._abandon = False
+        self.frames_abandoned = 0
+        self.result: Summary | None = None  #: the summary of the last run(), also when it raised
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self.frames_read = 0
@@ -165,6 +185,7 @@ class Pipeline:
         self.dropped_backend = 0
         self.stages = {name: StageStats() for name in
                        ("capture", "queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
+        self._t_run = 0.0  # when run() started
         self._t_first: float | None = None
         self._t_last: float | None = None
         self._fps: float | None = None
@@ -172,7 +193,34 @@ class Pipeline:
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
-        """Ask the pipeline to finish: capture stops, accepted frames are completed."""
+        """Ask the pipeline to finish: capture stops, accepted frames are completed.
+
+        Only records the request (no lock, no I/O), so a signal handler may call it; the
+        thread in :meth:`run` acts on it within 0.1 s."""
+        self._requests.append(reason)
+
+    def abandon(self) -> None:
+        """Stop, and drop the frames still waiting for inference (counted in ``abandoned``);
+        frames being segmented, rendered or published are finished. Signal-safe like :meth:`stop`."""
+        self._requests.append("")
+
+    def _act_on_requests(self) -> None:
+        """In :meth:`run`'s thread: carry out the :meth:`stop` / :meth:`abandon` calls so far."""
+        while self._requests:
+            reason = self._requests.pop(0)
+            if not reason:
+                if not self._abandon:
+                    waiting = self.q_infer.qsize()
+                    log.warning("stopping now: %d frame(s) not yet segmented are dropped, the ones being segmented "
+                                "(at most %d) are finished", waiting, self.workers)
+                self._abandon = True
+                reason = "abandoned"
+            elif not self._stop.is_set():
+                log.info("%s: finishing the frames already accepted (stop again to drop those not yet segmented)",
+                         reason)
+            self._begin_stop(reason)
+
+    def _begin_stop(self, reason: str) -> None:
         if not self._stop.is_set():
             self._stopped_by = reason
             self._stop.set()
@@ -183,7 +231,7 @@ class Pipeline:
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
             self._errors.append(exc)
-        self.stop(f"error: {exc}")
+        self._begin_stop("error")
 
     def _put(self, q: queue.Queue, item: Any) -> None:
         """Blocking put that still notices a failure elsewhere (so no thread hangs forever)."""
@@ -208,6 +256,10 @@ class Pipeline:
                     break
                 # read + decode (for a live source: also the wait for a frame newer than the last)
                 frame.timings["capture"] = time.perf_counter() - t0
+                if frame.capture_monotonic and frame.capture_monotonic < self._t_run:
+                    # read ahead by source.open() before the run (while the model loaded): its
+                    # latency starts with the run
+                    frame.capture_monotonic = self._t_run
                 self.frames_read += 1
                 if self._t_first is None:
                     self._t_first = frame.capture_monotonic or time.perf_counter()
@@ -240,10 +292,18 @@ class Pipeline:
             while True:
                 with self._take_lock:
                     frame = self.q_infer.get()
-                    order = self._taken
-                    self._taken += 1
+                    # decided under the lock, so the frames segmented are those taken before
+                    # abandon(): no gap in the order that the render stage would wait on
+                    abandoned = frame is not _END and self._abandon
+                    if not abandoned:
+                        order = self._taken
+                        self._taken += 1
                 if frame is _END:
                     break
+                if abandoned:
+                    with self._lock:
+                        self.frames_abandoned += 1
+                    continue
                 now = time.perf_counter()
                 if frame.capture_monotonic:
                     self.stages["queue wait"].add(now - frame.capture_monotonic)
@@ -345,23 +405,37 @@ class Pipeline:
         stages += [(f"inference-{i}", self._inference) for i in range(self.workers)]
         stages += [("render", self._render), ("publish", self._publish)]
         threads = [threading.Thread(target=fn, name=f"rtseg-{name}", daemon=True) for name, fn in stages]
-        t_start = time.perf_counter()
+        t_start = self._t_run = time.perf_counter()
+        self.result = None
         for t in threads:
             t.start()
-        try:
-            for t in threads:
-                while t.is_alive():
-                    t.join(timeout=0.2)
-        except KeyboardInterrupt:
-            self.stop("interrupted (Ctrl-C)")
-            for t in threads:  # accepted frames are finished; a second Ctrl-C abandons them
-                while t.is_alive():
-                    t.join(timeout=0.2)
-        finally:
-            self.source.close()
+        # This thread never leaves while a stage runs: a process that exits with a stage still
+        # inside torch aborts ("terminate called without an active exception", SIGABRT), which
+        # is what a second Ctrl-C raising KeyboardInterrupt here used to do. A Ctrl-C without
+        # a handler of the caller's (rtseg run installs one) stops, a second one abandons.
+        interrupts = 0
+        for t in threads:
+            while t.is_alive():
+                try:
+                    self._act_on_requests()
+                    t.join(timeout=0.1)
+                except KeyboardInterrupt:
+                    interrupts += 1
+                    if interrupts == 1:
+                        self.stop("interrupted (Ctrl-C)")
+                    else:
+                        self.abandon()
+        while True:  # every stage has ended: nothing is left to abandon
+            try:
+                self._act_on_requests()
+                self.source.close()
+                break
+            except KeyboardInterrupt:
+                pass
+        self.result = self.summary(time.perf_counter() - t_start)
         if self._errors:
             raise self._errors[0]
-        return self.summary(time.perf_counter() - t_start)
+        return self.result
 
     def summary(self, wall: float) -> Summary:
         stats = getattr(self.source, "stats", None)
@@ -386,4 +460,6 @@ class Pipeline:
             gaps=gaps,
             outage_seconds=float(sum(b - a for a, b in gaps)),
             dropped_backend=self.dropped_backend,
+            abandoned=self.frames_abandoned,
+            error=str(self._errors[0]) if self._errors else None,
         )

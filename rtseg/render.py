@@ -31,46 +31,140 @@ PALETTE_BGR = np.array([(b, g, r) for r, g, b in _PALETTE_RGB], dtype=np.uint8)
 MASK_ALPHA = 0.45
 
 
+#: a detection whose mask overlaps a higher-scoring one's this much (IoU; boxes when a mask
+#: is empty) is the same object found again (NMS is per class, so a square can also come out
+#: as a low-score circle): the overlay draws neither its box nor its label, so the label a
+#: person reads is the highest-scoring class. Masks, not boxes, decide: a star inside a ring
+#: has nearly the ring's box but is another object. Published results keep every detection.
+DUPLICATE_IOU = 0.5
+
+_FONT, _LABEL_SCALE, _FPS_SCALE = cv2.FONT_HERSHEY_DUPLEX, 0.5, 0.6
+
+Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (x2, y2 exclusive)
+
+
 def class_color(class_id: int) -> tuple[int, int, int]:
     """BGR colour of a class (cycles through the palette)."""
     b, g, r = PALETTE_BGR[int(class_id) % len(PALETTE_BGR)]
     return int(b), int(g), int(r)
 
 
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = float(iw) * float(ih)
+    union = float(a[2] - a[0]) * float(a[3] - a[1]) + float(b[2] - b[0]) * float(b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _overlaps(r: Rect, others: Sequence[Rect]) -> bool:
+    return any(r[0] < o[2] and o[0] < r[2] and r[1] < o[3] and o[1] < r[3] for o in others)
+
+
+def _same_object(instances: Instances, i: int, k: int) -> bool:
+    a, b = instances.boxes[i], instances.boxes[k]
+    box_iou = _box_iou(a, b)
+    if box_iou == 0.0:
+        return False
+    h, w = instances.image_size  # masks compared on the two boxes' union only
+    x1, y1 = max(int(min(a[0], b[0])), 0), max(int(min(a[1], b[1])), 0)
+    x2, y2 = min(int(max(a[2], b[2])) + 1, w), min(int(max(a[3], b[3])) + 1, h)
+    ma, mb = instances.masks[i, y1:y2, x1:x2], instances.masks[k, y1:y2, x1:x2]
+    union = int(np.count_nonzero(ma | mb))
+    if not ma.any() or not mb.any() or union == 0:
+        return box_iou >= DUPLICATE_IOU
+    return np.count_nonzero(ma & mb) / union >= DUPLICATE_IOU
+
+
+def shown_instances(instances: Instances) -> list[int]:
+    """Indices of the instances the overlay draws a box and label for, by descending score
+    (ties keep their order): all but those repeating a higher-scoring one (:data:`DUPLICATE_IOU`)."""
+    kept: list[int] = []
+    for i in np.argsort(-instances.scores, kind="stable"):
+        if not any(_same_object(instances, int(i), k) for k in kept):
+            kept.append(int(i))
+    return kept
+
+
+def label_boxes(instances: Instances, class_names: Sequence[str], *,
+                reserved: Sequence[Rect] = ()) -> list[tuple[int, str, Rect]]:
+    """Where :func:`render` puts the labels: ``(instance index, text, rect)`` by descending
+    score, each rect inside the image and overlapping neither an earlier one nor ``reserved``.
+
+    A label goes above its box, else inside the box's top edge, else below its bottom edge,
+    else inside its bottom edge, else further down inside the box; at the box's left edge,
+    else at its right (the first free place, each shifted into the image). A label with no
+    free place is left out, and so is that of every duplicate (:func:`shown_instances`)."""
+    h, w = instances.image_size
+    taken: list[Rect] = list(reserved)
+    placed: list[tuple[int, str, Rect]] = []
+    for i in shown_instances(instances):
+        cid = int(instances.class_ids[i])
+        name = class_names[cid] if 0 <= cid < len(class_names) else str(cid)
+        text = f"{name} {float(instances.scores[i]):.2f}"
+        (tw, th), base = cv2.getTextSize(text, _FONT, _LABEL_SCALE, 1)
+        lw, lh = min(tw + 2, w), min(th + base, h)  # +2: the last glyph's anti-aliasing
+        x1, y1, x2, y2 = (int(round(float(v))) for v in instances.boxes[i])
+        tops = [y1 - lh, y1, y2 + 1, y2 - lh, *range(y1 + lh, y2 - lh, lh)]
+        for top, left in ((t, x) for t in tops for x in (x1, x2 - lw)):
+            top, left = min(max(top, 0), h - lh), min(max(left, 0), w - lw)
+            rect = (left, top, left + lw, top + lh)
+            if not _overlaps(rect, taken):
+                taken.append(rect)
+                placed.append((i, text, rect))
+                break
+    return placed
+
+
+def _fps_rect(fps: float | None) -> tuple[str, Rect] | None:
+    if fps is None:
+        return None
+    text = f"{fps:.1f} FPS"
+    (tw, th), base = cv2.getTextSize(text, _FONT, _FPS_SCALE, 1)
+    return text, (0, 0, tw + 8, th + base + 8)
+
+
 def render(image: np.ndarray, instances: Instances, class_names: Sequence[str], *,
            fps: float | None = None, draw_boxes: bool = True, draw_labels: bool = True) -> np.ndarray:
     """A new ``uint8[H, W, 3]`` BGR image: masks blended in per-class colours, boxes, class
-    names and scores, and an FPS readout in the top-left corner. ``image`` is not modified."""
+    names and scores, and an FPS readout in the top-left corner. ``image`` is not modified.
+
+    The most confident result is what a person sees: where masks overlap, the highest score
+    is on top; boxes and labels are painted in ascending score order (the highest last); a
+    detection repeating a higher-scoring one in the same place gets no box or label
+    (:func:`shown_instances`); labels stay inside the image, clear of each other and of the
+    FPS readout (:func:`label_boxes`)."""
     if image.shape[:2] != instances.image_size:
         raise ValueError(f"instances are for an image of size {instances.image_size}, got an image of {image.shape[:2]}")
     out = image.copy()
+    readout = _fps_rect(fps)
     if len(instances):
-        # where masks overlap, the first instance (the highest score) is on top
-        colors = PALETTE_BGR[instances.class_ids % len(PALETTE_BGR)]
-        covered = instances.masks.any(axis=0)
+        order = np.argsort(-instances.scores, kind="stable")
+        masks = instances.masks[order]
+        covered = masks.any(axis=0)
         if covered.any():
-            owner = instances.masks.argmax(axis=0)
+            owner = order[masks.argmax(axis=0)]  # the highest-scoring instance covering each pixel
+            colors = PALETTE_BGR[instances.class_ids % len(PALETTE_BGR)]
             blend = colors[owner[covered]].astype(np.float32)
             base = out[covered].astype(np.float32)
             out[covered] = (base * (1 - MASK_ALPHA) + blend * MASK_ALPHA).astype(np.uint8)
-    for i in range(len(instances)):
-        color = class_color(int(instances.class_ids[i]))
-        x1, y1, x2, y2 = (int(round(v)) for v in instances.boxes[i])
         if draw_boxes:
-            cv2.rectangle(out, (x1, y1), (x2, y2), color, 1)
+            for i in reversed(shown_instances(instances)):  # ascending score: the highest on top
+                x1, y1, x2, y2 = (int(round(float(v))) for v in instances.boxes[i])
+                cv2.rectangle(out, (x1, y1), (x2, y2), class_color(int(instances.class_ids[i])), 1)
         if draw_labels:
-            cid = int(instances.class_ids[i])
-            name = class_names[cid] if 0 <= cid < len(class_names) else str(cid)
-            text = f"{name} {float(instances.scores[i]):.2f}"
-            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_DUPLEX, 0.5, 1)
-            ty = max(y1, th + base)
-            cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), color, -1)
-            cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_DUPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    if fps is not None:
-        text = f"{fps:.1f} FPS"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_DUPLEX, 0.6, 1)
-        cv2.rectangle(out, (0, 0), (tw + 8, th + base + 8), (0, 0, 0), -1)
-        cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_DUPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+            reserved = [readout[1]] if readout else []
+            for i, text, (x1, y1, x2, y2) in reversed(label_boxes(instances, class_names, reserved=reserved)):
+                cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), class_color(int(instances.class_ids[i])), -1)
+                th = cv2.getTextSize(text, _FONT, _LABEL_SCALE, 1)[0][1]
+                cv2.putText(out, text, (x1, y1 + th), _FONT, _LABEL_SCALE, (255, 255, 255), 1, cv2.LINE_AA)
+    if readout is not None:
+        text, (_, _, x2, y2) = readout
+        th = cv2.getTextSize(text, _FONT, _FPS_SCALE, 1)[0][1]
+        cv2.rectangle(out, (0, 0), (x2, y2), (0, 0, 0), -1)
+        cv2.putText(out, text, (4, th + 4), _FONT, _FPS_SCALE, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 

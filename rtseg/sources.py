@@ -878,7 +878,7 @@ class LiveSource(Source):
                 f"{attempts} reconnect attempt(s) (last error: {last_error})"
             )
             self._cond.notify_all()
-        log.error("%s", self._fatal)
+        log.debug("%s", self._fatal)  # read() raises it: the caller reports it (once)
         return False
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from cli_helpers import RTSEG, assert_one_line_error, free_port, run_cli
@@ -193,3 +196,189 @@ def test_export_writes_onnx_and_manifest_and_run_uses_it(tmp_path):
 ])
 def test_export_and_engine_errors_are_one_line(args, code, fragment):
     assert_one_line_error(run_cli(*args), code, fragment)
+
+
+# -- issue 15: errors before torch, where results go, progress, a single image, a lost source ----------
+
+#: runs ``python -m rtseg ARGS`` and, at exit, writes whether torch was imported into $RTSEG_TORCH_PROBE
+_TORCH_PROBE = ("import atexit, os, runpy, sys\n"
+                "atexit.register(lambda: open(os.environ['RTSEG_TORCH_PROBE'], 'w').write(str('torch' in sys.modules)))\n"
+                "sys.argv = ['rtseg', *sys.argv[1:]]\n"
+                "runpy.run_module('rtseg', run_name='__main__', alter_sys=True)\n")
+
+
+def _run_probing_torch(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, bool]:
+    probe = tmp_path / "torch-imported.txt"
+    proc = subprocess.run([sys.executable, "-c", _TORCH_PROBE, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RTSEG_TORCH_PROBE": str(probe)})
+    return proc, probe.read_text() == "True"
+
+
+@pytest.mark.parametrize(
+    "args,code,fragments",
+    [
+        (["run", "--model", "yolact_resnet5"], 2, ["unknown model 'yolact_resnet5'", "yolact_resnet50"]),
+        (["run", "--source", "no/such/video.mp4"], 3, ["no/such/video.mp4", "no such file"]),
+        (["run", "--source", "{tmp}/random.mp4"], 3, ["random.mp4", "not a readable video"]),
+        (["run", "--weights", "{tmp}/empty.pth"], 4, ["empty.pth", "empty (0 bytes)"]),
+        (["run", "--weights", "{tmp}/missing.pth"], 4, ["missing.pth", "not found"]),
+        (["run", "--device", "tpu"], 2, ["device 'tpu'"]),
+        (["run", "--score-threshold", "1.5"], 2, ["score threshold must be in [0, 1), got 1.5"]),
+        (["run", "--postprocess", "cuda"], 2, ["--postprocess cuda", "needs --device cuda"]),
+        (["run", "--summary-json", "{tmp}/nodir/summary.json"], 2, ["--summary-json", "nodir", "does not exist"]),
+        (["run", "--summary-json", "{tmp}"], 2, ["--summary-json", "expected a file name, found a directory"]),
+        (["run", "--record", "{tmp}/nodir/out.mp4"], 2, ["--record", "does not exist"]),
+        (["run", "--curve-keys", "{tmp}"], 2, ["--curve-keys is for --publish"]),
+        (["run", "--backend", "onnxruntime", "--engine", "{tmp}/missing.onnx"], 6, ["missing.onnx", "not found"]),
+        (["subscribe", "tcp://127.0.0.1:9", "--save", "{tmp}/empty.pth"], 2, ["--save", "expected a directory"]),
+        (["bench", "--json", "{tmp}/nodir/b.json"], 2, ["--json", "does not exist"]),
+        (["bench", "--csv", "{tmp}/nodir/b.csv"], 2, ["--csv", "does not exist"]),
+        (["bench", "--plot", "{tmp}/nodir/b.png"], 2, ["--plot", "does not exist"]),
+        (["bench", "--models", "yolact_resnet5"], 2, ["unknown model 'yolact_resnet5'"]),
+    ],
+)
+def test_user_errors_are_reported_before_torch_is_imported(args, code, fragments, tmp_path):
+    """Every error visible from the options comes as one line before torch's import and the
+    model load (7-50 s), and before the run, never after it (--summary-json used to fail at the end)."""
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    args = [a.format(tmp=tmp_path) for a in args]
+    if args[0] == "run":
+        args += ["--max-frames", "2"]  # bounded, should a check be missing
+    proc, torch_imported = _run_probing_torch(tmp_path, *args)
+    assert_one_line_error(proc, code, *fragments)
+    assert not torch_imported, proc.stderr
+
+
+def test_a_malformed_option_is_refused_before_torch_is_imported(tmp_path):
+    proc, torch_imported = _run_probing_torch(tmp_path, "run", "--max-frames", "abc")
+    assert proc.returncode == 2 and "--max-frames: expected a positive integer, got 'abc'" in proc.stderr
+    assert not torch_imported
+
+
+def test_preflight_model_names_are_the_registry():
+    from rtseg.models import MODELS
+    from rtseg.preflight import MODEL_NAMES
+
+    assert sorted(MODEL_NAMES) == sorted(MODELS)
+
+
+def _numbered_video(path, frames: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (128, 96))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.full((96, 128, 3), 8 * i % 256, np.uint8))
+    writer.release()
+
+
+def test_run_without_an_output_says_results_go_nowhere_and_logs_progress_through_a_file(tmp_path):
+    """stderr is a pipe here (not a terminal): the progress is ten log lines, with the ETA."""
+    video = tmp_path / "clip.avi"
+    _numbered_video(video, 20)
+    proc = run_cli("run", "--source", str(video))
+    assert proc.returncode == 0, proc.stderr
+    nowhere = [line for line in proc.stderr.splitlines() if "results go nowhere" in line]
+    assert len(nowhere) == 1 and all(opt in nowhere[0] for opt in ("--record", "--publish", "--display"))
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("rtseg: INFO: progress: ")]
+    assert [line.split("progress: ")[1].split(" frames")[0] for line in progress] == [f"{2 * k}/20" for k in range(1, 11)]
+    assert all("ETA" in line for line in progress) and "(100%)" in progress[-1]
+    assert "processed 20" in proc.stdout
+    with_output = run_cli("-q", "run", "--source", str(video), "--record", str(tmp_path / "out.avi"))
+    assert with_output.returncode == 0 and "results go nowhere" not in with_output.stderr
+    assert "progress" not in with_output.stderr  # -q: warnings and errors only
+
+
+def test_progress_on_a_terminal_is_a_bar_with_an_eta(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    video = tmp_path / "clip.avi"
+    _numbered_video(video, 20)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    proc = subprocess.Popen([*RTSEG, "run", "--source", str(video)], stdout=subprocess.PIPE, stderr=follower,
+                            text=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout, _ = proc.communicate(timeout=300)
+    os.close(leader)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, terminal
+    assert "100%|" in terminal and "20/20 [" in terminal and "frame/s]" in terminal  # tqdm: elapsed<remaining
+    assert "progress: " not in terminal  # the bar, not the log lines
+    assert "processed 20" in stdout
+
+
+def test_a_single_image_prints_what_was_found(tmp_path):
+    from rtseg.segmenter import Segmenter
+    from rtseg.sources import open_source
+
+    with open_source("synthetic:5") as source:
+        image = source.read().image
+    path = tmp_path / "shapes.png"
+    cv2.imwrite(str(path), image)
+    proc = run_cli("run", "--source", str(path))
+    assert proc.returncode == 0, proc.stderr
+    seg = Segmenter("yolact_resnet18_half_384")
+    expected, _ = seg.process(cv2.imread(str(path)))
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"shapes.png: {len(expected)} objects" and len(expected) > 0
+    found = [line.split() for line in lines[1:1 + len(expected)]]
+    assert [f[0] for f in found] == [seg.class_names[c] for c in expected.class_ids]
+    assert [float(f[1]) for f in found] == pytest.approx([float(s) for s in expected.scores], abs=0.006)
+    for f, box in zip(found, expected.boxes):
+        assert f[2] == "box"
+        x1, y1 = (float(v) for v in f[3].split(","))
+        x2, y2 = (float(v) for v in f[4].split(","))
+        assert [x1, y1, x2, y2] == pytest.approx(box.tolist(), abs=1.0)
+    assert "results go nowhere" not in proc.stderr and "read 1, processed 1" in proc.stdout
+
+
+def test_a_source_lost_for_good_is_one_error_after_the_summary(tmp_path):
+    """An HTTP stream that ends and whose server is gone: the error once (it used to be a log
+    line and the error), and the summary of what was processed before it."""
+    import http.server
+
+    video = tmp_path / "stream.avi"
+    _numbered_video(video, 40)
+    data = video.read_bytes()
+
+    class OneStream(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/x-msvideo")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            threading.Thread(target=server.shutdown).start()  # gone after the first viewer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), OneStream)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/stream.avi"
+    summary = tmp_path / "summary.json"
+    try:
+        proc = run_cli("run", "--source", url, "--read-timeout", "1", "--reconnect-timeout", "2",
+                       "--summary-json", str(summary))
+    finally:
+        serving.join(timeout=30)
+        server.server_close()
+    assert_one_line_error(proc, 3, f"source '{url}' lost")
+    assert proc.stderr.count("lost: no frame for") == 1
+    result = json.loads(summary.read_text())
+    assert result["stopped_by"] == "error" and "lost" in result["error"]
+    assert result["frames_processed"] == result["frames_read"] >= 1
+    assert f"processed {result['frames_processed']}," in proc.stdout

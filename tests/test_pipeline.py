@@ -166,3 +166,74 @@ def test_several_workers_keep_file_order_when_they_finish_out_of_order(video_fil
     summary = Pipeline(open_source(video_file), JitterSegmenter(0), on_frame=seen.append, workers=3).run()
     assert [decode_index(f.image) for f in seen] == list(range(N_FRAMES))
     assert summary.frames_processed == N_FRAMES
+
+
+def test_abandon_drops_only_frames_not_yet_segmented_and_counts_them():
+    """A second Ctrl-C: the frames waiting for inference are dropped and counted; every frame
+    that was segmented still reaches the end, in order; none vanishes uncounted."""
+    seen = []
+    pipeline = Pipeline(open_source("synthetic"), SlowSegmenter(0.1), on_frame=seen.append, queue_size=4)
+
+    def stop_twice():
+        pipeline.stop("interrupted (Ctrl-C)")
+        time.sleep(0.05)
+        pipeline.abandon()
+
+    timer = threading.Timer(0.6, stop_twice)
+    timer.start()
+    summary = pipeline.run()
+    timer.join()
+    assert summary.stopped_by == "interrupted (Ctrl-C)"
+    assert summary.abandoned > 0 and f"abandoned {summary.abandoned}" in summary.format()
+    assert summary.frames_processed == len(seen) and [f.seq for f in seen] == list(range(len(seen)))
+    assert summary.frames_read == summary.frames_processed + summary.abandoned
+
+
+def test_keyboard_interrupts_in_the_waiting_thread_never_leave_a_stage_running():
+    """Without a handler of the caller's, Ctrl-C is KeyboardInterrupt in run()'s thread: the
+    first stops, the second abandons, and run() returns only once every stage has ended
+    (leaving with threads inside torch aborts the process at exit)."""
+    import _thread
+
+    seen = []
+    pipeline = Pipeline(open_source("synthetic"), SlowSegmenter(0.1), on_frame=seen.append, queue_size=4)
+    timers = [threading.Timer(0.5, _thread.interrupt_main), threading.Timer(0.55, _thread.interrupt_main)]
+    for t in timers:
+        t.start()
+    summary = pipeline.run()
+    for t in timers:
+        t.join()
+    stages = ("rtseg-capture", "rtseg-inference-", "rtseg-render", "rtseg-publish")
+    assert not [t for t in threading.enumerate() if t.name.startswith(stages)]
+    assert summary.stopped_by == "interrupted (Ctrl-C)"
+    assert summary.frames_read == summary.frames_processed + summary.abandoned == len(seen) + summary.abandoned
+
+
+class FailingSource:
+    """Delivers ``n`` frames, then is lost for good (as a live source after its reconnect timeout)."""
+
+    is_live = False
+    source_id = "failing"
+
+    def __init__(self, n: int) -> None:
+        self.n, self.i = n, 0
+
+    def read(self):
+        if self.i >= self.n:
+            raise SourceError("source 'failing' lost: no frame for 2s after 1 reconnect attempt(s)")
+        self.i += 1
+        return Frame(seq=self.i - 1, source_id=self.source_id, capture_time=time.time(), image=encode_index(self.i),
+                     capture_monotonic=time.perf_counter())
+
+    def close(self):
+        pass
+
+
+def test_an_error_still_leaves_the_summary_of_what_was_processed():
+    pipeline = Pipeline(FailingSource(5), SlowSegmenter(0.0))
+    with pytest.raises(SourceError, match="lost"):
+        pipeline.run()
+    summary = pipeline.result
+    assert summary.frames_read == summary.frames_processed == 5
+    assert summary.stopped_by == "error" and "lost" in summary.error
+    assert "lost" not in summary.format()  # the caller reports the error itself, once

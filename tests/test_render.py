@@ -60,3 +60,110 @@ def test_recorder_writes_a_playable_file_and_refuses_bad_paths(tmp_path):
         VideoRecorder(str(tmp_path / "out.gif"))
     with pytest.raises(ConfigError, match="does not exist"):
         VideoRecorder(str(tmp_path / "missing" / "out.mp4"))
+
+
+def _instances(boxes, scores, class_ids, masks=None, size=(120, 160)) -> Instances:
+    h, w = size
+    if masks is None:
+        masks = np.zeros((len(boxes), h, w), bool)
+    return Instances(boxes=np.array(boxes, np.float32).reshape(-1, 4), scores=np.array(scores, np.float32),
+                     class_ids=np.array(class_ids, np.int64), masks=np.asarray(masks, bool), image_size=(h, w))
+
+
+NAMES = ["square", "circle", "triangle", "star"]
+
+
+def _has_color(img: np.ndarray, color) -> bool:
+    return bool((img == np.array(color, np.uint8)).all(axis=-1).any())
+
+
+def test_a_low_score_duplicate_of_another_class_does_not_cover_the_right_label():
+    """The built-in model finds a square as 'square 0.95' and, in the same place, 'circle 0.39':
+    what is drawn must be exactly what the square alone draws (mask, box and label)."""
+    mask = np.zeros((120, 160), bool)
+    mask[40:90, 50:110] = True
+    img = np.full((120, 160, 3), 90, np.uint8)
+    both = _instances([[50, 40, 110, 90], [52, 41, 111, 92]], [0.95, 0.39], [0, 1], [mask, mask])
+    alone = _instances([[50, 40, 110, 90]], [0.95], [0], [mask])
+    drawn = render(img, both, NAMES)
+    np.testing.assert_array_equal(drawn, render(img, alone, NAMES))
+    assert _has_color(drawn, class_color(0)) and not _has_color(drawn, class_color(1))
+    # the same when the producer hands them over in ascending score order
+    flipped = _instances([[52, 41, 111, 92], [50, 40, 110, 90]], [0.39, 0.95], [1, 0], [mask, mask])
+    np.testing.assert_array_equal(render(img, flipped, NAMES), drawn)
+
+
+def test_labels_of_neighbours_do_not_overlap_and_the_best_one_is_intact():
+    img = np.full((120, 160, 3), 90, np.uint8)
+    # two different objects side by side: their labels would both sit at y 22-40 and overlap
+    pair = _instances([[40, 40, 150, 100], [20, 40, 70, 90]], [0.9, 0.5], [1, 2])
+    drawn = render(img, pair, NAMES, draw_boxes=False)
+    best = render(img, _instances([[40, 40, 150, 100]], [0.9], [1]), NAMES, draw_boxes=False)
+    painted_best = (best != img).any(axis=-1)
+    np.testing.assert_array_equal(drawn[painted_best], best[painted_best])  # not painted over
+    assert _has_color(drawn, class_color(2))  # the other label is still shown, elsewhere
+
+
+@pytest.mark.parametrize("box", [[150, 50, 160, 70], [0, 0, 30, 20], [140, 110, 160, 120], [-5, -5, 3, 3]])
+def test_labels_stay_inside_the_image(box):
+    img = np.zeros((120, 160, 3), np.uint8)
+    middle = render(img, _instances([[40, 60, 80, 90]], [0.87], [2]), NAMES, draw_boxes=False)
+    at_edge = render(img, _instances([box], [0.87], [2]), NAMES, draw_boxes=False)
+    # the whole label is drawn: as many pixels painted, and the same picture shifted
+    assert (at_edge != 0).any(axis=-1).sum() == (middle != 0).any(axis=-1).sum() > 0
+    ys, xs = np.nonzero((at_edge != 0).any(axis=-1))
+    my, mx = np.nonzero((middle != 0).any(axis=-1))
+    np.testing.assert_array_equal(at_edge[ys.min():ys.max() + 1, xs.min():xs.max() + 1],
+                                  middle[my.min():my.max() + 1, mx.min():mx.max() + 1])
+
+
+def test_labels_keep_clear_of_the_fps_readout():
+    img = np.zeros((120, 160, 3), np.uint8)
+    drawn = render(img, _instances([[2, 2, 60, 60]], [0.8], [0]), NAMES, fps=25.0, draw_boxes=False)
+    alone = render(img, Instances.empty((120, 160)), NAMES, fps=25.0)
+    readout = (alone != 0).any(axis=-1)
+    np.testing.assert_array_equal(drawn[readout], alone[readout])
+    # and the label is whole, beside the readout
+    label = render(img, _instances([[2, 2, 60, 60]], [0.8], [0]), NAMES, draw_boxes=False)
+    color = np.array(class_color(0), np.uint8)
+    assert (drawn == color).all(axis=-1).sum() == (label == color).all(axis=-1).sum() > 0
+
+
+def test_built_in_model_output_shows_the_highest_scoring_class_of_every_object():
+    """Real Instances of the built-in model on the synthetic video (where it finds some squares
+    also as low-score circles): every detection is labelled, or a higher-scoring one of the same
+    object (mask IoU >= DUPLICATE_IOU) is; every label, as painted, is filled with its own class
+    colour (none painted over)."""
+    from rtseg.render import _fps_rect, _same_object, label_boxes
+    from rtseg.segmenter import Segmenter
+    from rtseg.sources import open_source
+
+    seg = Segmenter("yolact_resnet18_half_384")
+    duplicates = labels_checked = 0
+    with open_source("synthetic", max_frames=10) as source:
+        for frame in source:
+            inst, _ = seg.process(frame.image)
+            drawn = render(frame.image, inst, seg.class_names, fps=20.0)
+            labels = label_boxes(inst, seg.class_names, reserved=[_fps_rect(20.0)[1]])
+            labelled = {i for i, _, _ in labels}
+            for j in set(range(len(inst))) - labelled:
+                assert any(inst.scores[i] >= inst.scores[j] and _same_object(inst, i, j) for i in labelled), (frame.seq, j)
+                duplicates += 1
+            for i, _, (x1, y1, x2, y2) in labels:
+                patch = drawn[y1:y2, x1:x2]
+                color = np.array(class_color(int(inst.class_ids[i])), np.int16)
+                fill = (patch == color).all(axis=-1)
+                # the rest is its white text, anti-aliased: between the fill colour and white
+                assert fill.mean() > 0.3 and (patch >= color - 1).all(), (frame.seq, i)
+                labels_checked += 1
+    assert duplicates > 0 and labels_checked > 10  # the case of the issue did occur
+
+
+def test_an_object_inside_another_is_not_taken_for_a_duplicate():
+    """A star inside a ring has nearly the ring's box; their masks tell them apart: both labelled."""
+    yy, xx = np.mgrid[:120, :160]
+    r = np.hypot(yy - 60, xx - 80)
+    ring, star = (r > 35) & (r < 45), r < 25
+    inst = _instances([[35, 15, 125, 105], [37, 17, 123, 103]], [0.83, 0.34], [1, 3], [ring, star])
+    drawn = render(np.full((120, 160, 3), 90, np.uint8), inst, NAMES)
+    assert _has_color(drawn, class_color(1)) and _has_color(drawn, class_color(3))

@@ -1,0 +1,93 @@
+"""Checks of command-line options that need neither torch nor a model: run before any slow
+work, so that a mistyped model name, a missing file or an output folder that does not exist
+is one line within a second, not after 7-50 s of importing torch and loading a model, and
+never after the whole run.
+
+Each check raises the same :mod:`rtseg.errors` type, with the same message, as the slow
+code that would otherwise find the problem (``rtseg.models.get_config``,
+``rtseg.segmenter.parse_device``, ``rtseg.models.checkpoint.read_state_dict``). Nothing
+here imports torch: ``tests/test_cli.py`` checks that these errors leave it unimported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+
+from rtseg.errors import CheckpointError, ConfigError, EngineError
+
+#: every variant of :data:`rtseg.models.MODELS`, by name (that dict imports torch to build its
+#: configs); ``tests/test_cli.py::test_preflight_model_names_are_the_registry`` keeps the two equal
+MODEL_NAMES = (
+    "yolact_base", "yolact_im400", "yolact_im700", "yolact_resnet50", "yolact_plus_base", "yolact_plus_resnet50",
+    "yolact_resnet18_384", "yolact_resnet18_half_384",
+    "solov2_r50_fpn", "solov2_r101_fpn", "solov2_r101_dcn_fpn",
+    "solov2_light_448_r18", "solov2_light_448_r34", "solov2_light_448_r50", "solov2_light_512_dcn_r50",
+    "solov2_adet_r50_fpn", "solov2_adet_r101_fpn", "solov2_light_resnet18_half_384",
+    "centermask2_v39", "centermask2_v57", "centermask2_v99",
+    "centermask2_lite_v19", "centermask2_lite_v39", "centermask2_lite_v19_slim", "centermask2_lite_v19_slim_dw",
+    "centermask_lite_vovnet19_quarter_384",
+)
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def check_model_name(name: str) -> None:
+    """``ConfigError`` for a name ``rtseg models`` does not list (with the closest names)."""
+    if name in MODEL_NAMES:
+        return
+    close = difflib.get_close_matches(name, MODEL_NAMES, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(MODEL_NAMES)}"
+    raise ConfigError(f"unknown model '{name}'{hint} (see 'rtseg models')")
+
+
+def check_device_spelling(device: str) -> None:
+    """``ConfigError`` unless ``device`` reads ``cpu``, ``cuda`` or ``cuda:N`` (whether that
+    GPU exists is for torch to say, later)."""
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(f"unknown device '{device}', expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_weights_file(path: str) -> None:
+    """The part of ``read_state_dict``'s checks that needs no torch: the file is there, is a
+    file, and is not empty."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"weights file '{path}' not found")
+    if os.path.isdir(path):
+        raise CheckpointError(f"weights path '{path}' is a directory, expected a .pth file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"weights file '{path}' is empty (0 bytes), expected a PyTorch checkpoint")
+
+
+def check_engine_file(path: str, backend: str) -> None:
+    if not os.path.isfile(path):
+        what = "ONNX file" if backend == "onnxruntime" else "engine file"
+        raise EngineError(f"{what} '{path}' not found" + (" (it is a directory)" if os.path.isdir(path) else ""))
+
+
+def check_output_file(option: str, path: str) -> None:
+    """``ConfigError`` unless ``path`` can be created or replaced as a file: its folder
+    exists and is a writable folder, and ``path`` is not itself a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{option} {path}: expected a file name, found a directory")
+    if not os.path.isdir(folder):
+        found = "a file" if os.path.exists(folder) else "nothing"
+        raise ConfigError(f"{option} {path}: directory '{folder}' does not exist (found {found} there)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: directory '{folder}' is not writable")
+
+
+def check_output_dir(option: str, path: str) -> None:
+    """``ConfigError`` unless ``path`` is a writable folder or can be created as one."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise ConfigError(f"{option} {path}: expected a directory, found a file at '{probe}'")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: directory '{probe}' is not writable")
