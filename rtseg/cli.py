@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--curve-keys", metavar="DIR",
                      help="with --publish: encrypt and admit only the subscribers in DIR/allowed_clients ('rtseg keys generate')")
     run.add_argument("--topic", default="rtseg", help="ZeroMQ topic of published messages (default rtseg)")
-    run.add_argument("--record", metavar="FILE", help="write the rendered video to FILE (.mp4 or .avi)")
+    run.add_argument("--record", metavar="FILE",
+                     help="write the rendered video to FILE: .mp4 / .m4v (fragmented MP4, readable after a crash), "
+                          ".avi or .mkv")
     run.add_argument("--display", action="store_true", help="show the rendered video in a window")
     run.add_argument("--workers", type=_positive_int,
                      help="inference threads working on different frames (default: 2 on a CPU, 1 on a GPU)")
