@@ -121,7 +121,7 @@ class Summary:
             f"(source {self.dropped_source}, stale {self.dropped_stale}), corrupt skipped {self.skipped_corrupt}, "
             f"reconnects {self.reconnects}"
             + (f" ({len(self.gaps)} outage(s), {self.outage_seconds:.1f} s without frames)" if self.gaps else "")
-            + (f", dropped by the backend {self.dropped_backend}" if self.dropped_backend else ""),
+            + (f", dropped by the backend {self.dropped_backend}" if self.dropped_backend else "")
             + (f", abandoned {self.abandoned} (not segmented: a second Ctrl-C or SIGTERM)" if self.abandoned else ""),
             f"{self.fps:.2f} FPS over {self.wall_seconds:.2f} s ({self.stopped_by})",
         ]
