@@ -1,0 +1,214 @@
+"""Make ``tests/fixtures/official/photos/``: the official code's detections on real photographs.
+
+Runs the official implementations from paths given on the command line (nothing of them is in
+this repository, and the tests never import this script):
+
+- **SOLOv2, mmdetection 3.3.0** (``--mmdet-site``: a folder with the ``mmdet-3.3.0``,
+  ``mmcv-lite 2.1.0`` and ``mmengine 0.10.4`` wheels installed by ``pip install --no-deps
+  --target``, plus ``pyyaml addict yapf termcolor rich ...``): the model is built by
+  ``mmdet.apis.init_detector`` from the wheel's own config (``.mim/configs/solov2/<config>.py``)
+  and run by ``mmdet.apis.inference_detector`` on the photo *file*: mmdetection's own test
+  pipeline (``LoadImageFromFile``, ``Resize(keep_ratio=True)``, ``PackDetInputs``) and
+  ``DetDataPreprocessor`` (normalise, pad to 32) preprocess it. mmcv-lite has no compiled
+  ``mmcv.ops``; a stand-in module is put in its place whose names are inert placeholders
+  (SOLOv2 without DCN uses none of them; importing mmdet needs them to exist).
+- **CenterMask, centermask2 on detectron2** (``--detectron2-src`` holding the ``detectron2``
+  package, uncompiled: its ``_C`` extension is only needed for deformable convs; ``--centermask2-src``):
+  ``centermask.config.get_cfg()`` + ``merge_from_file(<config>)``, ``DefaultPredictor(cfg)``
+  called on ``detectron2.data.detection_utils.read_image(file, "BGR")`` exactly as
+  centermask2's ``demo/predictor.py`` does (``ResizeShortestEdge`` with PIL bilinear, then the
+  model's normalisation and padding to 32).
+
+Weights: the deterministic state dicts of ``tests/official_reference*.py`` (a pure function of
+key name and element index), in the official layout, loaded with ``strict=True``; the same
+files are what rtseg's tests load through ``--weights``. Every score threshold is the config's.
+
+Usage::
+
+    python tools/make_official_fixtures.py --mmdet-site /tmp/i16/site \\
+        --detectron2-src /tmp/i16/src --centermask2-src /tmp/i16/src/centermask2 [--only solov2|centermask]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.machinery
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from official_reference_photos import PHOTO_DIR, PHOTOS, centermask_state_dict, mmdet_state_dict, write_photo  # noqa: E402
+
+#: rtseg variant -> mmdetection 3.3.0 config file (``mmdet/.mim/configs/solov2/``)
+MMDET_VARIANTS = {
+    "solov2_light_448_r18": "solov2-light_r18_fpn_ms-3x_coco.py",
+}
+#: rtseg variant -> centermask2 config (``configs/centermask/``)
+CENTERMASK_VARIANTS = {
+    "centermask2_lite_v19_slim_dw": "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml",
+}
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+def save(variant: str, name: str, image_shape, boxes, scores, labels, masks, meta: dict,
+         mask_scores=None) -> Path:
+    folder = PHOTO_DIR / variant
+    folder.mkdir(parents=True, exist_ok=True)
+    masks = np.asarray(masks, bool)
+    fields = dict(
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4), scores=np.asarray(scores, np.float32).reshape(-1),
+        labels=np.asarray(labels, np.int64).reshape(-1), masks_shape=np.array(masks.shape, np.int64),
+        masks_packed=np.packbits(masks.reshape(-1)), mask_areas=masks.reshape(len(masks), -1).sum(1).astype(np.int64),
+        image_shape=np.array(image_shape, np.int64), meta=np.array(json.dumps(meta, sort_keys=True)),
+    )
+    if mask_scores is not None:
+        fields["mask_scores"] = np.asarray(mask_scores, np.float32).reshape(-1)
+    path = folder / f"{name}.npz"
+    np.savez_compressed(path, **fields)
+    return path
+
+
+# -- mmdetection ----------------------------------------------------------------------------------
+
+class _Inert:
+    """What every ``mmcv.ops`` name is here: importable, unusable (mmcv-lite has no compiled ops)."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("mmcv.ops is not available (mmcv-lite); this model must not need it")
+
+
+class _OpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serve ``mmcv.ops`` and its submodules as modules whose every attribute is :class:`_Inert`."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "mmcv.ops" or fullname.startswith("mmcv.ops."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda name: type(name, (_Inert,), {}) if not name.startswith("__") else None
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def run_mmdet(site: Path, tmp: Path) -> None:
+    sys.path.insert(0, str(site))
+    sys.meta_path.insert(0, _OpsFinder())
+    import mmcv
+    import mmdet
+    import mmengine
+    from mmdet.apis import inference_detector, init_detector
+    from mmengine.config import Config
+
+    for variant, config in MMDET_VARIANTS.items():
+        cfg = Config.fromfile(str(site / "mmdet" / ".mim" / "configs" / "solov2" / config))
+        cfg.model.backbone.init_cfg = None  # no torchvision download; the weights are loaded below
+        model = init_detector(cfg, checkpoint=None, device="cpu")
+        state = mmdet_state_dict(variant)
+        if list(model.state_dict()) != list(state):
+            raise SystemExit(f"{variant}: mmdetection's state_dict keys differ from solov2_keys/mmdetection")
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        ckpt = tmp / f"{variant}.pth"
+        for name in PHOTOS:
+            path = write_photo(name, tmp)
+            with torch.no_grad():
+                result = inference_detector(model, str(path))
+            pred = result.pred_instances
+            meta = {"official": f"mmdetection {mmdet.__version__} (mmcv-lite {mmcv.__version__}, mmengine "
+                                f"{mmengine.__version__}), config {config}, inference_detector on the PNG file",
+                    "torch": torch.__version__, "img_shape": list(result.metainfo["img_shape"]),
+                    "pad_shape": list(result.metainfo.get("pad_shape", result.metainfo.get("batch_input_shape"))),
+                    "ori_shape": list(result.metainfo["ori_shape"]), "test_cfg": cfg.model.test_cfg.to_dict()}
+            out = save(variant, name, pred.masks.shape[1:], pred.bboxes.numpy(), pred.scores.numpy(),
+                       pred.labels.numpy(), pred.masks.numpy(), meta)
+            print(f"{variant} {name}: {len(pred.scores)} detections, img_shape {meta['img_shape']}, "
+                  f"pad {meta['pad_shape']} -> {out} ({out.stat().st_size // 1024} KB)")
+        del ckpt
+
+
+# -- centermask2 ----------------------------------------------------------------------------------
+
+def run_centermask(detectron2_src: Path, centermask2_src: Path, tmp: Path) -> None:
+    sys.path.insert(0, str(detectron2_src))
+    sys.path.insert(0, str(centermask2_src))
+    from centermask.config import get_cfg
+    from detectron2.data.detection_utils import read_image
+    from detectron2.engine import DefaultPredictor
+
+    for variant, config in CENTERMASK_VARIANTS.items():
+        cfg = get_cfg()
+        cfg.merge_from_file(str(centermask2_src / "configs" / "centermask" / config))
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.WEIGHTS = ""
+        cfg.freeze()
+        predictor = DefaultPredictor(cfg)
+        state = centermask_state_dict(variant)
+        if list(predictor.model.state_dict()) != list(state):
+            missing = set(predictor.model.state_dict()) ^ set(state)
+            raise SystemExit(f"{variant}: centermask2's keys differ from centermask_keys ({sorted(missing)[:4]})")
+        predictor.model.load_state_dict(state, strict=True)
+        predictor.model.eval()
+        for name in PHOTOS:
+            path = write_photo(name, tmp)
+            image = read_image(str(path), format="BGR")
+            with torch.no_grad():
+                inst = predictor(image)["instances"].to("cpu")
+            h, w = image.shape[:2]
+            resized = predictor.aug.get_transform(image).apply_image(image).shape[:2]
+            meta = {"official": "youngwanLEE/centermask2 (DefaultPredictor on detection_utils.read_image of the PNG "
+                                f"file), config {config}", "torch": torch.__version__, "resized": list(resized),
+                    "test_sizes": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST]}
+            out = save(variant, name, (h, w), inst.pred_boxes.tensor.numpy(), inst.scores.numpy(),
+                       inst.pred_classes.numpy(), inst.pred_masks.numpy(), meta,
+                       mask_scores=inst.mask_scores.numpy() if inst.has("mask_scores") else None)
+            print(f"{variant} {name}: {len(inst)} detections, resized {resized} -> {out} "
+                  f"({out.stat().st_size // 1024} KB)")
+
+
+def git_head(path: Path) -> str:
+    try:
+        return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mmdet-site", type=Path)
+    parser.add_argument("--detectron2-src", type=Path)
+    parser.add_argument("--centermask2-src", type=Path)
+    parser.add_argument("--only", choices=("solov2", "centermask"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "solov2"):
+            if args.mmdet_site is None:
+                parser.error("--mmdet-site is needed for the SOLOv2 fixtures")
+            run_mmdet(args.mmdet_site, Path(tmp))
+        if args.only in (None, "centermask"):
+            if args.detectron2_src is None or args.centermask2_src is None:
+                parser.error("--detectron2-src and --centermask2-src are needed for the CenterMask fixtures")
+            run_centermask(args.detectron2_src, args.centermask2_src, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
