@@ -3,9 +3,10 @@
 Runs the official implementations from paths given on the command line (nothing of them is in
 this repository, and the tests never import this script):
 
-- **SOLOv2, mmdetection 3.3.0** (``--mmdet-site``: a folder with the ``mmdet-3.3.0``,
+- **SOLOv2, mmdetection 3.3.0** (``--site``: a folder with the ``mmdet-3.3.0``,
   ``mmcv-lite 2.1.0`` and ``mmengine 0.10.4`` wheels installed by ``pip install --no-deps
-  --target``, plus ``pyyaml addict yapf termcolor rich ...``): the model is built by
+  --target``, plus ``pyyaml addict yapf termcolor rich six`` and detectron2's ``fvcore iopath
+  omegaconf yacs tabulate portalocker cloudpickle``): the model is built by
   ``mmdet.apis.init_detector`` from the wheel's own config (``.mim/configs/solov2/<config>.py``)
   and run by ``mmdet.apis.inference_detector`` on the photo *file*: mmdetection's own test
   pipeline (``LoadImageFromFile``, ``Resize(keep_ratio=True)``, ``PackDetInputs``) and
@@ -25,7 +26,7 @@ files are what rtseg's tests load through ``--weights``. Every score threshold i
 
 Usage::
 
-    python tools/make_official_fixtures.py --mmdet-site /tmp/i16/site \\
+    python tools/make_official_fixtures.py --site /tmp/i16/site \\
         --detectron2-src /tmp/i16/src --centermask2-src /tmp/i16/src/centermask2 [--only solov2|centermask]
 """
 
@@ -145,7 +146,9 @@ def run_mmdet(site: Path, tmp: Path) -> None:
 
 # -- centermask2 ----------------------------------------------------------------------------------
 
-def run_centermask(detectron2_src: Path, centermask2_src: Path, tmp: Path) -> None:
+def run_centermask(site: Path | None, detectron2_src: Path, centermask2_src: Path, tmp: Path) -> None:
+    if site is not None:
+        sys.path.insert(0, str(site))  # fvcore, iopath, yacs, ... (detectron2's pure-Python dependencies)
     sys.path.insert(0, str(detectron2_src))
     sys.path.insert(0, str(centermask2_src))
     from centermask.config import get_cfg
@@ -192,7 +195,7 @@ def git_head(path: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mmdet-site", type=Path)
+    parser.add_argument("--site", type=Path)
     parser.add_argument("--detectron2-src", type=Path)
     parser.add_argument("--centermask2-src", type=Path)
     parser.add_argument("--only", choices=("solov2", "centermask"))
@@ -200,13 +203,13 @@ def main() -> int:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "solov2"):
-            if args.mmdet_site is None:
-                parser.error("--mmdet-site is needed for the SOLOv2 fixtures")
-            run_mmdet(args.mmdet_site, Path(tmp))
+            if args.site is None:
+                parser.error("--site is needed for the SOLOv2 fixtures")
+            run_mmdet(args.site, Path(tmp))
         if args.only in (None, "centermask"):
             if args.detectron2_src is None or args.centermask2_src is None:
                 parser.error("--detectron2-src and --centermask2-src are needed for the CenterMask fixtures")
-            run_centermask(args.detectron2_src, args.centermask2_src, Path(tmp))
+            run_centermask(args.site, args.detectron2_src, args.centermask2_src, Path(tmp))
     return 0
 
 
