@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: header ``schema`` written by this module; a consumer accepts any ``1.x``
-#: (1.1 added the optional ``publisher_id`` and ``publish_seq``)
-SCHEMA = "rtseg.instances/1.1"
+#: (1.1 added the optional ``publisher_id`` and ``publish_seq``; 1.2 the optional per-instance
+#: ``mask_score``)
+SCHEMA = "rtseg.instances/1.2"
 SCHEMA_NAME = "rtseg.instances"
 SCHEMA_MAJOR = 1
 #: header ``mask_encoding``: integer window per instance, bit-packed row-major, MSB first
@@ -140,6 +141,10 @@ def encode_message(
         assert instances is not None
         _check_finite("boxes", instances.boxes)
         _check_finite("scores", instances.scores)
+        mask_scores = None
+        if instances.mask_scores is not None:
+            _check_finite("mask_scores", instances.mask_scores)
+            mask_scores = instances.mask_scores.tolist()
         windows = mask_windows(instances.masks).tolist()
         boxes = instances.boxes.tolist()  # float32 -> Python float: exact
         scores = instances.scores.tolist()
@@ -163,6 +168,8 @@ def encode_message(
                     "mask_length": len(packed),
                 }
             )
+            if mask_scores is not None:
+                entries[-1]["mask_score"] = mask_scores[i]
             chunks.append(packed)
             offset += len(packed)
     blob = b"".join(chunks)
@@ -350,6 +357,7 @@ def decode_message(
 
     boxes = np.zeros((n, 4), np.float32)
     scores = np.zeros((n,), np.float32)
+    mask_scores: np.ndarray | None = None  # schema 1.2: optional, on every entry or on none
     class_ids = np.zeros((n,), np.int64)
     names: list[str] = []
     spans: list[tuple[int, int, int]] = []  # (offset, length, instance index)
@@ -361,6 +369,13 @@ def decode_message(
         class_ids[i] = _int(entry, "class_id", where, 0, _INT64_MAX)
         names.append(_str(entry, "class_name", where))
         scores[i] = _number(_get(entry, "score", where), f"{where} field 'score'")
+        if i == 0 and "mask_score" in entry:
+            mask_scores = np.zeros((n,), np.float32)
+        if ("mask_score" in entry) != (mask_scores is not None):
+            raise _malformed(f"{where} field 'mask_score'", "present on every instance or on none",
+                             "present" if "mask_score" in entry else "absent")
+        if mask_scores is not None:
+            mask_scores[i] = _number(entry["mask_score"], f"{where} field 'mask_score'")
         box = _get(entry, "box", where)
         if not isinstance(box, list) or len(box) != 4:
             raise _malformed(f"{where} field 'box'", "a list of 4 numbers", _short(box))
@@ -398,7 +413,8 @@ def decode_message(
         bits = np.unpackbits(packed, count=(x1 - x0) * (y1 - y0))  # MSB first, padding ignored
         masks[i, y0:y1, x0:x1] = bits.reshape(y1 - y0, x1 - x0).view(np.bool_)
 
-    instances = Instances(boxes=boxes, scores=scores, class_ids=class_ids, masks=masks, image_size=(h, w))
+    instances = Instances(boxes=boxes, scores=scores, class_ids=class_ids, masks=masks, image_size=(h, w),
+                          mask_scores=mask_scores)
     return Message(
         topic=bytes(topic_view),
         header=header,
