@@ -247,7 +247,8 @@ def instances_to_results(instances, image_id: int, category_of: dict[int, int]) 
 def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu", score_threshold: float = 0.0,
              max_images: int | None = None, progress: bool = True, ann_file: str | None = None,
              images_dir: str | None = None, backend: str = "torch", engine: str | None = None,
-             postprocess: str = "torch", class_agnostic: bool = False) -> EvalResult:
+             postprocess: str = "torch", class_agnostic: bool = False, canvas: tuple[int, int] | None = None,
+             rank_by: str = "score") -> EvalResult:
     """COCO AP and speed of ``model`` on the COCO-format folder ``data``.
 
     Args:
@@ -264,6 +265,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         ann_file, images_dir: as for :class:`rtseg.data.coco.CocoInstanceDataset`.
         backend, engine: as for :class:`rtseg.segmenter.Segmenter`.
         class_agnostic: score with every class merged into one (:func:`merge_classes`).
+        canvas, rank_by: as for :class:`rtseg.segmenter.Segmenter`.
     """
     from rtseg.data.coco import load_coco_folder, read_image
     from rtseg.segmenter import Segmenter
@@ -272,7 +274,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         raise ConfigError(f"max images must be a positive integer, got {max_images!r}")
     folder = load_coco_folder(data, ann_file, images_dir=images_dir)
     segmenter = Segmenter(model, weights=weights, device=device, score_threshold=score_threshold, backend=backend,
-                          engine=engine, postprocess=postprocess)
+                          engine=engine, postprocess=postprocess, canvas=canvas, rank_by=rank_by)
     category_of = category_mapping(segmenter.class_names, folder.categories)
     images = folder.images if max_images is None else folder.images[:max_images]
     if not images:

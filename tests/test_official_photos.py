@@ -88,3 +88,62 @@ def test_segmenter_matches_official_on_photo(variant, name, files, segmenters):
     image = cv2.imread(str(files[name]), cv2.IMREAD_COLOR)
     assert tuple(image.shape[:2]) == tuple(ref["image_shape"][:2])
     assert_matches(segmenters[variant](image), ref)
+
+
+@pytest.fixture(scope="module")
+def onnx_segmenters(files):
+    from rtseg.segmenter import Segmenter
+
+    cache = files["folder"] / "engines"
+    return {v: Segmenter(v, weights=weights_file(v, files["folder"]), score_threshold=0.0, backend="onnxruntime",
+                         cache_dir=str(cache)) for v in VARIANTS}
+
+
+@pytest.mark.slow  # two exports and six photos: about 90 s on the 2-core CPU
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_onnxruntime_with_dynamic_shapes_matches_official_on_every_photo(variant, files, onnx_segmenters):
+    """One exported graph (symbolic height and width) serves the three aspect ratios."""
+    pytest.importorskip("onnxruntime")
+    seg = onnx_segmenters[variant]
+    assert seg.backend.manifest["dynamic_hw"] is True
+    assert seg.backend.manifest["input"]["shape"][2:] == ["height", "width"]
+    shapes = set()
+    for name in PHOTOS:
+        image = cv2.imread(str(files[name]), cv2.IMREAD_COLOR)
+        shapes.add(seg.geometry(image.shape[:2]).padded)
+        assert_matches(seg(image), load_reference(variant, name))
+    assert len(shapes) == 3  # three different input shapes through the one graph
+
+
+@pytest.mark.slow  # a subprocess that imports torch and builds the model: about 30 s
+def test_run_publishes_the_official_detections_of_a_photo(files):
+    """``rtseg run --source PHOTO --weights ... --publish`` and a subscriber get the official
+    detections, box and mask scores included (wire format 1.2)."""
+    import threading
+
+    from cli_helpers import free_port, run_cli
+    from rtseg.publish import subscribe
+
+    variant, name = "centermask2_lite_v19_slim_dw", "astronaut_portrait"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    received: list = []
+    ready = threading.Event()
+
+    def collect() -> None:
+        gen = subscribe(endpoint, timeout=30.0)
+        ready.set()
+        received.extend(gen)
+
+    sub = threading.Thread(target=collect, daemon=True)
+    sub.start()
+    assert ready.wait(10)
+    proc = run_cli("run", "--source", str(files[name]), "--model", variant, "--weights",
+                   weights_file(variant, files["folder"]), "--score-threshold", "0", "--loop", "--max-frames", "3",
+                   "--publish", endpoint, timeout=600)
+    sub.join(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert received, "the subscriber got no message"
+    ref = load_reference(variant, name)
+    for message in received:
+        assert message.header["schema"] == "rtseg.instances/1.2"
+        assert_matches(message.instances, ref)
