@@ -28,6 +28,7 @@ PHOTOS = {
     "astronaut_portrait": ("astronaut", slice(0, 480), slice(96, 384)),  # 480 x 288
     "chelsea_landscape": ("chelsea", slice(0, 300), slice(0, 451)),  # 300 x 451 (the whole image)
     "coffee_square": ("coffee", slice(0, 400), slice(100, 500)),  # 400 x 400
+    "astronaut_landscape": ("astronaut", slice(100, 400), slice(0, 512)),  # 300 x 512
 }
 
 

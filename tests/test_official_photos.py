@@ -9,7 +9,8 @@ checkpoint layout. Here those weights go through rtseg's ``--weights`` loading a
 file through ``rtseg.Segmenter`` (``cv2.imread``, as ``rtseg run --source`` reads an image).
 
 Tolerances (issue 16): same count and labels, boxes within 1 px, scores within 1e-4, every
-mask IoU >= 0.98. Three aspect ratios per variant: portrait, landscape, square.
+mask IoU >= 0.98. Four photos per variant: portrait, two landscape, square (YOLACT's
+deterministic weights find nothing on ``chelsea_landscape``: an empty result is compared there).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from official_reference_photos import PHOTOS, centermask_state_dict, load_refere
 
 #: variant -> how its weights file is laid out (as the official code saves it)
 VARIANTS = {
+    "yolact_base": "yolact",
     "solov2_light_448_r18": "mmdetection",
     "centermask2_lite_v19_slim_dw": "centermask2",
 }
@@ -30,7 +32,11 @@ VARIANTS = {
 
 def weights_file(variant: str, folder) -> str:
     path = folder / f"{variant}.pth"
-    if VARIANTS[variant] == "mmdetection":
+    if VARIANTS[variant] == "yolact":
+        from official_reference import deterministic_state_dict, load_official_keys
+
+        torch.save(deterministic_state_dict(load_official_keys(variant)["keys"]), path)  # a bare state_dict
+    elif VARIANTS[variant] == "mmdetection":
         torch.save({"meta": {}, "state_dict": mmdet_state_dict(variant)}, path)  # mmengine's checkpoint layout
     else:
         torch.save({"model": centermask_state_dict(variant), "iteration": 0}, path)  # detectron2's
@@ -48,14 +54,14 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    a, b = a.reshape(len(a), a[0].size if len(a) else 0), b.reshape(len(b), b[0].size if len(b) else 0)
     inter = (a & b).sum(1)
     union = (a | b).sum(1)
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
 
 
 def assert_matches(inst, ref) -> None:
-    assert len(inst) == len(ref["scores"]) > 0
+    assert len(inst) == len(ref["scores"])
     np.testing.assert_array_equal(inst.class_ids, ref["labels"])
     np.testing.assert_allclose(inst.scores, ref["scores"], atol=1e-4, rtol=0)
     if "mask_scores" in ref:
@@ -64,8 +70,9 @@ def assert_matches(inst, ref) -> None:
     if not boxes.any():  # mmdetection's SOLOv2 gives no boxes (zeros); rtseg's are the masks' tight boxes
         boxes = tight_boxes(ref["masks"])
     np.testing.assert_allclose(inst.boxes, boxes, atol=1.0, rtol=0)
-    iou = mask_iou(inst.masks, ref["masks"])
-    assert iou.min() >= 0.98, (iou.min(), int(iou.argmin()))
+    if len(inst):
+        iou = mask_iou(inst.masks, ref["masks"])
+        assert iou.min() >= 0.98, (iou.min(), int(iou.argmin()))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +88,22 @@ def segmenters(files):
     return {v: Segmenter(v, weights=weights_file(v, files["folder"]), score_threshold=0.0) for v in VARIANTS}
 
 
-@pytest.mark.parametrize("name", list(PHOTOS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_references_have_detections_on_three_aspect_ratios(variant):
+    shapes = {}
+    for name in PHOTOS:
+        ref = load_reference(variant, name)
+        if len(ref["scores"]):
+            h, w = ref["image_shape"][:2]
+            shapes["portrait" if h > w else "landscape" if w > h else "square"] = len(ref["scores"])
+    assert set(shapes) == {"portrait", "landscape", "square"}, shapes
+
+
+# the portrait (the case a fixed landscape canvas got most wrong) in the default run, the rest slow
+PHOTO_PARAMS = [name if name == "astronaut_portrait" else pytest.param(name, marks=pytest.mark.slow) for name in PHOTOS]
+
+
+@pytest.mark.parametrize("name", PHOTO_PARAMS)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_segmenter_matches_official_on_photo(variant, name, files, segmenters):
     ref = load_reference(variant, name)

@@ -20,6 +20,13 @@ this repository, and the tests never import this script):
   centermask2's ``demo/predictor.py`` does (``ResizeShortestEdge`` with PIL bilinear, then the
   model's normalisation and padding to 32).
 
+- **YOLACT, dbolya/yolact** (``--yolact-src``): ``set_cfg('<variant>_config')``, ``Yolact()``,
+  then as ``eval.py``'s ``evalimage``: ``cv2.imread`` of the file -> ``FastBaseTransform`` ->
+  ``net`` -> ``postprocess(dets, w, h, crop_masks=True, score_threshold=0)`` (the settings
+  ``eval.py`` sets: fast NMS, no cross-class NMS, ``mask_proto_debug=False``). Two device
+  placements are neutralised at run time (no source edited): the module-level
+  ``torch.cuda.current_device()`` and the ``.cuda()`` of ``FastBaseTransform``'s mean / std.
+
 Weights: the deterministic state dicts of ``tests/official_reference*.py`` (a pure function of
 key name and element index), in the official layout, loaded with ``strict=True``; the same
 files are what rtseg's tests load through ``--weights``. Every score threshold is the config's.
@@ -27,7 +34,8 @@ files are what rtseg's tests load through ``--weights``. Every score threshold i
 Usage::
 
     python tools/make_official_fixtures.py --site /tmp/i16/site \\
-        --detectron2-src /tmp/i16/src --centermask2-src /tmp/i16/src/centermask2 [--only solov2|centermask]
+        --detectron2-src /tmp/i16/src --centermask2-src /tmp/i16/src/centermask2 \\
+        --yolact-src /tmp/i16/src/yolact [--only solov2|centermask|yolact]
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ from official_reference_photos import PHOTO_DIR, PHOTOS, centermask_state_dict, 
 MMDET_VARIANTS = {
     "solov2_light_448_r18": "solov2-light_r18_fpn_ms-3x_coco.py",
 }
+#: rtseg variant = dbolya/yolact config name (``data/config.py``, ``<name>_config``)
+YOLACT_VARIANTS = ("yolact_base",)
 #: rtseg variant -> centermask2 config (``configs/centermask/``)
 CENTERMASK_VARIANTS = {
     "centermask2_lite_v19_slim_dw": "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml",
@@ -67,11 +77,11 @@ def save(variant: str, name: str, image_shape, boxes, scores, labels, masks, met
          mask_scores=None) -> Path:
     folder = PHOTO_DIR / variant
     folder.mkdir(parents=True, exist_ok=True)
-    masks = np.asarray(masks, bool)
+    masks = np.asarray(masks, bool).reshape(-1, int(image_shape[0]), int(image_shape[1]))  # (0,) when empty
     fields = dict(
         boxes=np.asarray(boxes, np.float32).reshape(-1, 4), scores=np.asarray(scores, np.float32).reshape(-1),
         labels=np.asarray(labels, np.int64).reshape(-1), masks_shape=np.array(masks.shape, np.int64),
-        masks_packed=np.packbits(masks.reshape(-1)), mask_areas=masks.reshape(len(masks), -1).sum(1).astype(np.int64),
+        masks_packed=np.packbits(masks.reshape(-1)), mask_areas=masks.reshape(len(masks), -1).sum(1).astype(np.int64) if len(masks) else np.zeros(0, np.int64),
         image_shape=np.array(image_shape, np.int64), meta=np.array(json.dumps(meta, sort_keys=True)),
     )
     if mask_scores is not None:
@@ -144,6 +154,54 @@ def run_mmdet(site: Path, tmp: Path) -> None:
         del ckpt
 
 
+# -- dbolya/yolact ------------------------------------------------------------------------------------
+
+def run_yolact(yolact_src: Path, tmp: Path) -> None:
+    import cv2
+
+    from official_reference import deterministic_state_dict, load_official_keys
+
+    sys.path.insert(0, str(yolact_src))
+    torch.cuda.current_device = lambda: 0  # yolact.py calls it at import (a Windows CUDA workaround)
+    from data import cfg, set_cfg
+    from layers.output_utils import postprocess
+    from utils import augmentations
+    from yolact import Yolact
+
+    commit = git_head(yolact_src)
+    for variant in YOLACT_VARIANTS:
+        set_cfg(f"{variant}_config")
+        cfg.mask_proto_debug = False
+        net = Yolact()
+        state = deterministic_state_dict(load_official_keys(variant)["keys"])
+        net.load_state_dict(state, strict=True)
+        net.eval()
+        net.detect.use_fast_nms = True
+        net.detect.use_cross_class_nms = False
+        cuda = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *a, **k: self  # FastBaseTransform.__init__ puts mean / std on the GPU
+        try:
+            transform = augmentations.FastBaseTransform()
+        finally:
+            torch.Tensor.cuda = cuda
+        for name in PHOTOS:
+            path = write_photo(name, tmp)
+            frame = torch.from_numpy(cv2.imread(str(path))).float()
+            h, w = frame.shape[:2]
+            with torch.no_grad():
+                preds = net(transform(frame.unsqueeze(0)))
+                classes, scores, boxes, masks = postprocess(preds, w, h, crop_masks=True, score_threshold=0)
+            mask_scores = None
+            if isinstance(scores, (list, tuple)):
+                scores, mask_scores = scores
+            meta = {"official": f"dbolya/yolact@{commit or 'unknown'} (evalimage path: cv2.imread, FastBaseTransform, "
+                                "postprocess score_threshold=0)", "torch": torch.__version__,
+                    "config": f"{variant}_config", "max_size": cfg.max_size}
+            out = save(variant, name, (h, w), boxes.numpy(), scores.numpy(), classes.numpy(), masks.numpy() > 0.5,
+                       meta, mask_scores=None if mask_scores is None else mask_scores.numpy())
+            print(f"{variant} {name}: {len(scores)} detections -> {out} ({out.stat().st_size // 1024} KB)")
+
+
 # -- centermask2 ----------------------------------------------------------------------------------
 
 def run_centermask(site: Path | None, detectron2_src: Path, centermask2_src: Path, tmp: Path) -> None:
@@ -198,10 +256,15 @@ def main() -> int:
     parser.add_argument("--site", type=Path)
     parser.add_argument("--detectron2-src", type=Path)
     parser.add_argument("--centermask2-src", type=Path)
-    parser.add_argument("--only", choices=("solov2", "centermask"))
+    parser.add_argument("--yolact-src", type=Path)
+    parser.add_argument("--only", choices=("solov2", "centermask", "yolact"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "yolact"):
+            if args.yolact_src is None:
+                parser.error("--yolact-src is needed for the YOLACT fixtures")
+            run_yolact(args.yolact_src, Path(tmp))
         if args.only in (None, "solov2"):
             if args.site is None:
                 parser.error("--site is needed for the SOLOv2 fixtures")
