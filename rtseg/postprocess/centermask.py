@@ -92,14 +92,29 @@ def preprocess(images: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeome
         geometry = input_geometry(cfg, (h, w), cfg.input_size)
     if ops.preprocess is not None and not cfg.keep_ratio and geometry.padded == tuple(cfg.input_size):
         return ops.preprocess(images, cfg)
+    if not cfg.keep_ratio:
+        return preprocess_float(images, cfg, geometry)
+    x = resize_uint8(images, geometry.resized, "pil").permute(0, 3, 1, 2).float()
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def preprocess_float(images: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry | None = None) -> torch.Tensor:
+    """:func:`preprocess` with torch's antialiased bilinear resize of the float frame, rounded to
+    integers, instead of PIL's on uint8 (within a grey level of it): how rtseg's square model was
+    trained and runs, and what the CUDA preprocessing kernel (``cuda/preprocess.cu``) computes."""
+    h, w = int(images.shape[1]), int(images.shape[2])
+    if geometry is None:
+        geometry = input_geometry(cfg, (h, w), cfg.input_size)
     newh, neww = geometry.resized
-    if cfg.keep_ratio:
-        x = resize_uint8(images, (newh, neww), "pil").permute(0, 3, 1, 2).float()
-    else:
-        x = images.permute(0, 3, 1, 2).float()
-        if (newh, neww) != (h, w):
-            x = F.interpolate(x, (newh, neww), mode="bilinear", align_corners=False, antialias=True)
-            x = x.round().clamp(0, 255)
+    x = images.permute(0, 3, 1, 2).float()
+    if (newh, neww) != (h, w):
+        x = F.interpolate(x, (newh, neww), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round().clamp(0, 255)
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def _normalise_and_pad(x: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry) -> torch.Tensor:
+    newh, neww = geometry.resized
     mean = torch.tensor(cfg.pixel_mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.pixel_std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std

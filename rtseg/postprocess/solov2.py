@@ -83,17 +83,32 @@ def preprocess(images: torch.Tensor, cfg: Solov2Config, geometry: InputGeometry 
         raise ValueError(f"images must be a uint8 tensor (B, H, W, 3) BGR, got {found}")
     if geometry is None:
         geometry = input_geometry(cfg, (images.shape[1], images.shape[2]), cfg.input_size)
-    hr, wr = geometry.resized
-    ch, cw = geometry.padded
     if ops.preprocess is not None and not cfg.keep_ratio and geometry.padded == tuple(cfg.input_size):
         return ops.preprocess(images, cfg)
-    if cfg.keep_ratio:
-        resampling = "pil" if cfg.preprocess_style == "detectron2" else "cv2"
-        x = resize_uint8(images, (hr, wr), resampling).permute(0, 3, 1, 2).float()
-    else:
-        x = images.permute(0, 3, 1, 2).float()
-        if (hr, wr) != tuple(x.shape[-2:]):
-            x = F.interpolate(x, (hr, wr), mode="bilinear", align_corners=False)
+    if not cfg.keep_ratio:
+        return preprocess_float(images, cfg, geometry)
+    resampling = "pil" if cfg.preprocess_style == "detectron2" else "cv2"
+    x = resize_uint8(images, geometry.resized, resampling).permute(0, 3, 1, 2).float()
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def preprocess_float(images: torch.Tensor, cfg: Solov2Config, geometry: InputGeometry | None = None) -> torch.Tensor:
+    """:func:`preprocess` with a float resize instead of upstream's uint8 one: torch bilinear
+    (``align_corners=False``, no antialiasing) on the float frame. How rtseg's square models
+    were trained and run, and what the CUDA preprocessing kernel (``cuda/preprocess.cu``)
+    computes; for official variants it differs from upstream by a grey level here and there."""
+    if geometry is None:
+        geometry = input_geometry(cfg, (images.shape[1], images.shape[2]), cfg.input_size)
+    hr, wr = geometry.resized
+    x = images.permute(0, 3, 1, 2).float()
+    if (hr, wr) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, (hr, wr), mode="bilinear", align_corners=False)
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def _normalise_and_pad(x: torch.Tensor, cfg: Solov2Config, geometry: InputGeometry) -> torch.Tensor:
+    hr, wr = geometry.resized
+    ch, cw = geometry.padded
     if cfg.pixel_norm == "rgb_imagenet":
         x = x[:, [2, 1, 0]]
         mean, std = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
