@@ -105,6 +105,9 @@ class CenterMaskConfig:
     nms_thresh: float = 0.6  #: ``FCOS.NMS_TH``, class-aware
     post_nms_topk: int = 50  #: ``FCOS.POST_NMS_TOPK_TEST`` = 50 in every CenterMask config (default 100)
     mask_threshold: float = 0.5  #: detectron2 ``detector_postprocess`` / ``paste_masks_in_image``
+    #: clamp the regressed maskiou to [0, 1] in ``mask_scores`` (upstream does not; rtseg's own small
+    #: model keeps the clamp its published held-out mask AP was measured with)
+    clamp_maskiou: bool = False
     #: training: foreground RoIs per image for the mask losses, drawn at random
     #: (``ROI_HEADS.BATCH_SIZE_PER_IMAGE`` x ``POSITIVE_FRACTION`` = 512 x 0.25)
     train_mask_rois_per_image: int = 128
@@ -432,6 +435,6 @@ CENTERMASK_VARIANTS: tuple[CenterMaskConfig, ...] = (
                      vovnet=RTSEG_SMALL_VOVNET, vovnet_norm="BN", fpn_channels=64, fcos_num_convs=2,
                      mask_num_conv=2, mask_conv_dim=64, maskiou_num_conv=2, maskiou_conv_dim=64, maskiou_fc_dim=256,
                      input_height=384, input_width=384, min_size_test=384, max_size_test=384, keep_ratio=False,
-                     pixel_std=IMAGENET_PIXEL_STD_BGR, train_mask_rois_per_image=16,
+                     pixel_std=IMAGENET_PIXEL_STD_BGR, train_mask_rois_per_image=16, clamp_maskiou=True,
                      weights_source=BUILTIN_WEIGHTS_MISSING),
 )

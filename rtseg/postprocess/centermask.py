@@ -379,7 +379,7 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
        upstream has no such step: 0 keeps all).
     3. RoI heads on the unclipped boxes (:func:`mask_head_outputs`). With MaskIoU,
        ``mask_scores = scores * maskiou`` as upstream (``mask_iou_inference``): maskiou not
-       clamped, the order (by box score) kept.
+       clamped (unless ``cfg.clamp_maskiou``: rtseg's own small model), the order (by box score) kept.
     4. ``detector_postprocess``: boxes scaled per axis from the resized content
        (``geometry.resized``) to ``image_size``, clipped, empty ones dropped; masks pasted into
        the **clipped** boxes (as upstream, which clips before pasting) with ``cfg.mask_threshold``.
@@ -412,6 +412,8 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
 
     features = [outputs[f"p{level}"][b:b + 1] for level in ROI_LEVELS]
     probs, maskiou = mask_head_outputs(net, cfg, features, boxes, class_ids, float(newh * neww))
+    if maskiou is not None and cfg.clamp_maskiou:
+        maskiou = maskiou.clamp(0.0, 1.0)
     mask_scores = scores * maskiou if maskiou is not None else None
 
     scale = boxes.new_tensor([w / neww, h / newh, w / neww, h / newh])
