@@ -64,26 +64,23 @@ def mmdet_state_dict(variant: str) -> dict[str, torch.Tensor]:
     """The deterministic weights of ``variant`` in mmdetection's key layout.
 
     The values are ``official_reference_solov2.deterministic_state_dict`` of the WXinlong layout
-    (rtseg's); each mmdetection key (``solov2_keys/mmdetection/<variant>.json``) takes the tensor
-    of the key rtseg's converter maps it to, so rtseg loading this file gets exactly those values.
+    (rtseg's), whose keys rtseg's converter maps each mmdetection key
+    (``solov2_keys/mmdetection/<variant>.json``) to; so rtseg loading this file gets exactly
+    those values, and the official model gets them under its own names.
     """
-    from official_reference_solov2 import FIXTURE_DIR, deterministic_state_dict, load_keys
+    from official_reference_solov2 import FIXTURE_DIR, deterministic_state_dict
     from rtseg.models import get_config
     from rtseg.models.solov2_checkpoints import convert_state_dict
 
-    ours = deterministic_state_dict(load_keys(variant)["keys"])
     mm_keys = json.loads((FIXTURE_DIR / "solov2_keys" / "mmdetection" / f"{variant}.json").read_text())["keys"]
-    probe = {k: torch.full([int(s) for s in shape] or [], float(i)) for i, (k, shape) in enumerate(mm_keys.items())}
-    converted = convert_state_dict(probe, get_config(variant))
     names = list(mm_keys)
-    state = {}
-    for rtseg_key, tensor in converted.items():
-        mm_key = names[int(tensor.reshape(-1)[0].item())] if tensor.numel() else None
-        value = ours[rtseg_key]
-        state[mm_key] = value.reshape([int(s) for s in mm_keys[mm_key]]).clone()
+    probe = {k: torch.full([int(s) for s in shape], float(i)) for i, (k, shape) in enumerate(mm_keys.items())}
+    converted = convert_state_dict(probe, get_config(variant))  # rtseg key -> the probe of its mmdetection key
+    ours = deterministic_state_dict({k: list(v.shape) for k, v in converted.items()})
+    state = {names[int(t.reshape(-1)[0])]: ours[k].reshape(t.shape).clone() for k, t in converted.items()}
     if set(state) != set(mm_keys):
-        raise SystemExit(f"key mapping incomplete: {sorted(set(mm_keys) - set(state))[:5]}")
-    return {k: state[k] for k in mm_keys}
+        raise ValueError(f"{variant}: keys the converter does not map: {sorted(set(mm_keys) - set(state))[:5]}")
+    return {k: state[k] for k in names}
 
 
 def centermask_state_dict(variant: str) -> dict[str, torch.Tensor]:

@@ -99,6 +99,23 @@ def test_references_have_detections_on_three_aspect_ratios(variant):
     assert set(shapes) == {"portrait", "landscape", "square"}, shapes
 
 
+@pytest.mark.slow  # ResNet-50 with deformable convolutions on the CPU
+def test_mmdetection_dcnv2_light_variant_loads_strictly_and_matches_official(files):
+    """``solov2_light_448_dcn_r50`` (mmdetection's ``solov2-light_r50-dcn_fpn_ms-3x_coco``: DCNv2,
+    27-channel offsets) takes mmdetection's file strictly; the nearest older variant (WXinlong's
+    light-512, DCN v1) refuses it."""
+    from rtseg.errors import CheckpointError
+    from rtseg.segmenter import Segmenter
+
+    path = files["folder"] / "dcnv2.pth"
+    torch.save({"meta": {}, "state_dict": mmdet_state_dict("solov2_light_448_dcn_r50")}, path)
+    with pytest.raises(CheckpointError):
+        Segmenter("solov2_light_512_dcn_r50", weights=str(path))
+    seg = Segmenter("solov2_light_448_dcn_r50", weights=str(path), score_threshold=0.0)
+    image = cv2.imread(str(files["astronaut_portrait"]), cv2.IMREAD_COLOR)
+    assert_matches(seg(image), load_reference("solov2_light_448_dcn_r50", "astronaut_portrait"))
+
+
 # the portrait (the case a fixed landscape canvas got most wrong) in the default run, the rest slow
 PHOTO_PARAMS = [name if name == "astronaut_portrait" else pytest.param(name, marks=pytest.mark.slow) for name in PHOTOS]
 

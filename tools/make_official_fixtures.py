@@ -62,7 +62,12 @@ from official_reference_photos import PHOTO_DIR, PHOTOS, centermask_state_dict, 
 #: rtseg variant -> mmdetection 3.3.0 config file (``mmdet/.mim/configs/solov2/``)
 MMDET_VARIANTS = {
     "solov2_light_448_r18": "solov2-light_r18_fpn_ms-3x_coco.py",
+    "solov2_light_448_dcn_r50": "solov2-light_r50-dcn_fpn_ms-3x_coco.py",  # DCNv2: the stand-in below
 }
+#: photos per variant where not all of them (the fixtures' size: SOLOv2's random-weight masks are speckled)
+MMDET_PHOTOS = {"solov2_light_448_dcn_r50": ("astronaut_portrait",)}
+#: variants whose key table (``solov2_keys/mmdetection/<variant>.json``) this script writes
+MMDET_KEY_TABLES = ("solov2_light_448_dcn_r50",)
 #: rtseg variant = dbolya/yolact config name (``data/config.py``, ``<name>_config``)
 YOLACT_VARIANTS = ("yolact_base",)
 #: rtseg variant -> centermask2 config (``configs/centermask/``)
@@ -118,6 +123,59 @@ class _OpsFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
+def _register_dcnv2() -> None:
+    """Register ``DCNv2`` (mmcv-lite lacks the compiled ``ModulatedDeformConv2dPack``) as a stand-in
+    with mmcv 2.1's exact parameters (``mmcv/ops/modulated_deform_conv.py``: ``weight [out, in /
+    groups, k, k]``, ``bias`` or ``None``, ``conv_offset = Conv2d(in, deform_groups * 3 * k * k, k,
+    stride, padding, dilation, bias=True)``) and its ``forward`` (``o1, o2, mask = chunk(conv_offset(x),
+    3)``, ``offset = cat(o1, o2)``, ``mask = sigmoid(mask)``), with ``torchvision.ops.deform_conv2d``
+    standing in for the CUDA kernel (same offset layout: channel ``2k`` = dy, ``2k + 1`` = dx of tap ``k``)."""
+    import torchvision
+    from mmengine.registry import MODELS
+    from torch import nn
+
+    class ModulatedDeformConv2dPack(nn.Module):
+        def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                     deform_groups=1, bias=True, deformable_groups=None):
+            super().__init__()
+            deform_groups = deformable_groups or deform_groups
+            k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
+            self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+            self.kernel_size = (k, k)  # what ConvModule reads, as mmcv's attributes
+            self.stride, self.padding, self.dilation = stride, padding, dilation
+            self.transposed, self.output_padding = False, (0, 0)
+            self.weight = nn.Parameter(torch.zeros(out_channels, in_channels // groups, k, k))
+            if bias:
+                self.bias = nn.Parameter(torch.zeros(out_channels))
+            else:
+                self.register_parameter("bias", None)
+            self.conv_offset = nn.Conv2d(in_channels, deform_groups * 3 * k * k, k, stride=stride, padding=padding,
+                                         dilation=dilation, bias=True)
+
+        def forward(self, x):
+            o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
+            return torchvision.ops.deform_conv2d(x, torch.cat((o1, o2), dim=1), self.weight, self.bias,
+                                                 stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                                 mask=torch.sigmoid(mask))
+
+    MODELS.register_module("DCNv2", module=ModulatedDeformConv2dPack, force=True)
+
+
+def write_mmdet_key_table(variant: str, config: str, model, mmdet_version: str) -> None:
+    from official_reference_solov2 import FIXTURE_DIR
+
+    keys = {k: list(v.shape) for k, v in model.state_dict().items()}
+    table = {"variant": variant, "layout": "mmdetection",
+             "source": f"open-mmlab/mmdetection v{mmdet_version} (PyPI wheel): the model of .mim/configs/solov2/"
+                       f"{config} built by mmdet.apis.init_detector (mmcv-lite 2.1.0; DCNv2 = a stand-in with mmcv's "
+                       "ModulatedDeformConv2dPack parameters), keys of model.state_dict() "
+                       "(tools/make_official_fixtures.py)",
+             "num_keys": len(keys), "keys": keys}
+    path = FIXTURE_DIR / "solov2_keys" / "mmdetection" / f"{variant}.json"
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"{variant}: {len(keys)} keys -> {path}")
+
+
 def run_mmdet(site: Path, tmp: Path) -> None:
     sys.path.insert(0, str(site))
     sys.meta_path.insert(0, _OpsFinder())
@@ -127,17 +185,20 @@ def run_mmdet(site: Path, tmp: Path) -> None:
     from mmdet.apis import inference_detector, init_detector
     from mmengine.config import Config
 
+    _register_dcnv2()
+
     for variant, config in MMDET_VARIANTS.items():
         cfg = Config.fromfile(str(site / "mmdet" / ".mim" / "configs" / "solov2" / config))
         cfg.model.backbone.init_cfg = None  # no torchvision download; the weights are loaded below
         model = init_detector(cfg, checkpoint=None, device="cpu")
+        if variant in MMDET_KEY_TABLES:
+            write_mmdet_key_table(variant, config, model, mmdet.__version__)
         state = mmdet_state_dict(variant)
         if list(model.state_dict()) != list(state):
             raise SystemExit(f"{variant}: mmdetection's state_dict keys differ from solov2_keys/mmdetection")
         model.load_state_dict(state, strict=True)
         model.eval()
-        ckpt = tmp / f"{variant}.pth"
-        for name in PHOTOS:
+        for name in MMDET_PHOTOS.get(variant, tuple(PHOTOS)):
             path = write_photo(name, tmp)
             with torch.no_grad():
                 result = inference_detector(model, str(path))
@@ -151,7 +212,6 @@ def run_mmdet(site: Path, tmp: Path) -> None:
                        pred.labels.numpy(), pred.masks.numpy(), meta)
             print(f"{variant} {name}: {len(pred.scores)} detections, img_shape {meta['img_shape']}, "
                   f"pad {meta['pad_shape']} -> {out} ({out.stat().st_size // 1024} KB)")
-        del ckpt
 
 
 # -- dbolya/yolact ------------------------------------------------------------------------------------

@@ -380,6 +380,15 @@ def _official_variants() -> tuple[Solov2Config, ...]:
                      head_dcn_last_only=True, mask_channels=128,
                      scale_ranges=((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048)),
                      weights_source=_wx("SOLOv2_LIGHT_512_DCN_R50_3x.pth")),
+        # mmdetection 3's solov2-light_r50-dcn_fpn_ms-3x_coco.py (no WXinlong twin: WXinlong's light-512 is
+        # DCN v1 at 512): DCNv2 (27-channel conv_offset) in backbone stages 2-4 and in the last of 3 tower
+        # convs (dcn_apply_to_all_conv=False), light-512's scale ranges, light-448's test scale (448, 768)
+        Solov2Config(name="solov2_light_448_dcn_r50", class_names=coco, canvas=(448, 768), resize_max=(768, 448),
+                     backbone_depth=50, backbone_dcn="DCNv2", head_convs=3, head_channels=256, head_dcn="DCNv2",
+                     head_dcn_last_only=True, mask_channels=128,
+                     scale_ranges=((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048)),
+                     weights_source="mmdetection config solov2-light_r50-dcn_fpn_ms-3x_coco (no checkpoint in its "
+                     "metafile): pass --weights PATH"),
         # AdelaiDet (detectron2) re-implementation, configs/SOLOv2/R{50,101}_3x.yaml: the same
         # network on a caffe-style MSRA ResNet (stride in the 1x1 conv) with BGR input and std 1
         Solov2Config(name="solov2_adet_r50_fpn", class_names=coco, backbone_style="caffe", pixel_norm="bgr_caffe",
