@@ -311,7 +311,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "part of the variant (anchors, grids): pick a variant with that size ('rtseg models')")
     out = args.out or os.path.join(args.engine_dir, f"{args.model}.onnx")
     result = export_onnx(seg.net, seg.config, out, batch=args.batch, dynamic_batch=profile is not None,
-                         opset=args.opset, weights=seg.weights_path, half=args.half)
+                         opset=args.opset, weights=seg.weights_path, half=args.half,
+                         dynamic_hw=seg.geometry_follows_frame)  # issue 16: official keep-ratio variants
     outputs = ", ".join(f"{o['name']}{o['shape']}" for o in result.manifest["outputs"])
     print(f"wrote {result.path} (input {result.manifest['input']['shape']}; outputs {outputs}) and {result.manifest_path}")
     if args.format == "engine":

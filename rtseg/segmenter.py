@@ -162,13 +162,29 @@ class Segmenter:
             # frame-size-dependent inputs need a graph with symbolic height / width
             dynamic_hw = self.canvas is None and self.geometry_follows_frame
             path = engine or cached_onnx(self.net, self.config, self.weights_path, cache_dir, dynamic_hw=dynamic_hw)
-            return OnnxRuntimeBackend(path, model=self.model_name, device=self.device)
+            backend_ = OnnxRuntimeBackend(path, model=self.model_name, device=self.device)
+            self._check_graph_shape(path, backend_.input_shape)
+            return backend_
         from rtseg.backends.tensorrt_backend import TensorRTBackend
 
         if engine is None:
             raise ConfigError(f"--backend tensorrt needs an engine file: rtseg export --model {self.model_name} "
                               "--format engine, then pass --engine PATH")
         return TensorRTBackend(engine, model=self.model_name, device=self.device)
+
+    def _check_graph_shape(self, path: str, shape: list) -> None:
+        """A graph with a fixed height and width serves only that input: say so now, not per frame."""
+        hw = shape[2:] if len(shape) == 4 else []
+        if not all(isinstance(v, int) for v in hw) or len(hw) != 2:
+            return  # symbolic height / width: any padded size
+        fixed = (int(hw[0]), int(hw[1]))
+        if self.canvas is None and self.geometry_follows_frame:
+            raise ConfigError(f"'{path}' takes a fixed {fixed[0]}x{fixed[1]} input but model {self.model_name} sizes its input "
+                              f"per frame: pass --canvas {fixed[0]}x{fixed[1]} (detections then differ from upstream's) or "
+                              "export with dynamic height / width (rtseg export does for this model)")
+        if self.canvas is not None and self.canvas != fixed:
+            raise ConfigError(f"'{path}' takes a fixed {fixed[0]}x{fixed[1]} input, not the --canvas "
+                              f"{self.canvas[0]}x{self.canvas[1]}")
 
     @property
     def class_names(self) -> tuple[str, ...]:

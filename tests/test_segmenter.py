@@ -159,3 +159,16 @@ def test_rank_by_mask_score_ranks_thresholds_and_publishes_the_mask_score():
     assert ranked.class_ids.tolist() == [1, 0] and ranked.scores.tolist() == pytest.approx([0.6, 0.1])
     assert ranked.mask_scores is None
     assert inst[[2, 0]].mask_scores.tolist() == pytest.approx([-0.2, 0.1])
+
+
+def test_a_fixed_shape_graph_is_refused_for_per_frame_geometry_unless_the_canvas_matches():
+    from rtseg.errors import ConfigError
+
+    seg = Segmenter("solov2_light_448_r18")
+    with pytest.raises(ConfigError, match="fixed 448x768 input .* pass --canvas 448x768"):
+        seg._check_graph_shape("m.onnx", [1, 3, 448, 768])
+    seg._check_graph_shape("m.onnx", [1, 3, "height", "width"])  # symbolic: fine
+    Segmenter("solov2_light_448_r18", canvas=(448, 768))._check_graph_shape("m.onnx", [1, 3, 448, 768])
+    with pytest.raises(ConfigError, match="not the --canvas 448x736"):
+        Segmenter("solov2_light_448_r18", canvas=(448, 736))._check_graph_shape("m.onnx", [1, 3, 448, 768])
+    Segmenter()._check_graph_shape("m.onnx", [1, 3, 384, 384])  # the built-in model's fixed input
