@@ -60,19 +60,20 @@ def load_reference(variant: str, name: str) -> dict[str, np.ndarray]:
     return out
 
 
-def mmdet_state_dict(variant: str) -> dict[str, torch.Tensor]:
+def mmdet_state_dict(variant: str, layout: str = "mmdetection") -> dict[str, torch.Tensor]:
     """The deterministic weights of ``variant`` in mmdetection's key layout.
 
     The values are ``official_reference_solov2.deterministic_state_dict`` of the WXinlong layout
     (rtseg's), whose keys rtseg's converter maps each mmdetection key
     (``solov2_keys/mmdetection/<variant>.json``) to; so rtseg loading this file gets exactly
-    those values, and the official model gets them under its own names.
+    those values, and the official model gets them under its own names. ``layout="adelaidet"``:
+    the same for AdelaiDet's keys (``solov2_keys/adelaidet/<variant>.json``).
     """
     from official_reference_solov2 import FIXTURE_DIR, deterministic_state_dict
     from rtseg.models import get_config
     from rtseg.models.solov2_checkpoints import convert_state_dict
 
-    mm_keys = json.loads((FIXTURE_DIR / "solov2_keys" / "mmdetection" / f"{variant}.json").read_text())["keys"]
+    mm_keys = json.loads((FIXTURE_DIR / "solov2_keys" / layout / f"{variant}.json").read_text())["keys"]
     names = list(mm_keys)
     probe = {k: torch.full([int(s) for s in shape], float(i)) for i, (k, shape) in enumerate(mm_keys.items())}
     converted = convert_state_dict(probe, get_config(variant))  # rtseg key -> the probe of its mmdetection key

@@ -116,6 +116,20 @@ def test_mmdetection_dcnv2_light_variant_loads_strictly_and_matches_official(fil
     assert_matches(seg(image), load_reference("solov2_light_448_dcn_r50", "astronaut_portrait"))
 
 
+@pytest.mark.slow  # ResNet-50 at 800 px on the CPU
+@pytest.mark.parametrize("name", ["astronaut_portrait", "astronaut_landscape"])
+def test_adelaidet_solov2_matches_official_adelaidet(name, files):
+    """AdelaiDet's SOLOv2 (detectron2: ``ResizeShortestEdge(800, 1333)`` with PIL on uint8, caffe
+    ResNet, BGR) from its own checkpoint layout."""
+    from rtseg.segmenter import Segmenter
+
+    path = files["folder"] / "adet.pth"
+    torch.save({"model": mmdet_state_dict("solov2_adet_r50_fpn", layout="adelaidet"), "iteration": 0}, path)
+    seg = Segmenter("solov2_adet_r50_fpn", weights=str(path), score_threshold=0.0)
+    image = cv2.imread(str(files[name]), cv2.IMREAD_COLOR)
+    assert_matches(seg(image), load_reference("solov2_adet_r50_fpn", name))
+
+
 # the portrait (the case a fixed landscape canvas got most wrong) in the default run, the rest slow
 PHOTO_PARAMS = [name if name == "astronaut_portrait" else pytest.param(name, marks=pytest.mark.slow) for name in PHOTOS]
 

@@ -35,7 +35,8 @@ Usage::
 
     python tools/make_official_fixtures.py --site /tmp/i16/site \\
         --detectron2-src /tmp/i16/src --centermask2-src /tmp/i16/src/centermask2 \\
-        --yolact-src /tmp/i16/src/yolact [--only solov2|centermask|yolact]
+        --yolact-src /tmp/i16/src/yolact --adelaidet-src /tmp/i16/src/AdelaiDet \\
+        [--only solov2|centermask|yolact|adelaidet]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ MMDET_PHOTOS = {"solov2_light_448_dcn_r50": ("astronaut_portrait",)}
 MMDET_KEY_TABLES = ("solov2_light_448_dcn_r50",)
 #: rtseg variant = dbolya/yolact config name (``data/config.py``, ``<name>_config``)
 YOLACT_VARIANTS = ("yolact_base",)
+#: rtseg variant -> (AdelaiDet config ``configs/SOLOv2/<file>``, photos): ResNet-50 at 800 px on the CPU, two photos
+ADET_VARIANTS = {"solov2_adet_r50_fpn": ("R50_3x.yaml", ("astronaut_portrait", "astronaut_landscape"))}
 #: rtseg variant -> centermask2 config (``configs/centermask/``)
 CENTERMASK_VARIANTS = {
     "centermask2_lite_v19_slim_dw": "centermask_lite_V_19_slim_dw_eSE_FPN_ms_4x.yaml",
@@ -262,6 +265,47 @@ def run_yolact(yolact_src: Path, tmp: Path) -> None:
             print(f"{variant} {name}: {len(scores)} detections -> {out} ({out.stat().st_size // 1024} KB)")
 
 
+# -- AdelaiDet ----------------------------------------------------------------------------------------
+
+def run_adet(site: Path | None, detectron2_src: Path, adet_src: Path, tmp: Path) -> None:
+    if site is not None:
+        sys.path.insert(0, str(site))
+    sys.path.insert(0, str(detectron2_src))
+    sys.path.insert(0, str(adet_src))
+    # adet.layers imports its compiled extension (BezierAlign, DefROIAlign: not used by SOLOv2)
+    sys.modules.setdefault("adet._C", types.ModuleType("adet._C"))
+    from adet.config import get_cfg
+    from detectron2.data.detection_utils import read_image
+    from detectron2.engine import DefaultPredictor
+
+    commit = git_head(adet_src)
+    for variant, (config, names) in ADET_VARIANTS.items():
+        cfg = get_cfg()
+        cfg.merge_from_file(str(adet_src / "configs" / "SOLOv2" / config))
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.WEIGHTS = ""
+        cfg.freeze()
+        predictor = DefaultPredictor(cfg)
+        state = mmdet_state_dict(variant, layout="adelaidet")
+        if list(predictor.model.state_dict()) != list(state):
+            raise SystemExit(f"{variant}: AdelaiDet's keys differ from solov2_keys/adelaidet")
+        predictor.model.load_state_dict(state, strict=True)
+        predictor.model.eval()
+        for name in names:
+            path = write_photo(name, tmp)
+            image = read_image(str(path), format="BGR")
+            with torch.no_grad():
+                inst = predictor(image)["instances"].to("cpu")
+            resized = predictor.aug.get_transform(image).apply_image(image).shape[:2]
+            meta = {"official": f"aim-uofa/AdelaiDet@{commit or 'unknown'} on detectron2 (DefaultPredictor on "
+                                f"read_image of the PNG file), config configs/SOLOv2/{config}", "torch": torch.__version__,
+                    "resized": list(resized), "test_sizes": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST]}
+            boxes = inst.pred_boxes.tensor.numpy() if inst.has("pred_boxes") else np.zeros((len(inst), 4), np.float32)
+            out = save(variant, name, image.shape[:2], boxes, inst.scores.numpy(), inst.pred_classes.numpy(),
+                       inst.pred_masks.numpy(), meta)
+            print(f"{variant} {name}: {len(inst)} detections, resized {resized} -> {out} ({out.stat().st_size // 1024} KB)")
+
+
 # -- centermask2 ----------------------------------------------------------------------------------
 
 def run_centermask(site: Path | None, detectron2_src: Path, centermask2_src: Path, tmp: Path) -> None:
@@ -317,7 +361,8 @@ def main() -> int:
     parser.add_argument("--detectron2-src", type=Path)
     parser.add_argument("--centermask2-src", type=Path)
     parser.add_argument("--yolact-src", type=Path)
-    parser.add_argument("--only", choices=("solov2", "centermask", "yolact"))
+    parser.add_argument("--adelaidet-src", type=Path)
+    parser.add_argument("--only", choices=("solov2", "centermask", "yolact", "adelaidet"))
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -329,6 +374,10 @@ def main() -> int:
             if args.site is None:
                 parser.error("--site is needed for the SOLOv2 fixtures")
             run_mmdet(args.site, Path(tmp))
+        if args.only in (None, "adelaidet"):
+            if args.detectron2_src is None or args.adelaidet_src is None:
+                parser.error("--detectron2-src and --adelaidet-src are needed for the AdelaiDet SOLOv2 fixtures")
+            run_adet(args.site, args.detectron2_src, args.adelaidet_src, Path(tmp))
         if args.only in (None, "centermask"):
             if args.detectron2_src is None or args.centermask2_src is None:
                 parser.error("--detectron2-src and --centermask2-src are needed for the CenterMask fixtures")
