@@ -81,6 +81,27 @@ def _backend_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected torch, onnxruntime, tensorrt or triton://HOST:PORT/MODEL, got '{text}'")
 
 
+# -- input geometry and score ranking (issue 16) ------------------------------------------------
+def _canvas_arg(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 608x1024, got '{text}'") from None
+    if h < 32 or w < 32 or h % 32 or w % 32:
+        raise argparse.ArgumentTypeError(f"expected H and W multiples of 32 (>= 32), got '{text}'")
+    return h, w
+
+
+def _add_geometry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--canvas", metavar="HxW", type=_canvas_arg,
+                   help="run every frame at this one input shape (resize capped to fit, padded to it): a speed "
+                        "option for fixed-shape engines; official weights then give other detections than upstream "
+                        "(default: each model's official resize and padding to 32, once per frame size)")
+    p.add_argument("--rank-by", choices=("score", "mask_score"), default="score",
+                   help="score: upstream's detection score (default); mask_score: rank, threshold and publish by "
+                        "the mask score where the model has one (YOLACT++, CenterMask), as YOLACT++'s demo shows")
+
+
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", type=_backend_arg, default="torch", metavar="{torch,onnxruntime,tensorrt,triton://HOST:PORT/MODEL}",
                    help="inference runtime (default torch; onnxruntime exports the model once into ./engines; "
@@ -133,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds a lost camera or stream is retried before the run ends (exit 3; default 60)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the end-of-run summary as JSON")
     _add_backend_args(run)
+    _add_geometry_args(run)
 
     subp = sub.add_parser("subscribe", help="receive and print (or save) published results",
                           epilog=SUBSCRIBE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--class-agnostic", action="store_true",
                     help="score with every class merged into one: whether errors lie in the masks or in the classes")
     _add_backend_args(ev)
+    _add_geometry_args(ev)
 
     ex = sub.add_parser("export", help="export a model to ONNX (and build a TensorRT engine from it)")
     ex.add_argument("--model", default=DEFAULT_MODEL)
@@ -300,7 +323,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     configure_threads(args.threads)
     result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
                       max_images=args.max_images, backend=args.backend, engine=args.engine,
-                      postprocess=args.postprocess, class_agnostic=args.class_agnostic)
+                      postprocess=args.postprocess, class_agnostic=args.class_agnostic, canvas=args.canvas,
+                      rank_by=args.rank_by)
     print(result.format_table())
     if args.json:
         write_eval(result, args.json)
@@ -345,7 +369,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "part of the variant (anchors, grids): pick a variant with that size ('rtseg models')")
     out = args.out or os.path.join(args.engine_dir, f"{args.model}.onnx")
     result = export_onnx(seg.net, seg.config, out, batch=args.batch, dynamic_batch=profile is not None,
-                         opset=args.opset, weights=seg.weights_path, half=args.half, dcn=args.dcn)
+                         opset=args.opset, weights=seg.weights_path, half=args.half, dcn=args.dcn,
+                         dynamic_hw=seg.geometry_follows_frame)  # issue 16: official keep-ratio variants
     outputs = ", ".join(f"{o['name']}{o['shape']}" for o in result.manifest["outputs"])
     print(f"wrote {result.path} (input {result.manifest['input']['shape']}; outputs {outputs}) and {result.manifest_path}")
     if args.format == "engine":
@@ -566,7 +591,8 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
             threads = configure_threads(args.threads, workers)
             segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
                                   score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
-                                  postprocess=args.postprocess, cuda_graph=args.cuda_graph)
+                                  postprocess=args.postprocess, cuda_graph=args.cuda_graph, canvas=args.canvas,
+                                  rank_by=args.rank_by)
             log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
                      segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, threads)
             segmenter.warmup()

@@ -10,8 +10,9 @@ reports -1 where a metric has no ground truth (e.g. APs without small objects); 
 turns that into ``nan`` (``null`` in JSON). Mask and box results are scored as separate
 result sets, as upstream YOLACT's ``eval.py`` does: pycocotools' ``loadRes`` would
 otherwise take a result's ``area`` from its box, not its mask, for the size ranges.
-YOLACT++ upstream scores boxes and masks differently; the Segmenter gives one score per
-instance and it is used for both.
+Where a family has a box and a mask score (YOLACT++, CenterMask: ``Instances.mask_scores``),
+mask AP ranks by the mask score and box AP by the box score, as upstream's evaluations do
+(YOLACT ``eval.py`` ``prep_metrics``; centermask2 ``coco_evaluation.py``).
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ def evaluate_predictions(gt: Any, predictions: list[dict], *, image_ids: list[in
     out: dict[str, dict[str, float]] = {}
     for iou_type in _IOU_TYPES:
         drop = "bbox" if iou_type == "segm" else "segmentation"
-        results = [{k: v for k, v in p.items() if k != drop} for p in predictions]
+        results = [{k: v for k, v in p.items() if k not in (drop, "mask_score")} for p in predictions]
+        if iou_type == "segm":  # a result's optional mask score ranks its mask (upstream's mask AP)
+            for r, p in zip(results, predictions):
+                r["score"] = p.get("mask_score", p["score"])
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
             ev = COCOeval(coco_gt, coco_dt, iou_type)
@@ -227,20 +231,24 @@ def instances_to_results(instances, image_id: int, category_of: dict[int, int]) 
     ``bbox`` ``[x, y, w, h]`` and ``segmentation`` RLE); unmapped classes dropped."""
     rles = instances.to_rle()
     out = []
-    for box, score, cls, rle in zip(instances.boxes, instances.scores, instances.class_ids, rles):
+    mask_scores = instances.mask_scores
+    for i, (box, score, cls, rle) in enumerate(zip(instances.boxes, instances.scores, instances.class_ids, rles)):
         cat = category_of.get(int(cls))
         if cat is None:
             continue
         x1, y1, x2, y2 = (float(v) for v in box)
         out.append({"image_id": image_id, "category_id": cat, "score": float(score),
                     "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": rle})
+        if mask_scores is not None:
+            out[-1]["mask_score"] = float(mask_scores[i])
     return out
 
 
 def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu", score_threshold: float = 0.0,
              max_images: int | None = None, progress: bool = True, ann_file: str | None = None,
              images_dir: str | None = None, backend: str = "torch", engine: str | None = None,
-             postprocess: str = "torch", class_agnostic: bool = False) -> EvalResult:
+             postprocess: str = "torch", class_agnostic: bool = False, canvas: tuple[int, int] | None = None,
+             rank_by: str = "score") -> EvalResult:
     """COCO AP and speed of ``model`` on the COCO-format folder ``data``.
 
     Args:
@@ -257,6 +265,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         ann_file, images_dir: as for :class:`rtseg.data.coco.CocoInstanceDataset`.
         backend, engine: as for :class:`rtseg.segmenter.Segmenter`.
         class_agnostic: score with every class merged into one (:func:`merge_classes`).
+        canvas, rank_by: as for :class:`rtseg.segmenter.Segmenter`.
     """
     from rtseg.data.coco import load_coco_folder, read_image
     from rtseg.segmenter import Segmenter
@@ -265,7 +274,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         raise ConfigError(f"max images must be a positive integer, got {max_images!r}")
     folder = load_coco_folder(data, ann_file, images_dir=images_dir)
     segmenter = Segmenter(model, weights=weights, device=device, score_threshold=score_threshold, backend=backend,
-                          engine=engine, postprocess=postprocess)
+                          engine=engine, postprocess=postprocess, canvas=canvas, rank_by=rank_by)
     category_of = category_mapping(segmenter.class_names, folder.categories)
     images = folder.images if max_images is None else folder.images[:max_images]
     if not images:

@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: header ``schema`` written by this module; a consumer accepts any ``1.x``
-#: (1.1 added the optional ``publisher_id`` and ``publish_seq``)
-SCHEMA = "rtseg.instances/1.1"
+#: (1.1 added the optional ``publisher_id`` and ``publish_seq``; 1.2 the optional per-instance
+#: ``mask_score``)
+SCHEMA = "rtseg.instances/1.2"
 SCHEMA_NAME = "rtseg.instances"
 SCHEMA_MAJOR = 1
 #: header ``mask_encoding``: integer window per instance, bit-packed row-major, MSB first
@@ -146,6 +147,10 @@ def encode_message(
         assert instances is not None
         _check_finite("boxes", instances.boxes)
         _check_finite("scores", instances.scores)
+        mask_scores = None
+        if instances.mask_scores is not None:
+            _check_finite("mask_scores", instances.mask_scores)
+            mask_scores = instances.mask_scores.tolist()
         windows = mask_windows(instances.masks).tolist()
         boxes = instances.boxes.tolist()  # float32 -> Python float: exact
         scores = instances.scores.tolist()
@@ -169,6 +174,8 @@ def encode_message(
                     "mask_length": len(packed),
                 }
             )
+            if mask_scores is not None:
+                entries[-1]["mask_score"] = mask_scores[i]
             chunks.append(packed)
             offset += len(packed)
     blob = b"".join(chunks)
@@ -213,18 +220,21 @@ class PackedInstances:
       memory proportional to the windows' pixels, never to ``H * W``.
     """
 
-    __slots__ = ("boxes", "scores", "class_ids", "image_size", "windows", "_offsets", "_blob")
+    __slots__ = ("boxes", "scores", "class_ids", "image_size", "windows", "mask_scores", "_offsets", "_blob")
 
     def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, image_size: tuple[int, int],
-                 windows: np.ndarray, offsets: np.ndarray, blob: bytes) -> None:
+                 windows: np.ndarray, offsets: np.ndarray, blob: bytes, *,
+                 mask_scores: np.ndarray | None = None) -> None:
         n = boxes.shape[0]
         assert boxes.shape == (n, 4) and scores.shape == (n,) and class_ids.shape == (n,)
         assert windows.shape == (n, 4) and offsets.shape == (n,)
+        assert mask_scores is None or mask_scores.shape == (n,)
         self.boxes = boxes  #: ``float32[N, 4]``
         self.scores = scores  #: ``float32[N]``
         self.class_ids = class_ids  #: ``int64[N]``
         self.image_size = (int(image_size[0]), int(image_size[1]))  #: ``(H, W)``
         self.windows = windows  #: ``int64[N, 4]``: each mask's ``x0, y0, x1, y1`` (``mask_window``)
+        self.mask_scores = mask_scores  #: ``float32[N]`` or ``None`` (wire format 1.2 ``mask_score``)
         self._offsets = offsets
         self._blob = blob
 
@@ -240,7 +250,8 @@ class PackedInstances:
         index = np.arange(len(self))[item]
         index = np.atleast_1d(index)
         return PackedInstances(self.boxes[index], self.scores[index], self.class_ids[index], self.image_size,
-                               self.windows[index], self._offsets[index], self._blob)
+                               self.windows[index], self._offsets[index], self._blob,
+                               mask_scores=None if self.mask_scores is None else self.mask_scores[index])
 
     def window_mask(self, i: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """Mask ``i`` in its window: ``((x0, y0, x1, y1), bool[y1 - y0, x1 - x0])``; false outside it."""
@@ -265,7 +276,7 @@ class PackedInstances:
     def to_instances(self) -> Instances:
         """The same instances as :class:`rtseg.structures.Instances` (full-size masks)."""
         return Instances(boxes=self.boxes, scores=self.scores, class_ids=self.class_ids, masks=self.masks,
-                         image_size=self.image_size)
+                         image_size=self.image_size, mask_scores=self.mask_scores)
 
     def mask_areas(self) -> np.ndarray:
         """``int64[N]``: number of mask pixels per instance (counted in the windows)."""
@@ -300,6 +311,9 @@ class PackedInstances:
             return NotImplemented
         if not (self.image_size == other.image_size and np.array_equal(self.boxes, other.boxes)
                 and np.array_equal(self.scores, other.scores) and np.array_equal(self.class_ids, other.class_ids)):
+            return False
+        if (self.mask_scores is None) != (other.mask_scores is None) or (
+                self.mask_scores is not None and not np.array_equal(self.mask_scores, other.mask_scores)):
             return False
         if isinstance(other, Instances):
             for i in range(len(self)):
@@ -505,6 +519,7 @@ def decode_message(
 
     boxes = np.zeros((n, 4), np.float32)
     scores = np.zeros((n,), np.float32)
+    mask_scores: np.ndarray | None = None  # schema 1.2: optional, on every entry or on none
     class_ids = np.zeros((n,), np.int64)
     names: list[str] = []
     spans: list[tuple[int, int, int]] = []  # (offset, length, instance index)
@@ -516,6 +531,13 @@ def decode_message(
         class_ids[i] = _int(entry, "class_id", where, 0, _INT64_MAX)
         names.append(_str(entry, "class_name", where))
         scores[i] = _number(_get(entry, "score", where), f"{where} field 'score'")
+        if i == 0 and "mask_score" in entry:
+            mask_scores = np.zeros((n,), np.float32)
+        if ("mask_score" in entry) != (mask_scores is not None):
+            raise _malformed(f"{where} field 'mask_score'", "present on every instance or on none",
+                             "present" if "mask_score" in entry else "absent")
+        if mask_scores is not None:
+            mask_scores[i] = _number(entry["mask_score"], f"{where} field 'mask_score'")
         box = _get(entry, "box", where)
         if not isinstance(box, list) or len(box) != 4:
             raise _malformed(f"{where} field 'box'", "a list of 4 numbers", _short(box))
@@ -550,7 +572,7 @@ def decode_message(
     for offset, _, i in spans:
         offsets[i] = offset
     instances = PackedInstances(boxes, scores, class_ids, (h, w), np.array(windows, np.int64).reshape(n, 4), offsets,
-                                blob_bytes)
+                                blob_bytes, mask_scores=mask_scores)
     return Message(
         topic=bytes(topic_view),
         header=header,

@@ -19,7 +19,7 @@ from rtseg.backends import BACKENDS, TRITON_SCHEME, Backend, TorchBackend
 from rtseg.defaults import DEFAULT_SCORE_THRESHOLD
 from rtseg.errors import ConfigError
 from rtseg.families import family_of
-from rtseg.families.base import ModelConfig
+from rtseg.families.base import InputGeometry, ModelConfig, check_canvas
 from rtseg.models import DEFAULT_MODEL, get_config
 from rtseg.models.checkpoint import load_weights
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, cuda_ops
@@ -78,6 +78,15 @@ class Segmenter:
         postprocess: ``"torch"`` (torch ops on the model's device) or ``"cuda"``: rtseg's CUDA
             kernels (``cuda/``, :mod:`rtseg.kernels`) for preprocessing, NMS and mask assembly
             / pasting; needs a CUDA device, pycuda (the ``gpu`` extra) or CuPy, and nvcc or NVRTC.
+        canvas: ``(H, W)``, multiples of 32: run every frame at this one input shape (resize
+            capped to fit, zero padding to it) instead of the official per-frame-size geometry.
+            A speed option (one shape for engines and caches); for official weights it changes
+            the detections (see README "Exactness"). ``None`` (default): the family's official
+            test geometry, computed once per frame size (a stream has one).
+        rank_by: ``"score"`` (default): ``Instances.scores`` is upstream's detection score and
+            the threshold applies to it; ``"mask_score"``: where the family has a mask score
+            (YOLACT++, CenterMask) rank and threshold by it and publish it as the score, as
+            YOLACT++'s official demo displays (:meth:`Instances.ranked_by_mask_score`).
 
     The torch network is built in every case: post-processing reads its parameters
     (anchors, YOLACT++'s mask re-scoring head), and it is what gets exported.
@@ -86,7 +95,7 @@ class Segmenter:
     def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | None = None, device: str = "cpu",
                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch",
                  engine: str | None = None, cache_dir: str | None = None, postprocess: str = "torch",
-                 cuda_graph: bool = False) -> None:
+                 cuda_graph: bool = False, canvas: tuple[int, int] | None = None, rank_by: str = "score") -> None:
         remote = isinstance(backend, str) and backend.startswith(TRITON_SCHEME)
         if backend not in BACKENDS and not remote:
             raise ConfigError(f"unknown backend '{backend}', expected one of {', '.join(BACKENDS)} "
@@ -97,10 +106,23 @@ class Segmenter:
             raise ConfigError(f"--cuda-graph replays a TensorRT engine: it needs --backend tensorrt, got '{backend}'")
         if not 0.0 <= score_threshold < 1.0:
             raise ConfigError(f"score threshold must be in [0, 1), got {score_threshold}")
+        if rank_by not in ("score", "mask_score"):
+            raise ConfigError(f"rank_by must be 'score' or 'mask_score', got {rank_by!r}")
+        self.rank_by = rank_by
+        try:
+            self.canvas = check_canvas(canvas)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.config: ModelConfig = get_config(model)
         self.device = parse_device(device)
         self.ops = self._postprocess_ops(postprocess, self.device)
         self.family = family_of(self.config)
+        self._geometries: dict[tuple[int, int], InputGeometry] = {}
+        if self.canvas is not None:
+            try:  # refused here, before anything is built, where the family cannot take it
+                self.family.geometry(self.config, self.canvas, self.canvas)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         self.score_threshold = float(score_threshold)
         self.model_name = model
         with torch.random.fork_rng(devices=[]):
@@ -153,8 +175,12 @@ class Segmenter:
             from rtseg.backends.onnxruntime_backend import OnnxRuntimeBackend
             from rtseg.export.cache import cached_onnx
 
-            path = engine or cached_onnx(self.net, self.config, self.weights_path, cache_dir)
-            return OnnxRuntimeBackend(path, model=self.model_name, device=self.device)
+            # frame-size-dependent inputs need a graph with symbolic height / width
+            dynamic_hw = self.canvas is None and self.geometry_follows_frame
+            path = engine or cached_onnx(self.net, self.config, self.weights_path, cache_dir, dynamic_hw=dynamic_hw)
+            backend_ = OnnxRuntimeBackend(path, model=self.model_name, device=self.device)
+            self._check_graph_shape(path, backend_.input_shape)
+            return backend_
         from rtseg.backends.tensorrt_backend import TensorRTBackend
 
         if engine is None:
@@ -162,13 +188,52 @@ class Segmenter:
                               "--format engine, then pass --engine PATH")
         return TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph)
 
+    def _check_graph_shape(self, path: str, shape: list) -> None:
+        """A graph with a fixed height and width serves only that input: say so now, not per frame."""
+        hw = shape[2:] if len(shape) == 4 else []
+        if not all(isinstance(v, int) for v in hw) or len(hw) != 2:
+            return  # symbolic height / width: any padded size
+        fixed = (int(hw[0]), int(hw[1]))
+        if self.canvas is None and self.geometry_follows_frame:
+            raise ConfigError(f"'{path}' takes a fixed {fixed[0]}x{fixed[1]} input but model {self.model_name} sizes its input "
+                              f"per frame: pass --canvas {fixed[0]}x{fixed[1]} (detections then differ from upstream's) or "
+                              "export with dynamic height / width (rtseg export does for this model)")
+        if self.canvas is not None and self.canvas != fixed:
+            raise ConfigError(f"'{path}' takes a fixed {fixed[0]}x{fixed[1]} input, not the --canvas "
+                              f"{self.canvas[0]}x{self.canvas[1]}")
+
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return self.config.input_size
+        """The fixed input ``(H, W)``: the ``canvas`` when given, else the config's (training)
+        size; with the per-frame-size geometry (:meth:`geometry`) the network input of a frame
+        can differ from it."""
+        return self.canvas or self.config.input_size
+
+    @property
+    def geometry_follows_frame(self) -> bool:
+        """Whether the network input shape depends on the frame size (official keep-ratio
+        variants without a ``canvas``)."""
+        if self.canvas is not None:
+            return False
+        return len({self.geometry(size).padded for size in ((480, 640), (640, 480))}) > 1
+
+    def geometry(self, image_size: tuple[int, int]) -> InputGeometry:
+        """The input geometry of frames of ``image_size (H, W)``, computed once per size."""
+        key = (int(image_size[0]), int(image_size[1]))
+        found = self._geometries.get(key)
+        if found is None:
+            if len(self._geometries) >= 16:  # a few sizes in practice; stay bounded on odd inputs
+                self._geometries.clear()
+            try:
+                found = self.family.geometry(self.config, key, self.canvas)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            self._geometries[key] = found
+        return found
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -176,12 +241,13 @@ class Segmenter:
 
     # -- the three stages, separately callable for timing and for other backends --------------
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``uint8[H, W, 3]`` BGR -> ``float32[1, 3, S, S]`` on the model's device."""
+        """``uint8[H, W, 3]`` BGR -> ``float32[1, 3, *geometry(image size).padded]`` on the model's device."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             found = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")
+        geometry = self.geometry(image.shape[:2])
         batch = torch.from_numpy(image).to(self.device, non_blocking=True)[None]
-        return (self.ops.preprocess or self.family.preprocess)(batch, self.config)
+        return self.family.preprocess(batch, self.config, geometry, self.ops)
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named raw head outputs from the backend (see the family's network, e.g.
@@ -190,7 +256,13 @@ class Segmenter:
 
     @torch.inference_mode()
     def postprocess(self, outputs: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Instances:
-        return self.family.postprocess(outputs, self.net, self.config, image_size, self.score_threshold, self.ops)
+        """Outputs of one frame of ``image_size`` (preprocessed by :meth:`preprocess`) -> :class:`Instances`."""
+        geometry = self.geometry(image_size)
+        instances = self.family.postprocess(outputs, self.net, self.config, image_size, self.score_threshold,
+                                            self.ops, geometry)
+        if self.rank_by == "mask_score":
+            instances = instances.ranked_by_mask_score(self.score_threshold)
+        return instances
 
     def process(self, image: np.ndarray) -> tuple[Instances, StageTimes]:
         """Segment one image and report the time of each stage."""
@@ -205,10 +277,11 @@ class Segmenter:
         t3 = time.perf_counter()
         return instances, StageTimes(t1 - t0, t2 - t1, t3 - t2)
 
-    def warmup(self, runs: int = 2) -> None:
-        """Run the model on a blank input so one-time costs (kernel selection, allocator
-        growth) are paid before the first real frame is timed."""
-        blank = np.zeros((*self.input_size, 3), np.uint8)
+    def warmup(self, runs: int = 2, image_size: tuple[int, int] | None = None) -> None:
+        """Run the model on a blank frame (of ``image_size``, default :attr:`input_size`) so
+        one-time costs (kernel selection, allocator growth) are paid before the first real
+        frame is timed."""
+        blank = np.zeros((*(image_size or self.input_size), 3), np.uint8)
         for _ in range(runs):
             self.process(blank)
 

@@ -37,6 +37,10 @@ class Instances:
       (no background class).
     - ``masks``: ``bool[N, H, W]``, one full-image mask per instance.
     - ``image_size``: ``(H, W)`` of the image the instances refer to.
+    - ``mask_scores``: optional ``float32[N]``, for families whose upstream gives a box score
+      and a mask score (CenterMask: ``scores * maskiou``; YOLACT++: ``scores * maskiou``, the
+      score upstream's mask AP ranks by). ``scores`` is then the box score. ``None`` otherwise.
+      Not bounded to ``[0, 1]``: CenterMask's regressed maskiou is not clamped upstream.
 
     Indexing with an int, a slice, an index array or a boolean array filters every field
     at once and returns a new :class:`Instances`; no method modifies its inputs.
@@ -47,6 +51,7 @@ class Instances:
     class_ids: np.ndarray
     masks: np.ndarray
     image_size: tuple[int, int]
+    mask_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -69,6 +74,10 @@ class Instances:
                 raise ValueError(f"{name} must have {n} entries to match boxes, got {arr.shape[0]}")
         if self.masks.shape != (n, h, w):
             raise ValueError(f"masks must have shape {(n, h, w)} (N, H, W), got {tuple(self.masks.shape)}")
+        if self.mask_scores is not None:
+            _check_array("mask_scores", self.mask_scores, np.float32, 1, "(N,)")
+            if self.mask_scores.shape[0] != n:
+                raise ValueError(f"mask_scores must have {n} entries to match boxes, got {self.mask_scores.shape[0]}")
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -91,7 +100,11 @@ class Instances:
         sizes = {p.image_size for p in parts}
         if len(sizes) != 1:
             raise ValueError(f"all parts must share one image_size, got {sorted(sizes)}")
+        with_mask_scores = {p.mask_scores is not None for p in parts}
+        if len(with_mask_scores) != 1:
+            raise ValueError("all parts must either have mask_scores or not, got a mix")
         return cls(
+            mask_scores=np.concatenate([p.mask_scores for p in parts]) if with_mask_scores == {True} else None,
             boxes=np.concatenate([p.boxes for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
             class_ids=np.concatenate([p.class_ids for p in parts]),
@@ -115,6 +128,7 @@ class Instances:
             class_ids=self.class_ids[item],
             masks=self.masks[item],
             image_size=self.image_size,
+            mask_scores=None if self.mask_scores is None else self.mask_scores[item],
         )
 
     def __eq__(self, other: object) -> bool:  # value equality, for tests and round trips
@@ -126,12 +140,27 @@ class Instances:
             and np.array_equal(self.scores, other.scores)
             and np.array_equal(self.class_ids, other.class_ids)
             and np.array_equal(self.masks, other.masks)
+            and (self.mask_scores is None) == (other.mask_scores is None)
+            and (self.mask_scores is None or np.array_equal(self.mask_scores, other.mask_scores))
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable numpy payload: not hashable
 
     def __repr__(self) -> str:
         return f"Instances(n={len(self)}, image_size={self.image_size})"
+
+    def ranked_by_mask_score(self, threshold: float = 0.0) -> "Instances":
+        """The instances with ``scores`` replaced by ``mask_scores``, sorted by it (stable,
+        descending) and those ``<= threshold`` dropped: how YOLACT++'s official display path
+        (``eval.py`` ``prep_display``, ``rescore_bbox=True``) ranks and thresholds. Unchanged
+        when there are no ``mask_scores``."""
+        if self.mask_scores is None:
+            return self
+        order = np.argsort(-self.mask_scores, kind="stable")
+        order = order[self.mask_scores[order] > threshold]
+        picked = self[order]
+        return Instances(boxes=picked.boxes, scores=picked.mask_scores.copy(), class_ids=picked.class_ids,
+                         masks=picked.masks, image_size=picked.image_size)
 
     # -- derived quantities ----------------------------------------------------------------
     def mask_areas(self) -> np.ndarray:

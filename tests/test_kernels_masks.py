@@ -385,7 +385,9 @@ def host_preprocess(lib, images: np.ndarray, p: PreprocessParams, half: bool = F
 
 def reference_preprocess(images: np.ndarray, cfg) -> np.ndarray:
     module = {"yolact": yolact_post, "solov2": solo_post, "centermask": cm_post}[cfg.family]
-    return module.preprocess(torch.from_numpy(images), cfg).numpy()
+    # the kernel computes the float-resize path (rtseg's square models; official variants resize uint8 on the host)
+    fn = getattr(module, "preprocess_float", module.preprocess)
+    return fn(torch.from_numpy(images), cfg).numpy()
 
 
 def random_config(rng: np.random.Generator):
@@ -678,7 +680,8 @@ def test_gpu_preprocess_matches_torch():
         h, w = (720, 1280) if case < 6 else (int(v) for v in rng.integers(1, 300, 2))
         images = torch.from_numpy(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)).to(dev)
         got = preprocess_cuda(images, cfg)
-        ref = {"yolact": yolact_post, "solov2": solo_post, "centermask": cm_post}[cfg.family].preprocess(images, cfg)
+        module = {"yolact": yolact_post, "solov2": solo_post, "centermask": cm_post}[cfg.family]
+        ref = getattr(module, "preprocess_float", module.preprocess)(images, cfg)  # the kernel's float path
         flips.compare(got.cpu().numpy(), ref.cpu().double().numpy(), cfg, f"case {case} {cfg.family}")
         half = preprocess_cuda(images, cfg, half=True)
         assert half.dtype == torch.float16

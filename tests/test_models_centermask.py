@@ -100,10 +100,17 @@ def test_forward_output_shapes_and_locations():
     assert net.locations[-1].tolist() == [64.0 + 128.0, 64.0] and net.location_strides[-1] == 128
 
 
-def test_forward_refuses_another_input_size():
+def test_forward_refuses_an_input_not_padded_to_32():
     net = CenterMask(TINY).eval()
-    with pytest.raises(ValueError, match=r"\(B, 3, 96, 160\), got \(1, 3, 96, 96\)"):
-        net(torch.zeros(1, 3, 96, 96))
+    with pytest.raises(ValueError, match=r"multiples of 32 .*got \(1, 3, 96, 100\)"):
+        net(torch.zeros(1, 3, 96, 100))
+
+
+def test_locations_follow_the_input_size():
+    net = CenterMask(TINY).eval()
+    locs, strides, sizes = net.locations_for((128, 96))
+    assert sizes[0] == (16, 12) and locs.shape[0] == sum(h * w for h, w in sizes) == strides.shape[0]
+    assert net.locations_for(TINY.input_size)[0] is net.locations
 
 
 def test_module_names_with_slashes_round_trip():
@@ -209,10 +216,11 @@ def _compare_with_official(variant: str, tmp_path, device: str = "cpu") -> None:
         np.testing.assert_allclose(probs.numpy(), ref["roi_mask_probs"], atol=1e-4)
         np.testing.assert_allclose((torch.sqrt(cand.scores[keep]) * maskiou).numpy(), ref["roi_mask_scores"], atol=1e-5)
 
-    # rtseg's score is upstream's mask_scores (box score x maskiou), sorted by it
-    order = np.argsort(-ref["mask_scores"], kind="stable")
+    # as upstream: box scores in FCOS order, and mask_scores = box score x maskiou (not clamped)
+    order = np.arange(len(ref["scores"]))
     assert len(inst) == len(order)
-    np.testing.assert_allclose(inst.scores, ref["mask_scores"][order], atol=1e-5)
+    np.testing.assert_allclose(inst.scores, ref["scores"], atol=1e-5)
+    np.testing.assert_allclose(inst.mask_scores, ref["mask_scores"], atol=1e-5)
     np.testing.assert_allclose(inst.boxes, ref["boxes"][order], atol=1e-3)
     np.testing.assert_array_equal(inst.class_ids, ref["classes"][order])
     differing = (inst.masks != ref["masks"][order]).sum(axis=(1, 2))

@@ -42,9 +42,26 @@ def shapes(net: torch.nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in net.state_dict().items()}
 
 
+#: official variants with no WXinlong twin: key table read off mmdetection 3.3.0 only
+MMDET_ONLY = ("solov2_light_448_dcn_r50",)
+
+
 def test_every_official_wxinlong_variant_has_a_key_fixture():
     listed = {n for n, c in MODELS.items() if c.family == "solov2" and n != SMALL and "adet" not in n}
-    assert listed == set(WX_FIXTURES)
+    assert listed == set(WX_FIXTURES) | set(MMDET_ONLY)
+
+
+@pytest.mark.parametrize("name", MMDET_ONLY)
+def test_mmdetection_only_variant_takes_its_keys_key_for_key(name):
+    """mmdetection's solov2-light_r50-dcn (DCNv2: 27-channel conv_offset in the backbone and the last
+    tower conv) converts onto the variant's state_dict exactly: nothing missing, unexpected or mis-shaped."""
+    state = official_state(fixture("mmdetection", name)["keys"])
+    converted = convert_state_dict(state, MODELS[name])
+    ours = shapes(Solov2(MODELS[name]))
+    assert {k: list(v.shape) for k, v in converted.items()} == ours
+    assert ours["backbone.layer3.0.conv2.conv_offset.weight"][0] == 27
+    assert ours["bbox_head.kernel_convs.2.conv.conv_offset.weight"][0] == 27
+    assert "bbox_head.kernel_convs.1.conv.conv_offset.weight" not in ours
 
 
 @pytest.mark.parametrize("name", WX_FIXTURES)

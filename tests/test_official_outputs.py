@@ -49,17 +49,22 @@ def test_matches_official_outputs(name, image, tmp_path):
     np.testing.assert_allclose(seg.net.priors[rows].numpy(), ref["priors_rows"], rtol=1e-6, atol=1e-7)
 
     inst = seg.postprocess(out, image.shape[:2])
-    if "mask_scores" in ref:
-        # YOLACT++: rtseg reports score * maskiou (the score upstream uses for mask AP and for its
-        # image / video display), sorted by it; upstream keeps NMS order, so sort it the same way
-        order = np.argsort(-ref["mask_scores"], kind="stable")
-        ref_scores = ref["mask_scores"][order]
-    else:
-        order = np.arange(len(ref["scores"]))
-        ref_scores = ref["scores"]
+    # as upstream's postprocess: box scores in NMS order; YOLACT++ adds mask_scores = score * maskiou
+    # (upstream's [scores, scores * maskiou])
+    order = np.arange(len(ref["scores"]))
     assert len(inst) == len(order)
-    np.testing.assert_array_equal(inst.class_ids, ref["classes"][order])
-    np.testing.assert_allclose(inst.scores, ref_scores, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(inst.class_ids, ref["classes"])
+    np.testing.assert_allclose(inst.scores, ref["scores"], rtol=1e-4, atol=1e-6)
     # upstream truncates pixel boxes with .long(); rtseg keeps them as float32
-    np.testing.assert_array_equal(np.floor(inst.boxes).astype(np.int64), ref["boxes"][order])
-    np.testing.assert_array_equal(inst.masks, ref["masks"][order])
+    np.testing.assert_array_equal(np.floor(inst.boxes).astype(np.int64), ref["boxes"])
+    np.testing.assert_array_equal(inst.masks, ref["masks"])
+    if "mask_scores" in ref:
+        np.testing.assert_allclose(inst.mask_scores, ref["mask_scores"], rtol=1e-4, atol=1e-6)
+        # the official display path (prep_display, rescore_bbox=True) ranks by score * maskiou
+        ranked = inst.ranked_by_mask_score(0.0)
+        demo = np.argsort(-ref["mask_scores"], kind="stable")
+        demo = demo[ref["mask_scores"][demo] > 0]
+        np.testing.assert_array_equal(ranked.class_ids, ref["classes"][demo])
+        np.testing.assert_allclose(ranked.scores, ref["mask_scores"][demo], rtol=1e-4, atol=1e-6)
+    else:
+        assert inst.mask_scores is None

@@ -2,8 +2,10 @@
 
 The official modules were run (outside this repository, see tests/fixtures/official/SOLOV2.md)
 with deterministic weights from ``official_reference_solov2.deterministic_state_dict`` on
-``official_reference.reference_image()``, on the same fixed-canvas input rtseg feeds its
-network. Here the same weights go through rtseg's ``--weights`` loading path (an mmcv-style
+``official_reference.reference_image()``, on a fixed-canvas input made by a float resize (what
+rtseg fed its network before it followed the official test pipeline; reproduced here by
+``canvas_input``): these fixtures check the network and post-processing, not the
+preprocessing (``test_official_photos.py`` checks the whole path from the file). Here the same weights go through rtseg's ``--weights`` loading path (an mmcv-style
 file) and its Segmenter stages, and every stored output is compared: the preprocessed input,
 the raw head outputs (category scores, compared after point NMS, kernels, mask features) and the final
 instances after Matrix NMS and mask pasting.
@@ -17,8 +19,20 @@ import torch
 
 from official_reference import reference_image
 from official_reference_solov2 import deterministic_state_dict, load_keys, load_outputs
+import torch.nn.functional as F
+
+from rtseg.models.solov2 import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from rtseg.segmenter import Segmenter
 from rtseg.postprocess.solov2 import point_nms_cells
+
+
+def canvas_input(image: np.ndarray, resized: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:
+    """The input the fixtures' official modules were fed (SOLOV2.md): float bilinear resize
+    (``align_corners=False``), RGB, ImageNet mean / std, zero padding to the canvas."""
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, resized, mode="bilinear", align_corners=False)[:, [2, 1, 0]]
+    x = (x - torch.tensor(IMAGENET_MEAN_RGB).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD_RGB).view(1, 3, 1, 1)
+    return F.pad(x, (0, canvas[1] - resized[1], 0, canvas[0] - resized[0])).contiguous()
 
 VARIANTS = [
     "solov2_light_448_r18",
@@ -38,7 +52,10 @@ def test_matches_official_outputs(name, tmp_path):
     torch.save({"meta": {}, "state_dict": state}, tmp_path / "w.pth")  # mmcv save_checkpoint layout
     seg = Segmenter(name, weights=str(tmp_path / "w.pth"), score_threshold=0.0)
 
-    batch = seg.preprocess(image)
+    canvas = tuple(ref["input_shape"].tolist()[2:])
+    seg = Segmenter(name, weights=str(tmp_path / "w.pth"), score_threshold=0.0, canvas=canvas)
+    assert seg.geometry(image.shape[:2]).resized == tuple(ref["resized_shape"].tolist())
+    batch = canvas_input(image, seg.geometry(image.shape[:2]).resized, canvas)
     assert list(batch.shape) == ref["input_shape"].tolist()
     np.testing.assert_allclose(batch.double().sum().item(), float(ref["input_sum"]), rtol=1e-6)
     np.testing.assert_allclose(batch[0, :, :4, :4].numpy(), ref["input_corner"], atol=1e-5)

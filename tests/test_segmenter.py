@@ -125,3 +125,50 @@ def test_segmenter_rejects_non_image_input(small_state):
     seg = Segmenter(SMALL, weights=small_state[1])
     with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\) BGR"):
         seg(np.zeros((10, 10), np.uint8))
+
+
+# -- input geometry per frame size, --canvas, rank_by (issue 16) -----------------------------------
+
+def test_geometry_follows_the_frame_once_per_size_and_canvas_fixes_it():
+    from rtseg.errors import ConfigError
+
+    seg = Segmenter("solov2_light_448_r18", score_threshold=0.0)  # random init: shapes only
+    assert seg.geometry_follows_frame
+    first = seg.geometry((480, 288))
+    assert seg.geometry((480, 288)) is first and first.padded == (768, 448)
+    assert tuple(seg.preprocess(np.zeros((300, 451, 3), np.uint8)).shape) == (1, 3, 448, 704)
+    fixed = Segmenter("solov2_light_448_r18", canvas=(448, 768))
+    assert not fixed.geometry_follows_frame and fixed.input_size == (448, 768)
+    assert tuple(fixed.preprocess(np.zeros((480, 288, 3), np.uint8)).shape) == (1, 3, 448, 768)
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        Segmenter("solov2_light_448_r18", canvas=(450, 768))
+    with pytest.raises(ConfigError, match="--canvas 448x768"):
+        Segmenter("yolact_resnet18_half_384", canvas=(448, 768))
+    with pytest.raises(ConfigError, match="rank_by"):
+        Segmenter(rank_by="box")
+
+
+def test_rank_by_mask_score_ranks_thresholds_and_publishes_the_mask_score():
+    from rtseg.structures import Instances
+
+    masks = np.zeros((3, 4, 4), bool)
+    inst = Instances(boxes=np.zeros((3, 4), np.float32), scores=np.array([0.9, 0.8, 0.7], np.float32),
+                     class_ids=np.array([0, 1, 2], np.int64), masks=masks, image_size=(4, 4),
+                     mask_scores=np.array([0.1, 0.6, -0.2], np.float32))
+    ranked = inst.ranked_by_mask_score(0.05)
+    assert ranked.class_ids.tolist() == [1, 0] and ranked.scores.tolist() == pytest.approx([0.6, 0.1])
+    assert ranked.mask_scores is None
+    assert inst[[2, 0]].mask_scores.tolist() == pytest.approx([-0.2, 0.1])
+
+
+def test_a_fixed_shape_graph_is_refused_for_per_frame_geometry_unless_the_canvas_matches():
+    from rtseg.errors import ConfigError
+
+    seg = Segmenter("solov2_light_448_r18")
+    with pytest.raises(ConfigError, match="fixed 448x768 input .* pass --canvas 448x768"):
+        seg._check_graph_shape("m.onnx", [1, 3, 448, 768])
+    seg._check_graph_shape("m.onnx", [1, 3, "height", "width"])  # symbolic: fine
+    Segmenter("solov2_light_448_r18", canvas=(448, 768))._check_graph_shape("m.onnx", [1, 3, 448, 768])
+    with pytest.raises(ConfigError, match="not the --canvas 448x736"):
+        Segmenter("solov2_light_448_r18", canvas=(448, 736))._check_graph_shape("m.onnx", [1, 3, 448, 768])
+    Segmenter()._check_graph_shape("m.onnx", [1, 3, 384, 384])  # the built-in model's fixed input

@@ -33,19 +33,23 @@ def default_cache_dir() -> str:
 ORT_DCN = "deformconv"
 
 
-def onnx_cache_key(cfg: Any, weights: str | None, opset: int = DEFAULT_OPSET, batch: int = 1) -> str:
+def onnx_cache_key(cfg: Any, weights: str | None, opset: int = DEFAULT_OPSET, batch: int = 1,
+                   dynamic_hw: bool = False) -> str:
     from rtseg import __version__
 
     parts = [cfg.name, sha256_file(weights) if weights else "random-init-seed-0", f"opset{opset}", f"b{batch}",
-             "x".join(map(str, cfg.input_size)), __version__, torch.__version__, f"dcn-{ORT_DCN}"]
+             "dynamic-hw" if dynamic_hw else "x".join(map(str, cfg.input_size)), __version__, torch.__version__,
+             f"dcn-{ORT_DCN}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def cached_onnx(net: nn.Module, cfg: Any, weights: str | None, cache_dir: str | None = None) -> str:
-    """Path of the ONNX export of ``net`` (batch 1), exporting it first if the cache lacks it."""
+def cached_onnx(net: nn.Module, cfg: Any, weights: str | None, cache_dir: str | None = None, *,
+                dynamic_hw: bool = False) -> str:
+    """Path of the ONNX export of ``net`` (batch 1; symbolic height / width with ``dynamic_hw``),
+    exporting it first if the cache lacks it."""
     folder = cache_dir or default_cache_dir()
-    path = os.path.join(folder, f"{cfg.name}-{onnx_cache_key(cfg, weights)}.onnx")
+    path = os.path.join(folder, f"{cfg.name}-{onnx_cache_key(cfg, weights, dynamic_hw=dynamic_hw)}.onnx")
     if not (os.path.isfile(path) and os.path.isfile(os.path.splitext(path)[0] + ".json")):
         log.info("exporting %s to %s (once; reused while model and weights stay the same)", cfg.name, path)
-        export_onnx(net, cfg, path, weights=weights, dcn=ORT_DCN)
+        export_onnx(net, cfg, path, weights=weights, dcn=ORT_DCN, dynamic_hw=dynamic_hw)
     return path

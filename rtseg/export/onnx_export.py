@@ -101,7 +101,7 @@ def manifest_path_for(path: str) -> str:
 
 def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_batch: bool = False,
                 opset: int = DEFAULT_OPSET, weights: str | None = None, simplify: bool = True,
-                half: bool = False, dcn: str = "decomposed") -> OnnxExport:
+                half: bool = False, dcn: str = "decomposed", dynamic_hw: bool = False) -> OnnxExport:
     """Export ``net`` (any family's network, eval mode) to ``path``.
 
     Args:
@@ -118,6 +118,9 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
         dcn: how deformable convolutions export (:data:`rtseg.export.deform_conv_onnx.DCN_MODES`):
             ``decomposed`` (standard operators, every TensorRT) or ``deformconv`` (ONNX
             ``DeformConv``, ONNX Runtime only: the TensorRT check is skipped).
+        dynamic_hw: make the input height and width symbolic (``height``, ``width``; any
+            multiples of 32), and every output dimension that follows them: the official
+            keep-ratio SOLOv2 / CenterMask variants take a different shape per frame size.
 
     ``net`` is exported in eval mode and comes back in the mode it was in.
 
@@ -145,13 +148,14 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
     was_training = net.training  # the caller's network comes back in the mode it was in
     try:
         return _export(net.eval(), cfg, path, batch=batch, dynamic_batch=dynamic_batch, opset=opset, weights=weights,
-                       simplify=simplify, half=half, uses_dcn=uses_dcn, dcn=dcn)
+                       simplify=simplify, half=half, uses_dcn=uses_dcn, dcn=dcn, dynamic_hw=dynamic_hw)
     finally:
         net.train(was_training)
 
 
 def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: bool, opset: int,
-            weights: str | None, simplify: bool, half: bool, uses_dcn: bool, dcn: str = "decomposed") -> OnnxExport:
+            weights: str | None, simplify: bool, half: bool, uses_dcn: bool, dcn: str = "decomposed",
+            dynamic_hw: bool = False) -> OnnxExport:
     """:func:`export_onnx` after its checks, with ``net`` in eval mode."""
     import onnx
 
@@ -168,6 +172,8 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
     if uses_dcn and dcn == "deformconv":
         _register_deform_conv()
     dynamic_axes = {n: {0: "batch"} for n in (INPUT_NAME, *names)} if dynamic_batch else None
+    if dynamic_hw:
+        dynamic_axes = _hw_axes(net, example, names, dynamic_axes or {})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     import warnings
@@ -218,6 +224,7 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
         "dynamic_batch": bool(dynamic_batch),
         "dcn": dcn if uses_dcn else None,
         "tensorrt_check": checker,
+        "dynamic_hw": bool(dynamic_hw),
         "weights": weights,
         "weights_sha256": sha256_file(weights) if weights and os.path.isfile(weights) else None,
         "onnx_sha256": sha256_file(path),
@@ -231,6 +238,24 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
     with open(mpath, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
     return OnnxExport(path, mpath, manifest)
+
+
+def _hw_axes(net: nn.Module, example: torch.Tensor, names: tuple[str, ...],
+             axes: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
+    """``axes`` plus symbolic input height / width and every output dimension that changes
+    when they do (found by running ``net`` at a second size, 64 rows and 32 columns more)."""
+    b, c, h, w = example.shape
+    other = example.new_zeros((b, c, h + 64, w + 32))
+    with torch.inference_mode():
+        first = net(example)
+        second = net(other)
+    out = {n: dict(v) for n, v in axes.items()}
+    out.setdefault(INPUT_NAME, {}).update({2: "height", 3: "width"})
+    for n in names:
+        for i, (d1, d2) in enumerate(zip(first[n].shape, second[n].shape)):
+            if d1 != d2:
+                out.setdefault(n, {})[i] = f"{n}_dim{i}"
+    return out
 
 
 def read_manifest(path: str) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from torch import nn
 
 from rtseg.structures import Instances
 
+from rtseg.postprocess.resize import SIZE_DIVISOR, InputGeometry, check_canvas, pad_to_divisor  # noqa: F401 (re-exported)
+
 
 class ModelConfig(Protocol):
     """What every family's frozen config dataclass provides."""
@@ -25,7 +27,9 @@ class ModelConfig(Protocol):
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the network input (fixed: engines are built for it)."""
+        """``(H, W)`` of the fixed training input (and of the ``--canvas``-less preprocessing
+        called without a geometry). Official keep-ratio variants run each frame size at its
+        own :class:`InputGeometry` instead."""
         ...
 
 
@@ -38,13 +42,19 @@ class Family:
       every backend; train mode: what ``loss`` reads). The module has
       ``load_official_state_dict(state) -> state`` converting the official checkpoints' key
       layout to its own (identity where they already match).
-    - ``preprocess(images uint8[B, H, W, 3] BGR, cfg) -> float32[B, 3, *cfg.input_size]``
-      on the images' device: resize, pad, normalise, channel order.
-    - ``postprocess(outputs, net, cfg, image_size, score_threshold, ops=TORCH_OPS) -> Instances``:
-      the outputs of one image (batch index 0) to host :class:`Instances` in original-image
-      pixels; ``net`` gives access to parameter-carrying post-processing (mask re-scoring
-      heads, anchors). Detections scoring ``<= score_threshold`` are dropped. ``ops``
-      (:class:`rtseg.postprocess.PostprocessOps`) swaps in the CUDA kernels.
+    - ``geometry(cfg, image_size, canvas=None) -> InputGeometry``: the official test
+      pipeline's resize rule and pad-to-32 for a frame size; with ``canvas (H, W)`` (rtseg's
+      fixed-shape speed option) the resize is capped to fit it and the input padded to it.
+    - ``preprocess(images uint8[B, H, W, 3] BGR, cfg, geometry=None, ops=TORCH_OPS) ->
+      float32[B, 3, *geometry.padded]`` on the images' device: resize (the official resampling),
+      normalise, channel order, pad. ``geometry=None``: the geometry with ``canvas =
+      cfg.input_size`` (the fixed training input).
+    - ``postprocess(outputs, net, cfg, image_size, score_threshold, ops=TORCH_OPS, geometry=None)
+      -> Instances``: the outputs of one image (batch index 0) to host :class:`Instances` in
+      original-image pixels; ``net`` gives access to parameter-carrying post-processing (mask
+      re-scoring heads, anchors). Detections scoring ``<= score_threshold`` are dropped. ``ops``
+      (:class:`rtseg.postprocess.PostprocessOps`) swaps in the CUDA kernels; ``geometry`` must
+      be the one the input was preprocessed with (``None``: as for ``preprocess``).
     - ``loss(outputs, targets, net, cfg) -> {"<term>": scalar, ..., "total": scalar}`` from
       train-mode outputs and ``targets`` as produced by
       :func:`rtseg.data.coco.collate` (``boxes`` relative xyxy, ``labels``, ``masks`` at
@@ -57,7 +67,8 @@ class Family:
 
     name: str
     build: Callable[[Any], nn.Module]
-    preprocess: Callable[[torch.Tensor, Any], torch.Tensor]
+    geometry: Callable[..., InputGeometry]
+    preprocess: Callable[..., torch.Tensor]
     postprocess: Callable[..., Instances]
     loss: Callable[[dict[str, torch.Tensor], Sequence[dict[str, Any]], nn.Module, Any], dict[str, torch.Tensor]]
     init_from_scratch: Callable[[nn.Module], None]

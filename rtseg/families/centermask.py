@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from rtseg.families.base import Family
+from rtseg.families.base import Family, InputGeometry
 from rtseg.models.centermask import CenterMask, CenterMaskConfig
 from rtseg.postprocess import centermask as post
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
@@ -30,8 +30,9 @@ PRIOR_PROB = 0.01
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: CenterMask, cfg: CenterMaskConfig, image_size: tuple[int, int],
-                score_threshold: float, ops: PostprocessOps = TORCH_OPS) -> Instances:
-    result = post.postprocess(outputs, net, cfg, image_size, score_threshold=score_threshold, ops=ops)
+                score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
+    result = post.postprocess(outputs, net, cfg, image_size, score_threshold=score_threshold, ops=ops,
+                              geometry=geometry)
     return to_numpy_instances(result, image_size)
 
 
@@ -81,6 +82,7 @@ def init_from_scratch(net: CenterMask) -> None:
 CENTERMASK = Family(
     name="centermask",
     build=CenterMask,
+    geometry=post.input_geometry,
     preprocess=post.preprocess,
     postprocess=postprocess,
     loss=loss,

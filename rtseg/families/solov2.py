@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from rtseg.families.base import Family
+from rtseg.families.base import Family, InputGeometry
 from rtseg.models.solov2 import Solov2, Solov2Config
 from rtseg.postprocess import solov2 as post
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
@@ -26,8 +26,8 @@ PRIOR_PROB = 0.01
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: Solov2, cfg: Solov2Config, image_size: tuple[int, int],
-                score_threshold: float, ops: PostprocessOps = TORCH_OPS) -> Instances:
-    result = post.postprocess(outputs, cfg, image_size, score_threshold=score_threshold, ops=ops)
+                score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
+    result = post.postprocess(outputs, cfg, image_size, score_threshold=score_threshold, ops=ops, geometry=geometry)
     return to_numpy_instances(result, image_size)
 
 
@@ -48,6 +48,7 @@ def init_from_scratch(net: Solov2) -> None:
 SOLOV2 = Family(
     name="solov2",
     build=Solov2,
+    geometry=post.input_geometry,
     preprocess=post.preprocess,
     postprocess=postprocess,
     loss=loss,

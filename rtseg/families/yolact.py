@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rtseg.families.base import Family
+from rtseg.families.base import Family, InputGeometry
 from rtseg.models.yolact import Yolact, YolactConfig
 from rtseg.postprocess import yolact as post
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
@@ -25,10 +25,10 @@ CLASS_DEPENDENT_PREFIXES = (
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: Yolact, cfg: YolactConfig, image_size: tuple[int, int],
-                score_threshold: float, ops: PostprocessOps = TORCH_OPS) -> Instances:
+                score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
     maskiou = getattr(net, "maskiou_net", None)
     result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold,
-                              maskiou_fn=maskiou, ops=ops)
+                              maskiou_fn=maskiou, ops=ops)  # geometry: always S x S
     return to_numpy_instances(result, image_size)
 
 
@@ -46,6 +46,7 @@ def init_from_scratch(net: Yolact) -> None:
 YOLACT = Family(
     name="yolact",
     build=Yolact,
+    geometry=post.input_geometry,
     preprocess=post.preprocess,
     postprocess=postprocess,
     loss=loss,

@@ -30,14 +30,13 @@ mask head on ``POST_NMS_TOPK`` padded boxes even when the frame has three object
 CPU costs more than the whole dense network of the small model. ``roi_heads`` is itself a
 static module (``[N, C, 14, 14]`` in, dynamic ``N`` only), so it exports as a second graph.
 
-The fixed network input is this project's deviation from upstream, which resizes each image
-to a shortest side (800 full / 600 Lite) capped by a longest side (1333 / 1000) and pads to a
-multiple of 32, i.e. a different shape per aspect ratio. Engines need one shape, so each
-variant fixes a canvas (800 x 1344 full, 608 x 1024 Lite: the max sizes rounded up to a
-multiple of 32) and :func:`rtseg.postprocess.centermask.preprocess` applies upstream's resize
-rule, additionally capped so that the image fits the canvas, then zero-pads bottom/right
-(after normalisation, as detectron2's ``ImageList`` pads). Landscape images get exactly
-upstream's scale; portrait ones a smaller one.
+Input shape: as upstream, each frame size is resized to a shortest side (800 full / 600 Lite)
+capped by a longest side (1333 / 1000) and padded to a multiple of 32
+(:func:`rtseg.postprocess.centermask.input_geometry`), a different shape per aspect ratio; the
+network takes any such shape. ``input_height`` / ``input_width`` (800 x 1344 full, 608 x 1024
+Lite) are the fixed canvas of rtseg's ``--canvas`` speed option and of training: there the
+resize is additionally capped to fit the canvas (portrait images get a smaller scale than
+upstream's), and the eSE pooling and GroupNorm see the extra padding, so outputs differ.
 """
 
 from __future__ import annotations
@@ -106,6 +105,9 @@ class CenterMaskConfig:
     nms_thresh: float = 0.6  #: ``FCOS.NMS_TH``, class-aware
     post_nms_topk: int = 50  #: ``FCOS.POST_NMS_TOPK_TEST`` = 50 in every CenterMask config (default 100)
     mask_threshold: float = 0.5  #: detectron2 ``detector_postprocess`` / ``paste_masks_in_image``
+    #: clamp the regressed maskiou to [0, 1] in ``mask_scores`` (upstream does not; rtseg's own small
+    #: model keeps the clamp its published held-out mask AP was measured with)
+    clamp_maskiou: bool = False
     #: training: foreground RoIs per image for the mask losses, drawn at random
     #: (``ROI_HEADS.BATCH_SIZE_PER_IMAGE`` x ``POSITIVE_FRACTION`` = 512 x 0.25)
     train_mask_rois_per_image: int = 128
@@ -328,7 +330,7 @@ class CenterROIHeads(nn.Module):
 class CenterMask(nn.Module):
     """CenterMask network, dense part in ``forward`` (see the module docstring).
 
-    ``forward(x float32[B, 3, H, W])`` with ``(H, W) == cfg.input_size`` (preprocessed, see
+    ``forward(x float32[B, 3, H, W])`` with ``H, W`` multiples of 32 (preprocessed, see
     :func:`rtseg.postprocess.centermask.preprocess`) returns a dict, the same in train and
     eval mode (``P`` = locations over P3..P7, row-major per level, P3 first; ``K`` classes):
 
@@ -339,7 +341,8 @@ class CenterMask(nn.Module):
     - ``p3``, ``p4``, ``p5``: ``float32[B, C, H/s, W/s]`` FPN features the RoI heads pool from
 
     Non-persistent buffers: ``locations float32[P, 2]`` (x, y input pixels) and
-    ``location_strides float32[P]``; ``level_sizes`` lists each level's ``(H, W)``.
+    ``location_strides float32[P]`` of the training input ``cfg.input_size``; ``level_sizes``
+    lists each level's ``(H, W)`` there. :meth:`locations_for` gives them for another input size.
     """
 
     def __init__(self, cfg: CenterMaskConfig) -> None:
@@ -352,11 +355,28 @@ class CenterMask(nn.Module):
         self.register_buffer("locations", locations, persistent=False)
         self.register_buffer("location_strides", strides, persistent=False)
         self.level_sizes: tuple[tuple[int, int], ...] = tuple(sizes)
+        self._locations: dict[tuple, tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int], ...]]] = {}
+
+    def locations_for(self, input_size: tuple[int, int], device: torch.device | str | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, tuple[tuple[int, int], ...]]:
+        """:func:`make_locations` of an input size (``locations``, ``strides``, ``level_sizes``), on
+        ``device`` (default: the buffers'), computed once per size (a stream has one)."""
+        device = torch.device(device) if device is not None else self.locations.device
+        size = (int(input_size[0]), int(input_size[1]))
+        if size == tuple(self.cfg.input_size) and device == self.locations.device:
+            return self.locations, self.location_strides, self.level_sizes
+        key = (size, str(device))
+        if key not in self._locations:
+            if len(self._locations) >= 8:  # a few frame sizes at most in practice; stay bounded
+                self._locations.clear()
+            locs, strides, sizes = make_locations(size)
+            self._locations[key] = (locs.to(device), strides.to(device), tuple(sizes))
+        return self._locations[key]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.cfg.input_size:
-            raise ValueError(f"model {self.cfg.name!r} takes float input (B, 3, {self.cfg.input_height}, "
-                             f"{self.cfg.input_width}), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2] % 32 or x.shape[-1] % 32 or min(x.shape[-2:]) < 32:
+            raise ValueError(f"model {self.cfg.name!r} takes float input (B, 3, H, W) with H and W multiples of 32 "
+                             f"(trained at {self.cfg.input_height} x {self.cfg.input_width}), got {tuple(x.shape)}")
         feats = self.backbone(x)
         cls_logits, bbox_reg, ctrness = self.proposal_generator.fcos_head(feats)
         return {"cls_logits": cls_logits, "bbox_reg": bbox_reg, "ctrness_logits": ctrness,
@@ -415,6 +435,6 @@ CENTERMASK_VARIANTS: tuple[CenterMaskConfig, ...] = (
                      vovnet=RTSEG_SMALL_VOVNET, vovnet_norm="BN", fpn_channels=64, fcos_num_convs=2,
                      mask_num_conv=2, mask_conv_dim=64, maskiou_num_conv=2, maskiou_conv_dim=64, maskiou_fc_dim=256,
                      input_height=384, input_width=384, min_size_test=384, max_size_test=384, keep_ratio=False,
-                     pixel_std=IMAGENET_PIXEL_STD_BGR, train_mask_rois_per_image=16,
+                     pixel_std=IMAGENET_PIXEL_STD_BGR, train_mask_rois_per_image=16, clamp_maskiou=True,
                      weights_source=BUILTIN_WEIGHTS_MISSING),
 )

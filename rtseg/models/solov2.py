@@ -64,13 +64,18 @@ class Solov2Config:
     class_names: tuple[str, ...]  #: foreground classes, one sigmoid output each (no background)
     weights_source: str = ""  #: where weights come from (shown by ``rtseg models``)
     # -- input -----------------------------------------------------------------------
-    #: ``(H, W)`` of the fixed network input. Upstream pads each image to a multiple of 32
-    #: (``Pad(size_divisor=32)``); rtseg pads to this one canvas (engines need fixed shapes):
-    #: the image is resized as upstream, then zero-padded at the bottom and right.
+    #: ``(H, W)`` of the fixed training input, and the canvas of ``--canvas``-less fixed-shape
+    #: exports. At inference official variants follow upstream instead: each frame size is
+    #: resized by the official rule and padded to a multiple of 32 (``Pad(size_divisor=32)``);
+    #: see :func:`rtseg.postprocess.solov2.geometry`.
     canvas: tuple[int, int] = (800, 1344)
     #: upstream ``img_scale`` (long edge, short edge) bound of the keep-ratio resize
     resize_max: tuple[int, int] = (1333, 800)
     keep_ratio: bool = True  #: False: stretch to the canvas (rtseg's square synthetic-set models)
+    #: whose test pipeline the keep-ratio preprocessing reproduces: ``"mmdet"`` (mmcv rescale rule,
+    #: OpenCV bilinear on uint8; WXinlong/SOLO and mmdetection) or ``"detectron2"``
+    #: (``ResizeShortestEdge``, PIL bilinear on uint8; AdelaiDet)
+    preprocess_style: str = "mmdet"
     pixel_norm: str = "rgb_imagenet"  #: ``"rgb_imagenet"`` (WXinlong, mmdet) or ``"bgr_caffe"`` (AdelaiDet)
     # -- backbone ---------------------------------------------------------------------
     backbone_depth: int = 50
@@ -110,6 +115,8 @@ class Solov2Config:
             raise bad("canvas (H, W)", "multiples of 32 (FPN strides up to 32, upstream pads to 32)", self.canvas)
         if len(self.resize_max) != 2 or min(self.resize_max) < 1:
             raise bad("resize_max", "(long edge, short edge) of positive ints", self.resize_max)
+        if self.preprocess_style not in ("mmdet", "detectron2"):
+            raise bad("preprocess_style", "'mmdet' or 'detectron2'", self.preprocess_style)
         if self.pixel_norm not in PIXEL_NORMS:
             raise bad("pixel_norm", f"one of {PIXEL_NORMS}", self.pixel_norm)
         n = len(self.num_grids)
@@ -132,7 +139,7 @@ class Solov2Config:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the network input (fixed: engines are built for it)."""
+        """``(H, W)`` of the fixed training input (see ``canvas``)."""
         return self.canvas
 
     @property
@@ -150,9 +157,20 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
     """CoordConv channels for ``x [B, C, H, W]``: ``float32[B, 2, H, W]``, x then y, each
     ``linspace(-1, 1)`` across the map (upstream ``forward_single`` / ``MaskFeatHead.forward``)."""
     b, _, h, w = x.shape
-    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
-    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+    if torch.jit.is_tracing():  # ONNX export with dynamic H / W: linspace would freeze the traced size
+        xs = _traced_linspace(x.shape[3], x).view(1, 1, 1, -1).expand(b, 1, h, w)
+        ys = _traced_linspace(x.shape[2], x).view(1, 1, -1, 1).expand(b, 1, h, w)
+    else:
+        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
     return torch.cat([xs, ys], dim=1)
+
+
+def _traced_linspace(n, like: torch.Tensor) -> torch.Tensor:
+    """``linspace(-1, 1, n)`` from a traced size ``n`` (a 0-d tensor under tracing), as
+    ``arange`` arithmetic that the ONNX exporter keeps symbolic (equal to linspace within an ulp)."""
+    i = torch.arange(n, device=like.device).to(like.dtype)
+    return i * (2.0 / (n - 1).to(like.dtype)) - 1.0
 
 
 class ConvModule(nn.Module):
@@ -362,13 +380,24 @@ def _official_variants() -> tuple[Solov2Config, ...]:
                      head_dcn_last_only=True, mask_channels=128,
                      scale_ranges=((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048)),
                      weights_source=_wx("SOLOv2_LIGHT_512_DCN_R50_3x.pth")),
+        # mmdetection 3's solov2-light_r50-dcn_fpn_ms-3x_coco.py (no WXinlong twin: WXinlong's light-512 is
+        # DCN v1 at 512): DCNv2 (27-channel conv_offset) in backbone stages 2-4 and in the last of 3 tower
+        # convs (dcn_apply_to_all_conv=False), light-512's scale ranges, light-448's test scale (448, 768)
+        Solov2Config(name="solov2_light_448_dcn_r50", class_names=coco, canvas=(448, 768), resize_max=(768, 448),
+                     backbone_depth=50, backbone_dcn="DCNv2", head_convs=3, head_channels=256, head_dcn="DCNv2",
+                     head_dcn_last_only=True, mask_channels=128,
+                     scale_ranges=((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048)),
+                     weights_source="mmdetection config solov2-light_r50-dcn_fpn_ms-3x_coco (no checkpoint in its "
+                     "metafile): pass --weights PATH"),
         # AdelaiDet (detectron2) re-implementation, configs/SOLOv2/R{50,101}_3x.yaml: the same
         # network on a caffe-style MSRA ResNet (stride in the 1x1 conv) with BGR input and std 1
         Solov2Config(name="solov2_adet_r50_fpn", class_names=coco, backbone_style="caffe", pixel_norm="bgr_caffe",
+                     preprocess_style="detectron2",
                      weights_source="official checkpoint SOLOv2_R50_3x.pth of aim-uofa/AdelaiDet "
                      "(configs/SOLOv2/README.md): pass --weights PATH"),
         Solov2Config(name="solov2_adet_r101_fpn", class_names=coco, backbone_depth=101, backbone_style="caffe",
-                     pixel_norm="bgr_caffe", weights_source="official checkpoint SOLOv2_R101_3x.pth of "
+                     pixel_norm="bgr_caffe", preprocess_style="detectron2",
+                     weights_source="official checkpoint SOLOv2_R101_3x.pth of "
                      "aim-uofa/AdelaiDet (configs/SOLOv2/README.md): pass --weights PATH"),
     )
 

@@ -15,7 +15,7 @@ from rtseg.structures import Instances
 class TensorResult(Protocol):
     """What every family's post-processing returns, still on the compute device:
     ``boxes float32[N, 4]`` xyxy image pixels, ``scores float32[N]``, ``class_ids int64[N]``,
-    ``masks bool[N, H, W]``."""
+    ``masks bool[N, H, W]``; optionally ``mask_scores float32[N]`` (box and mask score families)."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
@@ -61,9 +61,15 @@ def cuda_ops() -> PostprocessOps:
 
 def to_numpy_instances(result: TensorResult, image_size: tuple[int, int]) -> Instances:
     """The one deliberate device->host copy: tensors -> :class:`rtseg.structures.Instances`."""
+    mask_scores = getattr(result, "mask_scores", None)
     if result.scores.shape[0] == 0:
-        return Instances.empty((int(image_size[0]), int(image_size[1])))
+        empty = Instances.empty((int(image_size[0]), int(image_size[1])))
+        if mask_scores is None:
+            return empty
+        return Instances(empty.boxes, empty.scores, empty.class_ids, empty.masks, empty.image_size,
+                         mask_scores=np.zeros((0,), np.float32))
     return Instances(
+        mask_scores=None if mask_scores is None else mask_scores.detach().to("cpu", torch.float32).numpy().reshape(-1),
         boxes=result.boxes.detach().to("cpu", torch.float32).numpy().reshape(-1, 4),
         scores=result.scores.detach().to("cpu", torch.float32).numpy().reshape(-1),
         class_ids=result.class_ids.detach().to("cpu", torch.int64).numpy().reshape(-1),

@@ -7,7 +7,7 @@ Upstream references (youngwanLEE/centermask2 and facebookresearch/detectron2, co
 
 - :func:`preprocess`: detectron2 ``ResizeShortestEdge.get_output_shape`` + ``ResizeTransform``
   (PIL bilinear on uint8), ``GeneralizedRCNN.preprocess_image`` (``(x - mean) / std``, BGR) and
-  ``ImageList.from_tensors`` (zero padding bottom/right), into rtseg's fixed canvas.
+  ``ImageList.from_tensors`` (zero padding bottom/right to a multiple of 32).
 - :func:`fcos_candidates`, :func:`class_aware_nms`: ``FCOSOutputs.forward_for_single_feature_map``
   and ``select_over_all_levels`` (``centermask/modeling/fcos/fcos_outputs.py``), ``ml_nms``.
 - :func:`assign_roi_levels`: ``assign_boxes_to_levels_by_ratio`` (``centermask/modeling/centermask/pooler.py``),
@@ -33,6 +33,7 @@ from torchvision.ops import batched_nms, roi_align
 
 from rtseg.models.centermask import CenterMaskConfig
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
+from rtseg.postprocess.resize import InputGeometry, fit_size, pad_to_divisor, resize_uint8, shortest_edge_size
 
 #: FPN levels the RoI heads pool from (``ROI_HEADS.IN_FEATURES = ["p3", "p4", "p5"]``)
 ROI_LEVELS = (3, 4, 5)
@@ -40,55 +41,84 @@ ROI_LEVELS = (3, 4, 5)
 
 # -- preprocessing --------------------------------------------------------------------------------
 
-def resized_size(image_size: tuple[int, int], cfg: CenterMaskConfig) -> tuple[int, int]:
-    """``(h, w)`` the image content occupies in the network input (the rest is padding).
+def input_geometry(cfg: CenterMaskConfig, image_size: tuple[int, int],
+                   canvas: tuple[int, int] | None = None) -> InputGeometry:
+    """Where an ``(H, W)`` frame goes in the network input.
 
-    ``keep_ratio``: detectron2's ``ResizeShortestEdge.get_output_shape(h, w, min_size_test,
-    max_size_test)`` (shortest side to ``min_size_test`` unless the longest would exceed
-    ``max_size_test``, sizes rounded with ``int(x + 0.5)``); if that does not fit the fixed
-    canvas (portrait images), the image is instead fitted to the canvas. Otherwise the content
-    is the whole canvas (plain resize, aspect ratio not kept).
+    ``keep_ratio`` (official variants): detectron2's ``ResizeShortestEdge.get_output_shape(h, w,
+    min_size_test, max_size_test)`` (:func:`~rtseg.postprocess.resize.shortest_edge_size`),
+    padded to a multiple of 32 as ``ImageList.from_tensors(size_divisibility=32)``. With a
+    ``canvas`` (rtseg's fixed-shape speed option): capped to fit it, padded to it (portrait
+    frames then run at a smaller scale than upstream's). Without ``keep_ratio`` (rtseg's square
+    model): stretched to the canvas (``cfg.input_size`` unless given), as it was trained.
     """
     h, w = int(image_size[0]), int(image_size[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive (H, W), got {image_size}")
-    canvas_h, canvas_w = cfg.input_size
     if not cfg.keep_ratio:
-        return canvas_h, canvas_w
-    size = float(cfg.min_size_test)
-    scale = size / min(h, w)
-    newh, neww = (size, scale * w) if h < w else (scale * h, size)
-    if max(newh, neww) > cfg.max_size_test:
-        scale = cfg.max_size_test / max(newh, neww)
-        newh, neww = newh * scale, neww * scale
-    newh_i, neww_i = int(newh + 0.5), int(neww + 0.5)
-    if newh_i > canvas_h or neww_i > canvas_w:  # rtseg's fixed canvas: fit instead (see module doc of the model)
-        scale = min(canvas_h / h, canvas_w / w)
-        newh_i, neww_i = min(int(h * scale + 0.5), canvas_h), min(int(w * scale + 0.5), canvas_w)
-    return max(newh_i, 1), max(neww_i, 1)
+        target = tuple(canvas) if canvas is not None else tuple(cfg.input_size)
+        return InputGeometry((h, w), target, target)  # type: ignore[arg-type]
+    newh, neww = shortest_edge_size((h, w), cfg.min_size_test, cfg.max_size_test)
+    resized = (max(newh, 1), max(neww, 1))
+    if canvas is None:
+        return InputGeometry((h, w), resized, pad_to_divisor(resized))
+    if resized[0] > canvas[0] or resized[1] > canvas[1]:
+        resized = fit_size((h, w), canvas)
+    return InputGeometry((h, w), resized, (int(canvas[0]), int(canvas[1])))
 
 
-def preprocess(images: torch.Tensor, cfg: CenterMaskConfig) -> torch.Tensor:
-    """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, *cfg.input_size]`` BGR network input.
+def resized_size(image_size: tuple[int, int], cfg: CenterMaskConfig) -> tuple[int, int]:
+    """``(h, w)`` of the content inside the fixed canvas ``cfg.input_size`` (:func:`input_geometry`
+    with that canvas; what the CUDA preprocessing kernel reproduces)."""
+    return input_geometry(cfg, image_size, cfg.input_size).resized
 
-    Resize to :func:`resized_size` (bilinear with antialiasing, rounded to integers: torch's
-    model of PIL's ``BILINEAR`` resize on uint8 that detectron2 uses; equal up to +-1 grey
-    level), normalise ``(x - pixel_mean) / pixel_std`` per BGR channel, then pad with zeros at
-    the bottom and right to the canvas. Output on the images' device.
+
+def preprocess(images: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry | None = None,
+               ops: PostprocessOps = TORCH_OPS) -> torch.Tensor:
+    """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, *geometry.padded]`` BGR network input.
+
+    Official variants (``keep_ratio``): the uint8 frame resized to ``geometry.resized`` with
+    PIL's bilinear resize, exactly detectron2's ``ResizeTransform.apply_image``; rtseg's square
+    model: torch's antialiased bilinear resize rounded to integers (how it was trained). Then
+    ``(x - pixel_mean) / pixel_std`` per BGR channel and zero padding at the bottom and right
+    (``ImageList.from_tensors`` pads the normalised image with 0). ``geometry=None``:
+    :func:`input_geometry` with the fixed canvas ``cfg.input_size``. Output on the images' device.
     """
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
         found = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a uint8 tensor (B, H, W, 3) BGR, got {found}")
     h, w = int(images.shape[1]), int(images.shape[2])
-    newh, neww = resized_size((h, w), cfg)
+    if geometry is None:
+        geometry = input_geometry(cfg, (h, w), cfg.input_size)
+    if ops.preprocess is not None and not cfg.keep_ratio and geometry.padded == tuple(cfg.input_size):
+        return ops.preprocess(images, cfg)
+    if not cfg.keep_ratio:
+        return preprocess_float(images, cfg, geometry)
+    x = resize_uint8(images, geometry.resized, "pil").permute(0, 3, 1, 2).float()
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def preprocess_float(images: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry | None = None) -> torch.Tensor:
+    """:func:`preprocess` with torch's antialiased bilinear resize of the float frame, rounded to
+    integers, instead of PIL's on uint8 (within a grey level of it): how rtseg's square model was
+    trained and runs, and what the CUDA preprocessing kernel (``cuda/preprocess.cu``) computes."""
+    h, w = int(images.shape[1]), int(images.shape[2])
+    if geometry is None:
+        geometry = input_geometry(cfg, (h, w), cfg.input_size)
+    newh, neww = geometry.resized
     x = images.permute(0, 3, 1, 2).float()
     if (newh, neww) != (h, w):
         x = F.interpolate(x, (newh, neww), mode="bilinear", align_corners=False, antialias=True)
         x = x.round().clamp(0, 255)
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def _normalise_and_pad(x: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry) -> torch.Tensor:
+    newh, neww = geometry.resized
     mean = torch.tensor(cfg.pixel_mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.pixel_std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
-    canvas_h, canvas_w = cfg.input_size
+    canvas_h, canvas_w = geometry.padded
     return F.pad(x, (0, canvas_w - neww, 0, canvas_h - newh)).contiguous()
 
 
@@ -302,14 +332,18 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
 class CenterMaskResult:
     """Post-processed detections of one image, still tensors on the compute device.
 
-    ``boxes float32[N, 4]`` xyxy original-image pixels (clipped); ``scores float32[N]`` in
-    ``[0, 1]``, descending; ``class_ids int64[N]`` 0-based; ``masks bool[N, H, W]``.
+    ``boxes float32[N, 4]`` xyxy original-image pixels (clipped); ``scores float32[N]`` the box
+    scores ``sqrt(sigmoid(cls) * sigmoid(ctr))``, descending (upstream ``scores``);
+    ``class_ids int64[N]`` 0-based; ``masks bool[N, H, W]``; ``mask_scores float32[N]`` =
+    ``scores * maskiou`` (upstream ``mask_scores``, what its COCO mask AP ranks by; maskiou is
+    the regressed value, not clamped, so it can leave ``[0, 1]``), ``None`` without MaskIoU.
     """
 
     boxes: torch.Tensor
     scores: torch.Tensor
     class_ids: torch.Tensor
     masks: torch.Tensor
+    mask_scores: torch.Tensor | None = None
 
 
 def mask_head_outputs(net: nn.Module, cfg: CenterMaskConfig, features: list[torch.Tensor], boxes: torch.Tensor,
@@ -335,54 +369,59 @@ def mask_head_outputs(net: nn.Module, cfg: CenterMaskConfig, features: list[torc
 
 def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMaskConfig, image_size: tuple[int, int],
                 *, score_threshold: float = 0.0, batch_index: int = 0,
-                ops: PostprocessOps = TORCH_OPS) -> CenterMaskResult:
+                ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> CenterMaskResult:
     """Network outputs of one image -> final detections in original-image pixels.
 
-    1. FCOS candidates (:func:`fcos_candidates`), class-aware NMS and the ``post_nms_topk``
-       best (:func:`class_aware_nms`); box score ``sqrt(sigmoid(cls) * sigmoid(ctr))``.
-    2. Detections with box score ``<= score_threshold`` are dropped (saves the RoI heads).
-    3. RoI heads on the unclipped boxes (:func:`mask_head_outputs`). With MaskIoU the score
-       becomes ``box_score * maskiou`` (upstream's ``mask_scores``, the score its COCO mask
-       evaluation uses), maskiou clamped to ``[0, 1]`` (upstream does not clamp the regressed
-       value); detections re-sorted by it and those ``<= score_threshold`` dropped.
+    1. FCOS candidates (:func:`fcos_candidates`) at the locations of the input size
+       (``geometry.padded``), class-aware NMS and the ``post_nms_topk`` best
+       (:func:`class_aware_nms`); box score ``sqrt(sigmoid(cls) * sigmoid(ctr))``.
+    2. Detections with box score ``<= score_threshold`` are dropped (saves the RoI heads;
+       upstream has no such step: 0 keeps all).
+    3. RoI heads on the unclipped boxes (:func:`mask_head_outputs`). With MaskIoU,
+       ``mask_scores = scores * maskiou`` as upstream (``mask_iou_inference``): maskiou not
+       clamped (unless ``cfg.clamp_maskiou``: rtseg's own small model), the order (by box score) kept.
     4. ``detector_postprocess``: boxes scaled per axis from the resized content
-       (:func:`resized_size`) to ``image_size``, clipped, empty ones dropped; masks pasted into
+       (``geometry.resized``) to ``image_size``, clipped, empty ones dropped; masks pasted into
        the **clipped** boxes (as upstream, which clips before pasting) with ``cfg.mask_threshold``.
 
     Args:
         outputs: :class:`rtseg.models.centermask.CenterMask` outputs, batched.
-        net: the network (``locations``, ``location_strides``, ``level_sizes``, ``roi_heads``).
+        net: the network (``locations_for``, ``roi_heads``).
         image_size: ``(H, W)`` of the original image.
+        geometry: the input geometry the outputs were computed at (``None``: the fixed canvas
+            ``cfg.input_size``, as :func:`preprocess` without one).
     """
     b = batch_index
     h, w = int(image_size[0]), int(image_size[1])
+    if geometry is None:
+        geometry = input_geometry(cfg, (h, w), cfg.input_size)
     device = outputs["cls_logits"].device
+    locations, strides, level_sizes = net.locations_for(geometry.padded, device)
     cand = fcos_candidates(outputs["cls_logits"][b], outputs["bbox_reg"][b], outputs["ctrness_logits"][b],
-                           net.locations, net.location_strides, net.level_sizes, cfg.score_thresh, cfg.pre_nms_topk)
+                           locations, strides, level_sizes, cfg.score_thresh, cfg.pre_nms_topk)
     keep = (ops.class_aware_nms or class_aware_nms)(cand.boxes, cand.scores, cand.class_ids, cfg.nms_thresh, cfg.post_nms_topk)
     boxes, class_ids = cand.boxes[keep], cand.class_ids[keep]
     scores = torch.sqrt(cand.scores[keep])
     keep = scores > score_threshold
     boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
-    newh, neww = resized_size((h, w), cfg)
+    newh, neww = geometry.resized
     if boxes.shape[0] == 0:
         return CenterMaskResult(boxes.reshape(0, 4), scores, class_ids,
-                                torch.zeros((0, h, w), dtype=torch.bool, device=device))
+                                torch.zeros((0, h, w), dtype=torch.bool, device=device),
+                                scores.clone() if cfg.use_maskiou else None)
 
     features = [outputs[f"p{level}"][b:b + 1] for level in ROI_LEVELS]
     probs, maskiou = mask_head_outputs(net, cfg, features, boxes, class_ids, float(newh * neww))
-    if maskiou is not None:
-        scores = scores * maskiou.clamp(0.0, 1.0)
-        scores, order = scores.sort(descending=True, stable=True)
-        boxes, class_ids, probs = boxes[order], class_ids[order], probs[order]
-        keep = scores > score_threshold
-        boxes, scores, class_ids, probs = boxes[keep], scores[keep], class_ids[keep], probs[keep]
+    if maskiou is not None and cfg.clamp_maskiou:
+        maskiou = maskiou.clamp(0.0, 1.0)
+    mask_scores = scores * maskiou if maskiou is not None else None
 
     scale = boxes.new_tensor([w / neww, h / newh, w / neww, h / newh])
     limit = boxes.new_tensor([w, h, w, h])
     boxes = torch.minimum((boxes * scale).clamp(min=0.0), limit)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, class_ids, probs = boxes[keep], scores[keep], class_ids[keep], probs[keep]
+    if mask_scores is not None:
+        mask_scores = mask_scores[keep]
     masks = (ops.paste_masks or paste_masks)(probs, boxes, (h, w), cfg.mask_threshold)
-    return CenterMaskResult(boxes, scores, class_ids, masks)
-
+    return CenterMaskResult(boxes, scores, class_ids, masks, mask_scores)

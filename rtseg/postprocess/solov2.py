@@ -8,10 +8,10 @@ mmdetection 3 (``_predict_by_feat_single``, ``mask_matrix_nms``) and AdelaiDet
 (``inference_single_image``) do the same. Loop-based reference twins live in
 ``tests/reference_ops_solov2.py``. No function modifies its inputs.
 
-Coordinate frames: *original* image ``(H, W)`` pixels; the network *canvas*
-``cfg.input_size = (Hc, Wc)``; the *resized* image ``(Hr, Wr) = resized_shape(...)`` sits at
-the canvas's top-left, the rest is zero padding; mask features and soft masks live at
-``(Hc / 4, Wc / 4)``.
+Coordinate frames: *original* image ``(H, W)`` pixels; the network input ``(Hc, Wc) =
+geometry.padded`` (the resized image padded to a multiple of 32, or rtseg's ``--canvas``); the
+*resized* image ``(Hr, Wr) = geometry.resized`` sits at its top-left, the rest is zero padding;
+mask features and soft masks live at ``(Hc / 4, Wc / 4)``.
 """
 
 from __future__ import annotations
@@ -23,48 +23,92 @@ import torch.nn.functional as F
 
 from rtseg.models.solov2 import CAFFE_MEAN_BGR, CAFFE_STD_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Solov2Config
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
+from rtseg.postprocess.resize import InputGeometry, fit_size, pad_to_divisor, mmcv_rescale_size, resize_uint8, shortest_edge_size
 
 #: stride of the mask features relative to the input (``MaskFeatHead`` output is at P2's 1/4)
 MASK_STRIDE = 4
 
 
-def resized_shape(image_size: tuple[int, int], cfg: Solov2Config) -> tuple[int, int]:
-    """``(Hr, Wr)`` of an ``(H, W)`` image inside the canvas.
+def input_geometry(cfg: Solov2Config, image_size: tuple[int, int], canvas: tuple[int, int] | None = None) -> InputGeometry:
+    """Where an ``(H, W)`` frame goes in the network input (:class:`~rtseg.families.base.InputGeometry`).
 
-    ``keep_ratio``: mmcv's ``imrescale`` with ``img_scale = cfg.resize_max`` (long edge <=
-    ``max(resize_max)``, short edge <= ``min(resize_max)``, sizes ``int(x * scale + 0.5)``),
-    additionally bounded by the canvas (only portrait images are affected: upstream makes them
-    taller than a landscape canvas; here they are fitted into it). Otherwise the canvas itself.
+    ``keep_ratio`` (every official variant): the official test pipeline's size rule,
+    ``cfg.preprocess_style`` ``"mmdet"`` (mmdetection 3 / WXinlong ``Resize(keep_ratio=True)``:
+    :func:`~rtseg.postprocess.resize.mmcv_rescale_size` with ``img_scale = cfg.resize_max``) or
+    ``"detectron2"`` (AdelaiDet: :func:`~rtseg.postprocess.resize.shortest_edge_size` with
+    ``(min(resize_max), max(resize_max))``), padded up to a multiple of 32 as upstream. With a
+    ``canvas`` (rtseg's fixed-shape speed option) the size is capped to fit it and the input is
+    the canvas. Without ``keep_ratio`` (rtseg's square models): stretched to the canvas
+    (``cfg.canvas`` unless given), as they were trained.
     """
     h, w = int(image_size[0]), int(image_size[1])
     if h < 1 or w < 1:
         raise ValueError(f"image size must be (H, W) with positive ints, got {image_size!r}")
-    ch, cw = cfg.input_size
     if not cfg.keep_ratio:
-        return ch, cw
-    long_max, short_max = max(cfg.resize_max), min(cfg.resize_max)
-    scale = min(long_max / max(h, w), short_max / min(h, w), ch / h, cw / w)
-    return min(int(h * scale + 0.5), ch), min(int(w * scale + 0.5), cw)
+        target = tuple(canvas) if canvas is not None else tuple(cfg.canvas)
+        return InputGeometry((h, w), target, target)  # type: ignore[arg-type]
+    if cfg.preprocess_style == "detectron2":
+        resized = shortest_edge_size((h, w), min(cfg.resize_max), max(cfg.resize_max))
+    else:
+        resized = mmcv_rescale_size((h, w), cfg.resize_max)
+    if canvas is None:
+        return InputGeometry((h, w), resized, pad_to_divisor(resized))
+    if resized[0] > canvas[0] or resized[1] > canvas[1]:
+        resized = fit_size((h, w), canvas)
+    return InputGeometry((h, w), resized, (int(canvas[0]), int(canvas[1])))
 
 
-def preprocess(images: torch.Tensor, cfg: Solov2Config) -> torch.Tensor:
-    """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, Hc, Wc]`` network input, on ``images``' device.
+def resized_shape(image_size: tuple[int, int], cfg: Solov2Config) -> tuple[int, int]:
+    """``(Hr, Wr)`` of an ``(H, W)`` image inside the fixed canvas ``cfg.input_size``
+    (:func:`input_geometry` with that canvas; what the CUDA preprocessing kernel reproduces)."""
+    return input_geometry(cfg, image_size, cfg.input_size).resized
 
-    Resize to :func:`resized_shape` (bilinear, ``align_corners=False``, no antialiasing;
-    upstream uses OpenCV's ``INTER_LINEAR``, whose fixed-point arithmetic differs by at most
-    about one grey level), normalise (``rgb_imagenet``: BGR->RGB then ImageNet mean/std as
-    WXinlong/mmdetection; ``bgr_caffe``: BGR, mean only, as detectron2/AdelaiDet), then zero-pad
-    bottom and right to the canvas (upstream pads the normalised image with 0 too, but only to
-    a multiple of 32).
+
+def preprocess(images: torch.Tensor, cfg: Solov2Config, geometry: InputGeometry | None = None,
+               ops: PostprocessOps = TORCH_OPS) -> torch.Tensor:
+    """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, *geometry.padded]`` network input, on ``images``' device.
+
+    Official variants (``keep_ratio``): resize the **uint8** frame to ``geometry.resized``
+    exactly as upstream (``"mmdet"``: OpenCV ``INTER_LINEAR``, mmcv ``imresize``;
+    ``"detectron2"``: PIL bilinear), then normalise (``rgb_imagenet``: BGR->RGB then ImageNet
+    mean/std, mmdetection's ``DetDataPreprocessor``; ``bgr_caffe``: BGR, mean only, detectron2)
+    and zero-pad bottom and right (upstream pads the normalised image with 0). rtseg's square
+    models (no ``keep_ratio``): torch bilinear on float (``align_corners=False``, no
+    antialiasing), as they were trained. ``geometry=None``: :func:`input_geometry` with the fixed
+    canvas ``cfg.input_size``. ``ops.preprocess`` (the CUDA kernel) is used where it computes
+    the same: the float path into the fixed canvas.
     """
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
         found = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a uint8 tensor (B, H, W, 3) BGR, got {found}")
-    hr, wr = resized_shape((images.shape[1], images.shape[2]), cfg)
-    ch, cw = cfg.input_size
+    if geometry is None:
+        geometry = input_geometry(cfg, (images.shape[1], images.shape[2]), cfg.input_size)
+    if ops.preprocess is not None and not cfg.keep_ratio and geometry.padded == tuple(cfg.input_size):
+        return ops.preprocess(images, cfg)
+    if not cfg.keep_ratio:
+        return preprocess_float(images, cfg, geometry)
+    resampling = "pil" if cfg.preprocess_style == "detectron2" else "cv2"
+    x = resize_uint8(images, geometry.resized, resampling).permute(0, 3, 1, 2).float()
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def preprocess_float(images: torch.Tensor, cfg: Solov2Config, geometry: InputGeometry | None = None) -> torch.Tensor:
+    """:func:`preprocess` with a float resize instead of upstream's uint8 one: torch bilinear
+    (``align_corners=False``, no antialiasing) on the float frame. How rtseg's square models
+    were trained and run, and what the CUDA preprocessing kernel (``cuda/preprocess.cu``)
+    computes; for official variants it differs from upstream by a grey level here and there."""
+    if geometry is None:
+        geometry = input_geometry(cfg, (images.shape[1], images.shape[2]), cfg.input_size)
+    hr, wr = geometry.resized
     x = images.permute(0, 3, 1, 2).float()
     if (hr, wr) != tuple(x.shape[-2:]):
         x = F.interpolate(x, (hr, wr), mode="bilinear", align_corners=False)
+    return _normalise_and_pad(x, cfg, geometry)
+
+
+def _normalise_and_pad(x: torch.Tensor, cfg: Solov2Config, geometry: InputGeometry) -> torch.Tensor:
+    hr, wr = geometry.resized
+    ch, cw = geometry.padded
     if cfg.pixel_norm == "rgb_imagenet":
         x = x[:, [2, 1, 0]]
         mean, std = IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
@@ -193,7 +237,8 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(cols.any(1, keepdim=True), boxes, torch.zeros_like(boxes))
 
 
-def masks_to_image(soft: torch.Tensor, cfg: Solov2Config, image_size: tuple[int, int]) -> torch.Tensor:
+def masks_to_image(soft: torch.Tensor, cfg: Solov2Config, image_size: tuple[int, int],
+                   geometry: InputGeometry | None = None) -> torch.Tensor:
     """Soft masks ``float32[N, Hc/4, Wc/4]`` -> ``bool[N, H, W]`` in the original image.
 
     As upstream: bilinear x4 to the canvas, crop the padding (keep the resized image's
@@ -202,7 +247,7 @@ def masks_to_image(soft: torch.Tensor, cfg: Solov2Config, image_size: tuple[int,
     h, w = int(image_size[0]), int(image_size[1])
     if soft.shape[0] == 0:
         return torch.zeros((0, h, w), dtype=torch.bool, device=soft.device)
-    hr, wr = resized_shape((h, w), cfg)
+    hr, wr = (geometry or input_geometry(cfg, (h, w), cfg.input_size)).resized
     fh, fw = soft.shape[-2:]
     up = F.interpolate(soft[None], size=(fh * MASK_STRIDE, fw * MASK_STRIDE), mode="bilinear", align_corners=False)
     up = up[:, :, :hr, :wr]
@@ -219,7 +264,7 @@ MAX_CANDIDATES_AT_ONCE = 1024
 
 def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size: tuple[int, int], *,
                 score_threshold: float = 0.0, batch_index: int = 0,
-                ops: PostprocessOps = TORCH_OPS) -> Solov2Result:
+                ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Solov2Result:
     """Eval-mode head outputs of one image -> final instances (upstream ``get_seg_single``).
 
     Args:
@@ -228,6 +273,8 @@ def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size:
         image_size: ``(H, W)`` of the original image; masks and boxes are returned in it.
         score_threshold: instances whose final score is ``<=`` this are dropped before the
             masks are upsampled (0 keeps all; upstream has no such step).
+        geometry: the input geometry the outputs were computed at (``None``: the fixed canvas
+            ``cfg.input_size``, as :func:`preprocess` without one).
 
     Steps (all vectorised): :func:`point_nms_cells`; cells x classes with score ``> score_thr``; their kernels
     convolved with the mask features (:func:`dynamic_conv`), sigmoid; binary masks
@@ -298,6 +345,6 @@ def postprocess(outputs: dict[str, torch.Tensor], cfg: Solov2Config, image_size:
     if score_threshold > 0:
         keep = scores > score_threshold
         soft, scores, cls = soft[keep], scores[keep], cls[keep]
-    masks = masks_to_image(soft, cfg, (h, w))
+    masks = masks_to_image(soft, cfg, (h, w), geometry)
     return Solov2Result(masks_to_boxes(masks), scores, cls, masks)
 

@@ -18,19 +18,38 @@ import torch.nn.functional as F
 
 from rtseg.models.yolact import YOLACT_MEANS_BGR, YOLACT_STD_BGR, YolactConfig
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
+from rtseg.postprocess.resize import InputGeometry
 
 #: SSD box-regression variances (``box_utils.decode``)
 VARIANCES = (0.1, 0.2)
 
 
-def preprocess(images: torch.Tensor, cfg: YolactConfig) -> torch.Tensor:
+def input_geometry(cfg: YolactConfig, image_size: tuple[int, int], canvas: tuple[int, int] | None = None) -> InputGeometry:
+    """YOLACT's input is always ``max_size x max_size`` (``FastBaseTransform`` stretches every
+    frame to it; the priors are made for it): a ``canvas`` other than that is refused."""
+    h, w = int(image_size[0]), int(image_size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be (H, W) with positive ints, got {image_size!r}")
+    s = int(cfg.max_size)
+    if canvas is not None and tuple(canvas) != (s, s):
+        raise ValueError(f"model {cfg.name} always runs at {s}x{s} (upstream stretches every frame to it; its "
+                         f"priors are made for it), so --canvas {canvas[0]}x{canvas[1]} cannot apply")
+    return InputGeometry((h, w), (s, s), (s, s))
+
+
+def preprocess(images: torch.Tensor, cfg: YolactConfig, geometry: InputGeometry | None = None,
+               ops: PostprocessOps = TORCH_OPS) -> torch.Tensor:
     """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, S, S]`` RGB network input.
 
     As ``FastBaseTransform``: square resize to ``cfg.max_size`` (aspect ratio not kept),
-    bilinear with ``align_corners=False``, BGR mean/std normalisation, then BGR->RGB.
+    bilinear on float with ``align_corners=False``, BGR mean/std normalisation, then BGR->RGB.
+    ``geometry`` is always ``S x S`` (:func:`input_geometry`); ``ops.preprocess`` (the CUDA
+    kernel) computes the same.
     """
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 (B, H, W, 3) BGR, got {images.dtype} {tuple(images.shape)}")
+    if ops.preprocess is not None:
+        return ops.preprocess(images, cfg)
     x = images.permute(0, 3, 1, 2).float()
     x = F.interpolate(x, (cfg.max_size, cfg.max_size), mode="bilinear", align_corners=False)
     if cfg.normalize:
@@ -177,14 +196,16 @@ def masks_to_image(masks: torch.Tensor, image_size: tuple[int, int], threshold: 
 class YolactResult:
     """Post-processed detections of one image, still as tensors on the compute device.
 
-    ``boxes float32[N, 4]`` xyxy image pixels; ``scores float32[N]``; ``class_ids int64[N]``
-    (0-based foreground); ``masks bool[N, H, W]``.
+    ``boxes float32[N, 4]`` xyxy image pixels; ``scores float32[N]`` (box scores, descending);
+    ``class_ids int64[N]`` (0-based foreground); ``masks bool[N, H, W]``; ``mask_scores
+    float32[N]`` = ``scores * maskiou`` for YOLACT++ (``None`` without mask re-scoring).
     """
 
     boxes: torch.Tensor
     scores: torch.Tensor
     class_ids: torch.Tensor
     masks: torch.Tensor
+    mask_scores: torch.Tensor | None = None
 
 
 def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: YolactConfig,
@@ -200,8 +221,12 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         score_threshold: detections with score ``<=`` this are dropped before mask assembly
             (``score_threshold`` of upstream's ``postprocess``; 0 keeps all).
         maskiou_fn: YOLACT++ mask re-scoring net (``float32[N, 1, h, w] -> float32[N, C-1]``);
-            when given and ``cfg.rescore_mask``, scores become ``score * maskiou`` (the score
-            upstream uses for mask AP) and detections are re-sorted by it.
+            when given and ``cfg.rescore_mask``, ``mask_scores = scores * maskiou`` (upstream
+            ``postprocess`` with ``rescore_mask``: ``[scores, scores * maskiou]``, the second
+            what its mask AP ranks by); order and ``scores`` stay the box scores'. As upstream,
+            ``score_threshold`` applies to the box score, before re-scoring; the official demo
+            (``prep_display``) instead ranks and thresholds the re-scored score:
+            :meth:`rtseg.structures.Instances.ranked_by_mask_score` (``Segmenter(rank_by="mask_score")``).
         ops: replacements for Fast NMS and the mask assembly (:class:`PostprocessOps`).
     """
     loc = outputs["loc"][batch_index]
@@ -223,20 +248,22 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         index, scores, class_ids = index[keep], scores[keep], class_ids[keep]
 
     det_boxes, det_coef = boxes[index], coef[index]
-    rescore = maskiou_fn is not None and cfg.rescore_mask and index.shape[0] > 0
+    rescore = maskiou_fn is not None and cfg.rescore_mask
+    mask_scores = None
     if ops.yolact_masks is not None and not rescore:
         masks = ops.yolact_masks(proto, det_coef, det_boxes, (h, w))  # fused: no soft masks kept
     else:
         soft = assemble_masks(proto, det_coef, det_boxes)
         if rescore:
-            maskiou = maskiou_fn(soft[:, None])
-            scores = scores * maskiou.gather(1, class_ids[:, None]).squeeze(1)
-            scores, order = scores.sort(descending=True, stable=True)
-            det_boxes, class_ids, soft = det_boxes[order], class_ids[order], soft[order]
+            if index.shape[0] > 0:
+                maskiou = maskiou_fn(soft[:, None])
+                mask_scores = scores * maskiou.gather(1, class_ids[:, None]).squeeze(1)
+            else:
+                mask_scores = scores.clone()
         masks = masks_to_image(soft, (h, w))
 
     x1, x2 = sanitize_coordinates(det_boxes[:, 0], det_boxes[:, 2], w)
     y1, y2 = sanitize_coordinates(det_boxes[:, 1], det_boxes[:, 3], h)
     pixel_boxes = torch.stack([x1, y1, x2, y2], dim=1)
-    return YolactResult(pixel_boxes, scores, class_ids, masks)
+    return YolactResult(pixel_boxes, scores, class_ids, masks, mask_scores)
 
