@@ -24,6 +24,7 @@ MODEL_NAMES = (
     "yolact_resnet18_384", "yolact_resnet18_half_384",
     "solov2_r50_fpn", "solov2_r101_fpn", "solov2_r101_dcn_fpn",
     "solov2_light_448_r18", "solov2_light_448_r34", "solov2_light_448_r50", "solov2_light_512_dcn_r50",
+    "solov2_light_448_dcn_r50",
     "solov2_adet_r50_fpn", "solov2_adet_r101_fpn", "solov2_light_resnet18_half_384",
     "centermask2_v39", "centermask2_v57", "centermask2_v99",
     "centermask2_lite_v19", "centermask2_lite_v39", "centermask2_lite_v19_slim", "centermask2_lite_v19_slim_dw",
