@@ -179,6 +179,22 @@ class BenchPlan:
     score_threshold: float = 0.3
 
 
+def _model_paths(items: list[str], option: str) -> dict[str, str]:
+    """``--weights`` / ``--engine`` values, ``MODEL=PATH`` each, as ``{model: path}``; checked
+    without torch (:data:`rtseg.preflight.MODEL_NAMES`)."""
+    from rtseg.preflight import MODEL_NAMES
+
+    out = {}
+    for item in items:
+        model, sep, path = item.partition("=")
+        if not sep or model not in MODEL_NAMES or not path:
+            raise ConfigError(f"{option} takes MODEL=PATH with a model from 'rtseg models', got '{item}'")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{option} {item}: file '{path}' does not exist")
+        out[model] = path
+    return out
+
+
 def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     """Check every option before any slow work; each problem is one :class:`ConfigError`.
 
@@ -192,13 +208,7 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     for m in _split(args.models):
         if m not in ("all", "every") and m not in MODEL_NAMES:
             raise ConfigError(f"unknown model '{m}' in --models, expected 'all', 'every' or names from 'rtseg models'")
-    for option, items in (("--weights", args.weights), ("--engine", args.engine)):
-        for item in items:
-            model, sep, path = item.partition("=")
-            if not sep or model not in MODEL_NAMES or not path:
-                raise ConfigError(f"{option} takes MODEL=PATH with a model from 'rtseg models', got '{item}'")
-            if not os.path.isfile(path):
-                raise ConfigError(f"{option} {item}: file '{path}' does not exist")
+    weights, engines = _model_paths(args.weights, "--weights"), _model_paths(args.engine, "--engine")
     check_device_spelling(args.device)
     if args.plot:
         _import_pyplot()  # fail now, not after the measurements
@@ -235,21 +245,9 @@ def plan_from_args(args: argparse.Namespace) -> BenchPlan:
     workers = _int_arg("--workers", args.workers, 1) if args.workers is not None else None
     parse_device(args.device)
 
-    def pairs(items: list[str], option: str) -> dict[str, str]:
-        out = {}
-        for item in items:
-            model, sep, path = item.partition("=")
-            if not sep or model not in MODELS or not path:
-                raise ConfigError(f"{option} takes MODEL=PATH with a model from 'rtseg models', got '{item}'")
-            if not os.path.isfile(path):
-                raise ConfigError(f"{option} {item}: file '{path}' does not exist")
-            out[model] = path
-        return out
-
     return BenchPlan(models=models, backends=backends, sizes=sizes, precisions=precisions, batches=batches,
                      frames=frames, warmup=warmup, device=args.device, threads=threads, workers=workers,
-                     pipeline=not args.no_pipeline, weights=pairs(args.weights, "--weights"),
-                     engines=pairs(args.engine, "--engine"))
+                     pipeline=not args.no_pipeline, weights=weights, engines=engines)
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:

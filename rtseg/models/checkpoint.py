@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rtseg.errors import CheckpointError
+from rtseg.preflight import check_weights_file
 
 #: ``weights_source`` of the models whose weights ship in rtseg/weights/: ``rtseg models`` says
 #: "built in" from the file itself, so this text is shown only when the file is absent
@@ -26,12 +27,7 @@ OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a weights file into a flat ``{key: tensor}`` dict, or raise :class:`CheckpointError`."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"weights file '{path}' not found")
-    if os.path.isdir(path):
-        raise CheckpointError(f"weights path '{path}' is a directory, expected a .pth file")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"weights file '{path}' is empty (0 bytes), expected a PyTorch checkpoint")
+    check_weights_file(path)  # there, a file, not empty
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, KeyError, ...)
