@@ -235,6 +235,7 @@ def test_eval_gives_the_same_ap_with_both_backends(builtin_pair, tmp_path):
     assert abs(by_torch.bbox["AP"] - by_ort.bbox["AP"]) <= 0.005
 
 
+@pytest.mark.slow  # ~10 s: fp16 export is exercised again by the slow engine builds
 def test_half_export_carries_float16_and_stays_close_to_torch(tmp_path, photo):
     seg = Segmenter(DEFAULT_MODEL)
     result = export_onnx(seg.net, seg.config, str(tmp_path / "half.onnx"), half=True)

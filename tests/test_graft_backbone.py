@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from rtseg.models import MODELS
@@ -54,6 +55,7 @@ def test_backbone_alone_initialises_only_the_backbone(tmp_path):
     assert sorted(kept) == sorted(backbone) and reinit == []
 
 
+@pytest.mark.slow  # ~10 s: two model builds in a subprocess for one error line
 def test_another_backbone_is_refused_in_one_line(tmp_path):
     centermask = ROOT / "rtseg" / "weights" / "centermask_lite_vovnet19_quarter_384.pth"
     proc = graft("--backbone", str(YOLACT), "--into", str(centermask), "--out", str(tmp_path / "x.pth"))

@@ -38,6 +38,7 @@ def check(report: dict) -> None:
     assert report["received"] == report["frames_published"] and report["missed"] == 0
 
 
+@pytest.mark.slow  # ~90 s: the default run stays under 10 min (README); the publish/fault tests cover leaks per feature
 def test_short_soak_leaves_no_threads_or_sockets_behind(tmp_path):
     check(run_soak(20, 4, tmp_path))
 

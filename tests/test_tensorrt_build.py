@@ -152,6 +152,7 @@ def test_export_format_engine_through_the_cli_builds_then_hits_the_cache(tmp_pat
     assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".engine")) == engines
 
 
+@pytest.mark.slow  # ~20 s of CLI processes: the refusals themselves are tested in-process in the default run
 def test_engine_cli_refusals_are_one_line(tmp_path):
     onnx_args = ("export", "--model", BUILTIN[0], "--format", "engine", "--engine-dir", str(tmp_path))
     assert_one_line_error(run_cli(*onnx_args, "--gpu-targets", "9.0"), 2, "--gpu-targets takes compute capabilities",

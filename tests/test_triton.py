@@ -222,6 +222,7 @@ def test_unreachable_server_is_one_line():
     assert_one_line_error(proc, 6, "cannot reach", f"127.0.0.1:{port}")
 
 
+@pytest.mark.slow  # ~20 s: the default run keeps the unreachable-server line and the two-pipeline test
 def test_unknown_model_and_mismatched_model_are_one_line(server):
     proc = run_cli("run", "--max-frames", "1", "--backend", f"triton://127.0.0.1:{server.port}/no_such_model")
     assert_one_line_error(proc, 6, "no model 'no_such_model'")
