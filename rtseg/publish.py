@@ -893,9 +893,11 @@ DEFAULT_MAX_QUEUED_BYTES = 512 * 2**20
 RECONNECT_BACKOFF_FIRST_S = 0.1
 RECONNECT_BACKOFF_MAX_S = 5.0
 #: ZeroMQ's own retry of a TCP connect that was refused (no publisher yet): 20 ms, doubling
-#: to this (``ZMQ_RECONNECT_IVL`` / ``ZMQ_RECONNECT_IVL_MAX``)
+#: to this (``ZMQ_RECONNECT_IVL`` / ``ZMQ_RECONNECT_IVL_MAX``). Kept well under the time
+#: between a publisher's bind and its first message (the first inference): at 500 ms a
+#: subscriber started before ``rtseg run`` missed its first 4 frames
 RECONNECT_IVL_MS = 20
-RECONNECT_IVL_MAX_MS = 500
+RECONNECT_IVL_MAX_MS = 100
 #: a subscriber warning of the same kind is logged at most once per this many seconds
 WARNING_INTERVAL_S = 30.0
 #: ``ZMQ_HANDSHAKE_IVL`` of the publisher: a peer that has not completed its handshake
@@ -1080,8 +1082,8 @@ def subscribe(
             socket.curve_publickey = keys.public
             socket.curve_serverkey = keys.server_public
         # Retry a refused TCP connect soon (20 ms; ZeroMQ's default is 100 ms), so a
-        # subscriber started before the publisher misses few first frames, backing off to
-        # 0.5 s while no publisher is there.
+        # subscriber started before the publisher misses no first frame, backing off to
+        # 0.1 s while no publisher is there.
         socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
