@@ -1073,36 +1073,55 @@ def subscribe(
         keys = curve_keys if isinstance(curve_keys, ClientKeys) else load_client_keys(curve_keys)
     warnings = _ThrottledWarnings(WARNING_INTERVAL_S)
     context = zmq.Context()
-    socket = context.socket(zmq.SUB)
-    monitor = None
-    try:
-        socket.setsockopt(zmq.LINGER, 0)
-        if keys is not None:
-            socket.curve_secretkey = keys.secret
-            socket.curve_publickey = keys.public
-            socket.curve_serverkey = keys.server_public
-        # Retry a refused TCP connect soon (20 ms; ZeroMQ's default is 100 ms), so a
-        # subscriber started before the publisher misses no first frame, backing off to
-        # 0.1 s while no publisher is there.
-        socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-        socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
-        socket.setsockopt(zmq.RCVHWM, rcvhwm)
-        socket.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def open_socket() -> tuple[Any, Any]:
+        """A new SUB socket connected to ``endpoint``, and its monitor. A connection that
+        failed is replaced by a new socket rather than ``disconnect()`` + ``connect()``:
+        disconnecting terminates the pipe under messages still queued in it, and reading
+        one of those then aborts the process inside libzmq (``Assertion failed: !_more
+        (src/fq.cpp:80)``, seen once on a subscriber whose publisher was killed)."""
+        sock = context.socket(zmq.SUB)
         try:
-            socket.connect(endpoint)
-        except zmq.ZMQError as exc:
-            raise PublishError(
-                f"cannot connect ZeroMQ SUB socket to {endpoint!r} (expected e.g. tcp://127.0.0.1:5555): {exc.strerror}"
-            ) from None
-        # libzmq ends a connection on a protocol error -- a part above ZMQ_MAXMSGSIZE, a
-        # refused handshake -- *without* reconnecting (session_base_t::engine_error), so
-        # one oversized message would silently end the subscription for good. A monitor
-        # sees the disconnect (and why the handshake failed) and the subscriber connects
-        # again, after a back-off while nothing gets through.
-        monitor = socket.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            sock.setsockopt(zmq.LINGER, 0)
+            if keys is not None:
+                sock.curve_secretkey = keys.secret
+                sock.curve_publickey = keys.public
+                sock.curve_serverkey = keys.server_public
+            # Retry a refused TCP connect soon (20 ms; ZeroMQ's default is 100 ms), so a
+            # subscriber started before the publisher misses no first frame, backing off to
+            # 0.1 s while no publisher is there.
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+            sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+            sock.setsockopt(zmq.RCVHWM, rcvhwm)
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                raise PublishError(
+                    f"cannot connect ZeroMQ SUB socket to {endpoint!r} (expected e.g. tcp://127.0.0.1:5555): "
+                    f"{exc.strerror}") from None
+            # libzmq ends a connection on a protocol error -- a part above ZMQ_MAXMSGSIZE, a
+            # refused handshake -- *without* reconnecting (session_base_t::engine_error), so
+            # one oversized message would silently end the subscription for good. A monitor
+            # sees the disconnect (and why the handshake failed) and the subscriber connects
+            # again, after a back-off while nothing gets through.
+            mon = sock.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock, mon
+
+    def close_socket(sock: Any, mon: Any) -> None:
+        sock.disable_monitor()
+        mon.close(linger=0)
+        sock.close(linger=0)
+
+    socket = monitor = None
+    try:
+        socket, monitor = open_socket()
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
@@ -1114,11 +1133,18 @@ def subscribe(
         while True:
             wake = min((t for t in (deadline, reconnect_at) if t is not None), default=None)
             wait_ms = None if wake is None else max(0, int(math.ceil((wake - time.monotonic()) * 1000)))
-            ready = dict(poller.poll(wait_ms))
+            if socket is None:  # waiting out a back-off: nothing to poll
+                time.sleep(0 if wait_ms is None else wait_ms / 1000)
+                ready = {}
+            else:
+                ready = dict(poller.poll(wait_ms))
             if reconnect_at is not None and time.monotonic() >= reconnect_at:
                 reconnect_at = None
-                socket.connect(endpoint)
-            if monitor in ready:
+                socket, monitor = open_socket()
+                poller.register(socket, zmq.POLLIN)
+                poller.register(monitor, zmq.POLLIN)
+                continue
+            if monitor is not None and monitor in ready:
                 event = parse_monitor_message(monitor.recv_multipart())
                 if event["event"] != zmq.EVENT_DISCONNECTED:
                     failure = _handshake_failure(zmq, event["event"], event["value"], keys)
@@ -1131,14 +1157,14 @@ def subscribe(
                 failure = None
                 warnings.warning(kind, f"{endpoint}: {why}; connecting again in {delay:.1f} s "
                                        f"(attempt {failures} since the last message)")
-                try:
-                    socket.disconnect(endpoint)  # also stops ZeroMQ's own immediate retries
-                except zmq.ZMQError:
-                    pass  # already gone
-                if reconnect_at is None:
-                    reconnect_at = time.monotonic() + delay
+                # a new socket after the delay; closing this one also stops ZeroMQ's own retries
+                poller.unregister(socket)
+                poller.unregister(monitor)
+                close_socket(socket, monitor)
+                socket = monitor = None
+                reconnect_at = time.monotonic() + delay
                 continue
-            if socket not in ready:
+            if socket is None or socket not in ready:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 continue
@@ -1163,10 +1189,8 @@ def subscribe(
             if timeout is not None:
                 deadline = time.monotonic() + timeout
     finally:
-        if monitor is not None:
-            socket.disable_monitor()
-            monitor.close(linger=0)
-        socket.close(linger=0)
+        if socket is not None:
+            close_socket(socket, monitor)
         context.term()
 
 
