@@ -33,7 +33,7 @@ from torchvision.ops import batched_nms, roi_align
 
 from rtseg.models.centermask import CenterMaskConfig
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
-from rtseg.postprocess.resize import InputGeometry, fit_size, pad_to_divisor, resize_uint8, shortest_edge_size
+from rtseg.postprocess.resize import InputGeometry, keep_ratio_geometry, resize_uint8, shortest_edge_size
 
 #: FPN levels the RoI heads pool from (``ROI_HEADS.IN_FEATURES = ["p3", "p4", "p5"]``)
 ROI_LEVELS = (3, 4, 5)
@@ -60,11 +60,7 @@ def input_geometry(cfg: CenterMaskConfig, image_size: tuple[int, int],
         return InputGeometry((h, w), target, target)  # type: ignore[arg-type]
     newh, neww = shortest_edge_size((h, w), cfg.min_size_test, cfg.max_size_test)
     resized = (max(newh, 1), max(neww, 1))
-    if canvas is None:
-        return InputGeometry((h, w), resized, pad_to_divisor(resized))
-    if resized[0] > canvas[0] or resized[1] > canvas[1]:
-        resized = fit_size((h, w), canvas)
-    return InputGeometry((h, w), resized, (int(canvas[0]), int(canvas[1])))
+    return keep_ratio_geometry((h, w), resized, canvas)
 
 
 def resized_size(image_size: tuple[int, int], cfg: CenterMaskConfig) -> tuple[int, int]:

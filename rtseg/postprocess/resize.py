@@ -97,6 +97,19 @@ def fit_size(image_size: tuple[int, int], canvas: tuple[int, int]) -> tuple[int,
     return max(1, min(int(h * scale + 0.5), canvas[0])), max(1, min(int(w * scale + 0.5), canvas[1]))
 
 
+def keep_ratio_geometry(image_size: tuple[int, int], resized: tuple[int, int],
+                        canvas: tuple[int, int] | None) -> InputGeometry:
+    """The geometry of a keep-ratio resize to ``resized``: padded to a multiple of 32 by
+    default; with a fixed ``canvas``, the resize capped to fit it (:func:`fit_size`) and the
+    padding to the canvas."""
+    h, w = int(image_size[0]), int(image_size[1])
+    if canvas is None:
+        return InputGeometry((h, w), resized, pad_to_divisor(resized))
+    if resized[0] > canvas[0] or resized[1] > canvas[1]:
+        resized = fit_size((h, w), canvas)
+    return InputGeometry((h, w), resized, (int(canvas[0]), int(canvas[1])))
+
+
 def resize_uint8(images: torch.Tensor, size: tuple[int, int], resampling: str) -> torch.Tensor:
     """``uint8[B, H, W, C]`` -> ``uint8[B, h, w, C]`` on the same device, resampled on the host
     exactly as the official pipelines (``"cv2"`` or ``"pil"``, see the module docstring)."""

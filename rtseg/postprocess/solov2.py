@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from rtseg.models.solov2 import CAFFE_MEAN_BGR, CAFFE_STD_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, Solov2Config
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
-from rtseg.postprocess.resize import InputGeometry, fit_size, pad_to_divisor, mmcv_rescale_size, resize_uint8, shortest_edge_size
+from rtseg.postprocess.resize import (InputGeometry, keep_ratio_geometry, mmcv_rescale_size, resize_uint8,
+                                     shortest_edge_size)
 
 #: stride of the mask features relative to the input (``MaskFeatHead`` output is at P2's 1/4)
 MASK_STRIDE = 4
@@ -51,11 +52,7 @@ def input_geometry(cfg: Solov2Config, image_size: tuple[int, int], canvas: tuple
         resized = shortest_edge_size((h, w), min(cfg.resize_max), max(cfg.resize_max))
     else:
         resized = mmcv_rescale_size((h, w), cfg.resize_max)
-    if canvas is None:
-        return InputGeometry((h, w), resized, pad_to_divisor(resized))
-    if resized[0] > canvas[0] or resized[1] > canvas[1]:
-        resized = fit_size((h, w), canvas)
-    return InputGeometry((h, w), resized, (int(canvas[0]), int(canvas[1])))
+    return keep_ratio_geometry((h, w), resized, canvas)
 
 
 def resized_shape(image_size: tuple[int, int], cfg: Solov2Config) -> tuple[int, int]:
