@@ -277,6 +277,43 @@ class Segmenter:
         t3 = time.perf_counter()
         return instances, StageTimes(t1 - t0, t2 - t1, t3 - t2)
 
+    def process_batch(self, images: "list[np.ndarray]") -> list[tuple[Instances, StageTimes]]:
+        """Segment several images (e.g. the newest frame of several streams) with as few
+        backend calls as their input shapes allow: images whose network input shape
+        (:meth:`geometry` ``.padded``) is equal are stacked into one ``float32[B, 3, H, W]``
+        batch and run in one call; the outputs are split back per image and post-processed
+        one by one. Returns ``(instances, times)`` per image, in the order given; a stage's
+        time is its group's time divided by the group's size (each image's share), so the
+        per-frame figures add up to the batch's wall time."""
+        if not images:
+            return []
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray) or image.ndim != 3:
+                found = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+                raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")
+            groups.setdefault(self.geometry(image.shape[:2]).padded, []).append(i)
+        results: list[tuple[Instances, StageTimes] | None] = [None] * len(images)
+        for members in groups.values():
+            t0 = time.perf_counter()
+            parts = [self.preprocess(images[i]) for i in members]
+            batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+            self._sync()
+            t1 = time.perf_counter()
+            outputs = self.infer(batch)
+            self._sync()
+            t2 = time.perf_counter()
+            found = []
+            for j, i in enumerate(members):
+                one = outputs if len(members) == 1 else {k: v[j:j + 1] for k, v in outputs.items()}
+                found.append(self.postprocess(one, (images[i].shape[0], images[i].shape[1])))
+            t3 = time.perf_counter()
+            n = len(members)
+            times = StageTimes((t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n)
+            for i, inst in zip(members, found):
+                results[i] = (inst, times)
+        return results  # type: ignore[return-value]
+
     def warmup(self, runs: int = 2, image_size: tuple[int, int] | None = None) -> None:
         """Run the model on a blank frame (of ``image_size``, default :attr:`input_size`) so
         one-time costs (kernel selection, allocator growth) are paid before the first real

@@ -242,6 +242,10 @@ class Frame:
     instances: Instances | None = None
     rendered: np.ndarray | None = None  #: ``uint8[H, W, 3]`` BGR overlay, when rendering
     timings: dict[str, float] = field(default_factory=dict)
+    #: the stream this frame belongs to in a run: its name (``--sources`` file, else the
+    #: source's 0-based position on the command line as text). Published as the header's
+    #: ``stream`` and in the topic (``<topic>/<stream>``), used for per-stream files and counters.
+    stream: str = "0"
 
     def __post_init__(self) -> None:
         img = self.image
