@@ -163,6 +163,10 @@ class Instances:
                          masks=picked.masks, image_size=picked.image_size)
 
     # -- derived quantities ----------------------------------------------------------------
+    def masks_dense(self) -> np.ndarray:
+        """Full-size ``bool[N, H, W]`` masks (made on request; not for the hot path)."""
+        return self.masks
+
     def mask_areas(self) -> np.ndarray:
         """``int64[N]``: number of mask pixels per instance."""
         return self.masks.reshape(len(self), -1).sum(axis=1).astype(np.int64)
