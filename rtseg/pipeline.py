@@ -11,6 +11,14 @@ the order they were taken in. On a small CPU this frame-level parallelism beats 
 call using every core, because the other stages no longer preempt a thread that all of
 torch's threads wait for (see ``benchmarks/pipeline_overlap.py``).
 
+Several streams: each source has its own capture thread and its own inference queue (the
+overflow policy below holds per stream). An inference worker takes the newest unprocessed
+frame of every ready stream, round robin, at most one per stream and at most ``batch``
+frames, waiting at most ``batch_wait_ms`` for more streams to become ready, and runs them in
+one ``segmenter.process_batch`` call; a stream with nothing ready is not waited for beyond
+that. The render stage restores each stream's order (not a global one), so a slow stream
+never holds back the others.
+
 Overflow policy
     * ``q_infer`` for a **live** source (webcam, RTSP) holds one frame and a new frame
       replaces an unprocessed one (counted as ``dropped_stale``): results are always about
