@@ -138,3 +138,27 @@ def test_synthetic_file_and_rtsp_streams_killing_the_camera_leaves_the_others_wh
         assert [f.seq for f in seen if f.stream == name] == list(range(30))
     assert killed.is_set()
     assert pipeline.result.streams["3"]["error"] is not None
+
+
+def test_malformed_sources_file_is_one_line_before_the_model_loads(tmp_path):
+    from cli_helpers import assert_one_line_error, run_cli
+
+    f = tmp_path / "cams.txt"
+    f.write_text("synthetic:1 a\n\nsynthetic:2 b c\n")
+    assert_one_line_error(run_cli("run", "--sources", str(f), timeout=60), 2, "line 3", "SOURCE [NAME]")
+    f.write_text("synthetic:1 a\nsynthetic:2 a\n")
+    assert_one_line_error(run_cli("run", "--sources", str(f), timeout=60), 2, "'a'", "used by sources 1 and 2")
+
+
+def test_two_sources_on_the_command_line_give_per_stream_summary_and_recordings(tmp_path):
+    from cli_helpers import run_cli
+
+    out = tmp_path / "out.mp4"
+    proc = run_cli("run", "--source", "synthetic:1:160x120", "--source", "synthetic:2:160x120", "--max-frames", "3",
+                   "--record", str(out), "--summary-json", str(tmp_path / "s.json"), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert {k: v["frames_processed"] for k, v in summary["streams"].items()} == {"0": 3, "1": 3}
+    assert (tmp_path / "out.0.mp4").is_file() and (tmp_path / "out.1.mp4").is_file()
