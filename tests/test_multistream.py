@@ -162,3 +162,18 @@ def test_two_sources_on_the_command_line_give_per_stream_summary_and_recordings(
     summary = json.loads((tmp_path / "s.json").read_text())
     assert {k: v["frames_processed"] for k, v in summary["streams"].items()} == {"0": 3, "1": 3}
     assert (tmp_path / "out.0.mp4").is_file() and (tmp_path / "out.1.mp4").is_file()
+
+
+def test_paced_synthetic_source_is_live_and_skips_the_frames_a_slow_reader_missed():
+    import time
+
+    from rtseg.errors import SourceError
+
+    with open_source("synthetic:3:64x48@20") as src:
+        assert src.is_live and not open_source("synthetic:3").is_live
+        first = src.read()
+        time.sleep(0.5)  # ~10 frames due meanwhile: the next read is the newest one, not the next
+        second = src.read()
+        assert second.seq > first.seq + 1 and src.stats.frames_dropped == second.seq - first.seq - 1
+    with pytest.raises(SourceError, match="@FPS"):
+        open_source("synthetic:3@fast")
