@@ -271,6 +271,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", help="torch / ONNX Runtime CPU threads of the one-at-a-time runs (default: all cores)")
     p.add_argument("--workers", help="inference workers of the pipeline run (default as 'rtseg run': 2 on a CPU, 1 on a GPU)")
     p.add_argument("--no-pipeline", action="store_true", help="skip the threaded-pipeline comparison")
+    p.add_argument("--streams", type=int, metavar="N",
+                   help="instead: N synthetic streams (the first --sizes) through the real multi-stream Pipeline, "
+                        "batched as 'rtseg run' batches them; total FPS and per-stream p95 latency")
     p.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
                    help="weights for a model (repeatable; default: built-in weights, else a random initialisation)")
     p.add_argument("--engine", action="append", default=[], metavar="MODEL=PATH",
@@ -477,6 +480,36 @@ def measure_pipeline(plan: BenchPlan, seg: Any, video: str, publisher: Any, work
             "end_to_end_ms": summary.stages_ms["end to end"]}
 
 
+def bench_streams(plan: BenchPlan, n: int) -> int:
+    """``rtseg bench --streams N``: N synthetic streams (non-live: every frame, back-pressure)
+    through :class:`rtseg.pipeline.Pipeline` with ``rtseg run``'s default workers and batch
+    (streams / workers, rounded up); prints total FPS, mean frames per model call, and each
+    stream's FPS and p95 end-to-end latency."""
+    from rtseg.cli import default_workers
+    from rtseg.pipeline import Pipeline
+    from rtseg.segmenter import configure_threads
+    from rtseg.sources import open_source
+
+    if n < 1:
+        raise ConfigError(f"--streams must be >= 1, got {n}")
+    model, backend = plan.models[0], plan.backends[0]
+    h, w = plan.sizes[0]
+    workers = plan.workers or default_workers(plan.device)
+    configure_threads(None, workers)
+    seg = make_segmenter(plan, model, backend, "fp32", 1)
+    seg.warmup()
+    sources = [open_source(f"synthetic:{i}:{w}x{h}") for i in range(n)]
+    pipeline = Pipeline(sources, seg, window=_DiscardWindow() if n == 1 else {str(i): _DiscardWindow() for i in range(n)},
+                        max_frames=plan.frames, workers=workers, batch=-(-n // workers))
+    s = pipeline.run()
+    print(f"{model} {backend} {h}x{w}, {n} stream(s), {workers} worker(s), batch {-(-n // workers)}: "
+          f"{s.fps:.2f} FPS total, {s.mean_batch:.2f} frames per model call")
+    rows = s.streams or {"0": {"fps": s.fps, "latency_ms": s.stages_ms["end to end"]}}
+    for name, p in rows.items():
+        print(f"  stream {name}: {p['fps']:.2f} FPS, p95 {p['latency_ms']['p95']:.0f} ms")
+    return 0
+
+
 def run_bench(plan: BenchPlan, *, progress: bool = True) -> dict[str, Any]:
     """Measure every combination of ``plan``; returns ``{"date", "machine", "settings", "results"}``."""
     import torch
@@ -674,6 +707,8 @@ def write_plot(report: dict[str, Any], path: str) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     """``rtseg bench``: measure, print the tables, write ``--json`` / ``--csv`` / ``--plot``."""
     plan = plan_from_args(args)
+    if getattr(args, "streams", None) is not None:
+        return bench_streams(plan, args.streams)
     report = run_bench(plan, progress=not (args.no_progress or getattr(args, "quiet", False)))
     report["command"] = getattr(args, "command_line", None) or "rtseg " + " ".join(sys.argv[1:])
     if all(r["skipped"] for r in report["results"]):

@@ -125,9 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="segment a video source, render and publish the results",
                          epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--source", default="synthetic",
+    run.add_argument("--source", action="append",
                      help="webcam index (0), rtsp:// or http(s):// URL, video file, image, folder of images, "
-                          "or 'synthetic' (default)")
+                          "or 'synthetic' (default); repeat it for several streams (named 0, 1, ...)")
+    run.add_argument("--sources", metavar="FILE",
+                     help="several streams: one source per line, optionally followed by a stream name; '#' comments")
+    run.add_argument("--batch", type=_positive_int,
+                     help="most frames in one model call, at most one per stream (default: streams / workers, "
+                          "rounded up, so the workers together take every ready stream once per round; 1 for one source)")
+    run.add_argument("--batch-wait-ms", type=float, default=2.0,
+                     help="how long a batch waits for more streams to become ready (default 2 ms)")
     run.add_argument("--model", default=DEFAULT_MODEL, help=f"model variant (default {DEFAULT_MODEL}; see 'rtseg models')")
     run.add_argument("--weights", help="weights file (default: the built-in weights of the model, if any)")
     run.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -537,6 +544,16 @@ def _check_run_options(args: argparse.Namespace) -> None:
     for option, path in (("--record", args.record), ("--summary-json", args.summary_json)):
         if path:
             check_output_file(option, path)
+    if args.sources and args.source:
+        raise ConfigError("expected --source (repeated) or --sources FILE, found both")
+    if not args.batch_wait_ms >= 0:
+        raise ConfigError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    from rtseg.preflight import read_sources_file, stream_names
+
+    args.source_entries = (read_sources_file(args.sources) if args.sources
+                           else [(spec, None) for spec in (args.source or ["synthetic"])])
+    args.stream_names = stream_names(args.source_entries)
+    args.source = args.source_entries[0][0]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -557,31 +574,45 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
     from rtseg.sources import ImageFilesSource, open_source
 
     recorder = None
+    recorders: dict = {}
     summary = None
     failure: BaseException | None = None
-    source_id = args.source if "@" not in args.source else "(not opened)"  # the source redacts passwords
+    first = (args.source if isinstance(args.source, str) else (args.source or [args.sources or "synthetic"])[0])
+    source_id = first if "@" not in first else "(not opened)"  # the source redacts passwords
     try:
         with ExitStack() as cleanup:
             _check_run_options(args)
+            multi = len(args.source_entries) > 1
+            recorders = {}
             if args.record:
-                recorder = VideoRecorder(args.record)
-                cleanup.callback(recorder.close)
+                from rtseg.preflight import per_stream_path
+
+                for name in args.stream_names:
+                    recorders[name] = VideoRecorder(per_stream_path(args.record, name) if multi else args.record)
+                    cleanup.callback(recorders[name].close)
+                recorder = recorders[args.stream_names[0]]
             curve_keys = None
             if args.curve_keys:
                 from rtseg.keys import load_server_keys
 
                 curve_keys = load_server_keys(args.curve_keys)
             signals.phase = "opening the source"
-            source = open_source(args.source, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
-                                 loop=args.loop, reconnect_timeout=args.reconnect_timeout)
-            source_id = source.source_id
-            cleanup.callback(source.close)
-            source.open()  # fail here, in one line, before the model loads and before any thread starts
-            single_image = isinstance(source, ImageFilesSource) and not os.path.isdir(args.source)
-            window = None
-            if args.display:
-                window = Window()
-                cleanup.callback(window.close)
+            sources = []
+            for spec, _ in args.source_entries:
+                source = open_source(spec, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
+                                     loop=args.loop, reconnect_timeout=args.reconnect_timeout)
+                cleanup.callback(source.close)
+                sources.append(source)
+            source = sources[0]
+            source_id = ", ".join(s.source_id for s in sources)
+            for each in sources:
+                each.open()  # fail here, in one line, before the model loads and before any thread starts
+            single_image = not multi and isinstance(source, ImageFilesSource) and not os.path.isdir(args.source)
+            windows = {}
+            if args.display:  # one window per stream, titled with its name
+                for name in args.stream_names:
+                    windows[name] = Window(f"rtseg {name}") if multi else Window()
+                    cleanup.callback(windows[name].close)
 
             signals.phase = "loading the model"
             log.info("loading model %s", args.model)
@@ -603,17 +634,18 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
                 publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode(),
                                       curve_keys=curve_keys)
                 cleanup.callback(publisher.close)
-            if recorder is not None and getattr(source, "fps", None):
-                recorder.fps = float(source.fps)
+            for name, each in zip(args.stream_names, sources):
+                if name in recorders and getattr(each, "fps", None):
+                    recorders[name].fps = float(each.fps)
             level, text = where_results_go(record=args.record, publish=args.publish, display=args.display,
                                            single_image=single_image)
             log.log(level, "%s", text)
 
             progress = None
-            total = None if (source.is_live or single_image) else frames_in_source(source)
-            if args.max_frames is not None and not single_image and not source.is_live:
+            total = None if (source.is_live or single_image or multi) else frames_in_source(source)
+            if args.max_frames is not None and not single_image and not source.is_live and not multi:
                 total = min(total, args.max_frames) if total else args.max_frames
-            if not (args.quiet or source.is_live or single_image):
+            if not (args.quiet or source.is_live or single_image or multi):
                 progress = Progress(total, desc=os.path.basename(source_id.rstrip("/")) or source_id)
                 cleanup.callback(progress.close)
                 if progress.tty:
@@ -628,8 +660,10 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
                     name = os.path.basename(args.source)
                     print(describe_detections(name, frame.instances, segmenter.class_names), flush=True)
 
-            pipeline = Pipeline(source, segmenter, publisher=publisher, recorder=recorder, window=window,
-                                max_frames=args.max_frames, workers=workers, on_frame=on_frame)
+            batch = args.batch or -(-len(sources) // workers)
+            pipeline = Pipeline(sources, segmenter, names=args.stream_names, publisher=publisher,
+                                recorder=recorders or None, window=windows or None, max_frames=args.max_frames,
+                                workers=workers, on_frame=on_frame, batch=batch, batch_wait_ms=args.batch_wait_ms)
             signals.phase = "running"
             signals.pipeline = pipeline
             try:
@@ -644,8 +678,9 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
         signals.finishing = True
     if summary is not None:
         print(summary.format(), flush=True)
-        if recorder is not None and recorder.frames_written:
-            print(f"wrote {recorder.frames_written} frames to {args.record}")
+        for each in recorders.values():
+            if each.frames_written:
+                print(f"wrote {each.frames_written} frames to {each.path}")
         if args.summary_json:
             from dataclasses import asdict
 

@@ -11,6 +11,14 @@ the order they were taken in. On a small CPU this frame-level parallelism beats 
 call using every core, because the other stages no longer preempt a thread that all of
 torch's threads wait for (see ``benchmarks/pipeline_overlap.py``).
 
+Several streams: each source has its own capture thread and its own inference queue (the
+overflow policy below holds per stream). An inference worker takes the newest unprocessed
+frame of every ready stream, round robin, at most one per stream and at most ``batch``
+frames, waiting at most ``batch_wait_ms`` for more streams to become ready, and runs them in
+one ``segmenter.process_batch`` call; a stream with nothing ready is not waited for beyond
+that. The render stage restores each stream's order (not a global one), so a slow stream
+never holds back the others.
+
 Overflow policy
     * ``q_infer`` for a **live** source (webcam, RTSP) holds one frame and a new frame
       replaces an unprocessed one (counted as ``dropped_stale``): results are always about
@@ -106,6 +114,10 @@ class Summary:
     dropped_backend: int = 0
     abandoned: int = 0  #: accepted frames dropped unsegmented by :meth:`Pipeline.abandon` (a second Ctrl-C)
     error: str | None = None  #: the error that ended the run (``stopped_by`` is then "error")
+    #: several streams: name -> that stream's counts, ``fps`` and end-to-end ``latency_ms``
+    #: (the fields above are then totals over the streams); empty for a single source
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mean_batch: float = 0.0  #: frames per model call, on average
 
     @classmethod
     def nothing(cls, source: str, stopped_by: str) -> "Summary":
@@ -125,6 +137,15 @@ class Summary:
             + (f", abandoned {self.abandoned} (not segmented: a second Ctrl-C or SIGTERM)" if self.abandoned else ""),
             f"{self.fps:.2f} FPS over {self.wall_seconds:.2f} s ({self.stopped_by})",
         ]
+        if self.streams:
+            lines[0] = f"{len(self.streams)} streams: " + lines[0].split(": ", 1)[1]
+            lines[1] += f", {self.mean_batch:.2f} frames per model call"
+            lines.append(f"{'stream':<14}{'FPS':>8}{'read':>7}{'done':>7}{'stale':>7}{'p50 ms':>9}{'p95 ms':>9}  source")
+            for name, p in self.streams.items():
+                lat = p["latency_ms"]
+                lines.append(f"{name:<14}{p['fps']:>8.2f}{p['frames_read']:>7}{p['frames_processed']:>7}"
+                             f"{p['dropped_stale']:>7}{lat['p50']:>9.1f}{lat['p95']:>9.1f}  {p['source']}"
+                             + (f" (lost: {p['error']})" if p["error"] else ""))
         if self.stages_ms:
             lines.append(f"{'stage':<14}{'mean ms':>10}{'p50 ms':>10}{'p95 ms':>10}")
         for name, p in self.stages_ms.items():
@@ -132,64 +153,155 @@ class Summary:
         return "\n".join(lines)
 
 
-class Pipeline:
-    """Runs ``segmenter`` over ``source`` on four threads.
+class _Stream:
+    """One source's state in a run: its frames waiting for inference and its counters.
 
-    Args:
-        source: an opened :mod:`rtseg.sources` source.
-        segmenter: a :class:`rtseg.segmenter.Segmenter` (anything with ``process(image)`` and ``class_names``).
-        publisher: a :class:`rtseg.publish.Publisher`, or None.
-        recorder: a :class:`rtseg.render.VideoRecorder`, or None.
-        window: a :class:`rtseg.render.Window`, or None.
-        max_frames: stop after this many captured frames.
-        on_frame: called from the publish thread with every finished :class:`Frame` (for tests, tools).
-        queue_size: capacity of ``q_render`` and ``q_publish`` (and of ``q_infer`` for non-live sources).
-        workers: inference threads; results keep the order frames were taken in. The caller
-            sets torch's thread count (``rtseg.segmenter.configure_threads``).
-    """
+    Touched under :attr:`Pipeline._cv` (queue, order) or by one stage thread only (the rest)."""
 
-    def __init__(self, source: FrameSource, segmenter: Any, *, publisher: Any = None, recorder: Any = None,
-                 window: Any = None, max_frames: int | None = None,
-                 on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4, workers: int = 1) -> None:
-        if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        self.workers = workers
-        self._take_lock = threading.Lock()  # frames are numbered in the order workers take them
-        self._taken = 0
+    def __init__(self, name: str, source: FrameSource, capacity: int) -> None:
+        self.name = name
         self.source = source
-        self.segmenter = segmenter
-        self.publisher = publisher
-        self.recorder = recorder
-        self.window = window
-        self.max_frames = max_frames
-        self.on_frame = on_frame
-        live = bool(getattr(source, "is_live", False))
-        self.q_infer: queue.Queue = queue.Queue(maxsize=1 if live else queue_size)
-        self.q_render: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.q_publish: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._live = live
-        self._stop = threading.Event()
-        self._stopped_by = "end of input"
-        self._requests: list[str] = []  # stop / abandon asked for, not yet acted on (see run())
-        self._abandon = False
-        self.frames_abandoned = 0
-        self.result: Summary | None = None  #: the summary of the last run(), also when it raised
-        self._errors: list[BaseException] = []
-        self._lock = threading.Lock()
+        self.live = bool(getattr(source, "is_live", False))
+        self.capacity = 1 if self.live else capacity  # live: newest frame only
+        self.waiting: deque = deque()  # frames read, not yet taken by an inference worker
+        self.ended = False  # capture of this stream is over (end of input, max frames, stop, lost)
+        self.taken = 0  # frames taken for inference: the per-stream order the render stage keeps
         self.frames_read = 0
         self.frames_processed = 0
         self.frames_published = 0
         self.dropped_stale = 0
         self.dropped_backend = 0
+        self.abandoned = 0
+        self.error: BaseException | None = None  # a lost live stream in a multi-stream run
+        self.latency = StageStats()  # end to end
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+        self.out_times: deque = deque(maxlen=31)  # render times: the FPS drawn on this stream's frames
+        self.fps: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        stats = getattr(self.source, "stats", None)
+        span = (self.t_last - self.t_first) if (self.t_first is not None and self.t_last is not None) else 0.0
+        gaps = [(float(a), float(b)) for a, b in getattr(stats, "gaps", [])]
+        return {
+            "source": self.source.source_id,
+            "frames_read": self.frames_read,
+            "frames_processed": self.frames_processed,
+            "frames_published": self.frames_published,
+            "dropped_source": int(getattr(stats, "frames_dropped", 0)),
+            "dropped_stale": self.dropped_stale,
+            "skipped_corrupt": int(getattr(stats, "frames_skipped", 0)),
+            "reconnects": int(getattr(stats, "reconnects", 0)),
+            "dropped_backend": self.dropped_backend,
+            "abandoned": self.abandoned,
+            "fps": self.frames_processed / span if span > 0 else 0.0,
+            "latency_ms": self.latency.percentiles_ms(),
+            "gaps": gaps,
+            "outage_seconds": float(sum(b - a for a, b in gaps)),
+            "error": str(self.error) if self.error is not None else None,
+        }
+
+
+def _per_stream(value: Any, names: list[str], what: str) -> dict[str, Any]:
+    """A recorder / window given for the run: one object (single stream) or a mapping name -> object."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"{what} for unknown stream(s) {unknown}, expected names from {names}")
+        return dict(value)
+    if len(names) > 1:
+        raise ValueError(f"{len(names)} streams need one {what} each: expected a dict name -> {what}, got one object")
+    return {names[0]: value}
+
+
+class Pipeline:
+    """Runs ``segmenter`` over one or several sources.
+
+    Args:
+        source: an opened :mod:`rtseg.sources` source, or a list of them (several streams).
+        segmenter: a :class:`rtseg.segmenter.Segmenter` (``process(image)``, ``class_names``,
+            and ``process_batch(images)`` where ``batch > 1``).
+        names: the stream names, one per source (default "0", "1", ... by position); set as
+            ``frame.stream`` on every frame (the publisher's topic and header use it).
+        publisher: a :class:`rtseg.publish.Publisher`, or None.
+        recorder: a :class:`rtseg.render.VideoRecorder`, or None; with several streams a dict
+            stream name -> recorder (streams without one are not recorded).
+        window: a :class:`rtseg.render.Window`, or None; with several streams a dict name -> window.
+        max_frames: stop each stream after this many captured frames.
+        on_frame: called from the publish thread with every finished :class:`Frame` (for tests, tools).
+        queue_size: capacity of ``q_render`` and ``q_publish`` (and of each non-live stream's
+            inference queue).
+        workers: inference threads, each forming its own batches; results keep each stream's
+            order. The caller sets torch's thread count (``rtseg.segmenter.configure_threads``).
+        batch: most frames in one model call, at most one per stream (1: one frame per call).
+        batch_wait_ms: how long a worker that has fewer ready streams than ``batch`` waits for
+            more to become ready before it runs what it has.
+    """
+
+    def __init__(self, source: FrameSource | list[FrameSource], segmenter: Any, *, names: list[str] | None = None,
+                 publisher: Any = None, recorder: Any = None, window: Any = None, max_frames: int | None = None,
+                 on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4, workers: int = 1,
+                 batch: int = 1, batch_wait_ms: float = 2.0) -> None:
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if not batch_wait_ms >= 0:
+            raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
+        sources = list(source) if isinstance(source, (list, tuple)) else [source]
+        if not sources:
+            raise ValueError("expected at least one source, got none")
+        names = [str(i) for i in range(len(sources))] if names is None else [str(n) for n in names]
+        if len(names) != len(sources):
+            raise ValueError(f"expected one name per source ({len(sources)}), got {len(names)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream names must be unique, got {names}")
+        self.workers = workers
+        self.batch = batch
+        self.batch_wait = batch_wait_ms / 1000.0
+        self.sources = sources
+        self.source = sources[0]
+        self.streams = [_Stream(n, s, queue_size) for n, s in zip(names, sources)]
+        self._by_name = {s.name: s for s in self.streams}
+        self._multi = len(self.streams) > 1
+        self._rr = 0  # round robin: the stream the next batch starts looking at
+        self._cv = threading.Condition()  # guards every stream's waiting/ended/taken, and _abandon
+        self.segmenter = segmenter
+        self.publisher = publisher
+        self.recorders = _per_stream(recorder, names, "recorder")
+        self.windows = _per_stream(window, names, "window")
+        self.recorder = recorder
+        self.window = window
+        self.max_frames = max_frames
+        self.on_frame = on_frame
+        self.q_render: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.q_publish: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._live = any(s.live for s in self.streams)
+        self._stop = threading.Event()
+        self._stopped_by = "end of input"
+        self._requests: list[str] = []  # stop / abandon asked for, not yet acted on (see run())
+        self._abandon = False
+        self.result: Summary | None = None  #: the summary of the last run(), also when it raised
+        self._errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self.batch_sizes: deque = deque(maxlen=MAX_SAMPLES)  # frames per model call
         self.stages = {name: StageStats() for name in
                        ("capture", "queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
         self._t_run = 0.0  # when run() started
         self._t_first: float | None = None
         self._t_last: float | None = None
-        self._fps: float | None = None
-        self._out_times: deque = deque(maxlen=31)  # the last 31 render times: FPS over 30 intervals
+
+    # totals over the streams (the single-stream names tests and tools read)
+    frames_read = property(lambda self: sum(s.frames_read for s in self.streams))
+    frames_processed = property(lambda self: sum(s.frames_processed for s in self.streams))
+    frames_published = property(lambda self: sum(s.frames_published for s in self.streams))
+    dropped_stale = property(lambda self: sum(s.dropped_stale for s in self.streams))
+    dropped_backend = property(lambda self: sum(s.dropped_backend for s in self.streams))
+    frames_abandoned = property(lambda self: sum(s.abandoned for s in self.streams))
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -209,11 +321,13 @@ class Pipeline:
         while self._requests:
             reason = self._requests.pop(0)
             if not reason:
-                if not self._abandon:
-                    waiting = self.q_infer.qsize()
-                    log.warning("stopping now: %d frame(s) not yet segmented are dropped, the ones being segmented "
-                                "(at most %d) are finished", waiting, self.workers)
-                self._abandon = True
+                with self._cv:
+                    if not self._abandon:
+                        waiting = sum(len(s.waiting) for s in self.streams)
+                        log.warning("stopping now: %d frame(s) not yet segmented are dropped, the ones being "
+                                    "segmented (at most %d) are finished", waiting, self.workers * self.batch)
+                    self._abandon = True
+                    self._cv.notify_all()
                 reason = "abandoned"
             elif not self._stop.is_set():
                 log.info("%s: finishing the frames already accepted (stop again to drop those not yet segmented)",
@@ -226,7 +340,8 @@ class Pipeline:
             self._stop.set()
             # unblocks a capture thread waiting on a live source (outage, slow camera); a frame
             # being read is not accepted yet, so nothing accepted is lost
-            self.source.close()
+            for source in self.sources:
+                source.close()
 
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
@@ -244,42 +359,134 @@ class Pipeline:
                     raise RuntimeError("pipeline aborted") from None
 
     # -- stages ----------------------------------------------------------------------------
-    def _capture(self) -> None:
+    def _capture(self, stream: _Stream) -> None:
         try:
             while not self._stop.is_set():
-                if self.max_frames is not None and self.frames_read >= self.max_frames:
+                if self.max_frames is not None and stream.frames_read >= self.max_frames:
                     self._stopped_by = f"max frames ({self.max_frames})"
                     break
                 t0 = time.perf_counter()
-                frame = self.source.read()
+                frame = stream.source.read()
                 if frame is None:
                     break
                 # read + decode (for a live source: also the wait for a frame newer than the last)
                 frame.timings["capture"] = time.perf_counter() - t0
+                frame.stream = stream.name
                 if frame.capture_monotonic and frame.capture_monotonic < self._t_run:
                     # read ahead by source.open() before the run (while the model loaded): its
                     # latency starts with the run
                     frame.capture_monotonic = self._t_run
-                self.frames_read += 1
-                if self._t_first is None:
-                    self._t_first = frame.capture_monotonic or time.perf_counter()
-                if self._live:
-                    try:
-                        self.q_infer.put_nowait(frame)
-                    except queue.Full:
-                        try:
-                            self.q_infer.get_nowait()  # an unprocessed, now stale frame
-                            self.dropped_stale += 1
-                        except queue.Empty:
-                            pass
-                        self._put(self.q_infer, frame)
-                else:
-                    self._put(self.q_infer, frame)
+                stream.frames_read += 1
+                first = frame.capture_monotonic or time.perf_counter()
+                if stream.t_first is None:
+                    stream.t_first = first
+                with self._cv:
+                    if self._t_first is None:
+                        self._t_first = first
+                    if stream.live:
+                        while len(stream.waiting) >= stream.capacity:
+                            stream.waiting.popleft()  # an unprocessed, now stale frame
+                            stream.dropped_stale += 1
+                    else:  # back-pressure: wait for room
+                        while len(stream.waiting) >= stream.capacity:
+                            if self._errors:
+                                raise RuntimeError("pipeline aborted")
+                            self._cv.wait(0.1)
+                    stream.waiting.append(frame)
+                    self._cv.notify_all()
         except BaseException as exc:  # noqa: BLE001 - surfaced by run()
+            from rtseg.errors import SourceError
+
+            if self._multi and isinstance(exc, SourceError) and stream.live:
+                # a lost camera ends its own stream, not the others (reported at the end of the run)
+                log.error("stream %s ended: %s", stream.name, exc)
+                stream.error = exc
+            else:
+                self._fail(exc)
+        finally:
+            with self._cv:
+                stream.ended = True
+                self._cv.notify_all()
+
+    def _take_batch(self) -> list[tuple[_Stream, int, Frame]] | None:
+        """The newest unprocessed frame of up to ``batch`` ready streams (one per stream, round
+        robin), or None when every stream has ended and nothing waits. A worker with fewer
+        ready streams than ``batch`` waits at most ``batch_wait`` for more; a stream that
+        delivers nothing is simply not in the batch."""
+        with self._cv:
+            deadline = None
+            while True:
+                if self._abandon:  # frames not taken yet are dropped, counted per stream
+                    for s in self.streams:
+                        s.abandoned += len(s.waiting)
+                        s.waiting.clear()
+                    self._cv.notify_all()
+                ready = [s for s in self.streams if s.waiting]
+                if not ready:
+                    if all(s.ended for s in self.streams) or self._errors:
+                        return None
+                    self._cv.wait(0.1)
+                    continue
+                can_join = [s for s in self.streams if not s.waiting and not s.ended]
+                if len(ready) >= self.batch or not can_join or self.batch_wait <= 0:
+                    break
+                now = time.perf_counter()
+                if deadline is None:
+                    deadline = now + self.batch_wait
+                if now >= deadline:
+                    break
+                self._cv.wait(deadline - now)
+            n = len(self.streams)
+            taken: list[tuple[_Stream, int, Frame]] = []
+            for k in range(n):
+                s = self.streams[(self._rr + k) % n]
+                if s.waiting and len(taken) < self.batch:
+                    # live: the only (newest) frame; files: the oldest, so every frame goes in order
+                    taken.append((s, s.taken, s.waiting.popleft()))
+                    s.taken += 1
+                    last = (self._rr + k) % n
+            self._rr = (last + 1) % n  # the next batch starts after the last stream served
+            self._cv.notify_all()  # room for back-pressured captures
+            return taken
+
+    def _segment(self, images: list[np.ndarray]) -> list[tuple[Any, Any]]:
+        if len(images) == 1:
+            return [self.segmenter.process(images[0])]
+        return self.segmenter.process_batch(images)
+
+    def _inference(self) -> None:
+        try:
+            while True:
+                taken = self._take_batch()
+                if taken is None:
+                    break
+                now = time.perf_counter()
+                for _, _, frame in taken:
+                    if frame.capture_monotonic:
+                        self.stages["queue wait"].add(now - frame.capture_monotonic)
+                try:
+                    results = self._segment([frame.image for _, _, frame in taken])
+                except FrameDropped as exc:  # a remote backend gave up on them: counted, the streams go on
+                    with self._lock:
+                        for s, _, _ in taken:
+                            s.dropped_backend += 1
+                    log.debug("%d frame(s) dropped by the backend: %s", len(taken), exc)
+                    for s, order, _ in taken:
+                        self._put(self.q_render, (s.name, order, None))  # keeps the order of the frames after it
+                    continue
+                with self._lock:
+                    self.batch_sizes.append(len(taken))
+                for (s, order, frame), (instances, times) in zip(taken, results):
+                    frame.instances = instances
+                    frame.timings.update(preprocess=times.preprocess, inference=times.inference,
+                                         postprocess=times.postprocess)
+                    with self._lock:
+                        s.frames_processed += 1
+                    self._put(self.q_render, (s.name, order, frame))
+        except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
         finally:
-            for _ in range(self.workers):
-                self._put_end(self.q_infer)
+            self._put_end(self.q_render)
 
     def _put_end(self, q: queue.Queue) -> None:
         try:
@@ -287,75 +494,41 @@ class Pipeline:
         except RuntimeError:
             pass
 
-    def _inference(self) -> None:
-        try:
-            while True:
-                with self._take_lock:
-                    frame = self.q_infer.get()
-                    # decided under the lock, so the frames segmented are those taken before
-                    # abandon(): no gap in the order that the render stage would wait on
-                    abandoned = frame is not _END and self._abandon
-                    if not abandoned:
-                        order = self._taken
-                        self._taken += 1
-                if frame is _END:
-                    break
-                if abandoned:
-                    with self._lock:
-                        self.frames_abandoned += 1
-                    continue
-                now = time.perf_counter()
-                if frame.capture_monotonic:
-                    self.stages["queue wait"].add(now - frame.capture_monotonic)
-                try:
-                    instances, times = self.segmenter.process(frame.image)
-                except FrameDropped as exc:  # a remote backend gave up on it: counted, the stream goes on
-                    with self._lock:
-                        self.dropped_backend += 1
-                    log.debug("frame %s dropped by the backend: %s", frame.seq, exc)
-                    self._put(self.q_render, (order, None))  # keeps the order of the frames after it
-                    continue
-                frame.instances = instances
-                frame.timings.update(preprocess=times.preprocess, inference=times.inference,
-                                     postprocess=times.postprocess)
-                with self._lock:
-                    self.frames_processed += 1
-                self._put(self.q_render, (order, frame))
-        except BaseException as exc:  # noqa: BLE001
-            self._fail(exc)
-        finally:
-            self._put_end(self.q_render)
-
-    def _in_order(self) -> Iterator[Frame]:
-        """Frames from ``q_render`` in the order the workers took them, until every worker ended."""
-        pending: dict[int, Frame] = {}
-        next_order = 0
+    def _in_order(self) -> Iterator[tuple[_Stream, Frame | None]]:
+        """Frames from ``q_render`` in each stream's order (the order the workers took them),
+        until every worker ended. Streams do not wait for each other."""
+        pending: dict[str, dict[int, Frame | None]] = {s.name: {} for s in self.streams}
+        next_order = {s.name: 0 for s in self.streams}
         ended = 0
         while ended < self.workers:
             item = self.q_render.get()
             if item is _END:
                 ended += 1
                 continue
-            order, frame = item
-            pending[order] = frame
-            while next_order in pending:
-                yield pending.pop(next_order)
-                next_order += 1
-        for order in sorted(pending):  # only after a worker failed mid-frame: a gap in the order
-            yield pending.pop(order)
+            name, order, frame = item
+            waiting = pending[name]
+            waiting[order] = frame
+            while next_order[name] in waiting:
+                yield self._by_name[name], waiting.pop(next_order[name])
+                next_order[name] += 1
+        for name, waiting in pending.items():  # only after a worker failed mid-frame: a gap in the order
+            for order in sorted(waiting):
+                yield self._by_name[name], waiting.pop(order)
 
     def _render(self) -> None:
         try:
-            for frame in self._in_order():
+            for stream, frame in self._in_order():
                 if frame is None:  # dropped by the backend
                     continue
-                if self.recorder is not None or self.window is not None:
+                recorder = self.recorders.get(stream.name)
+                window = self.windows.get(stream.name)
+                if recorder is not None or window is not None:
                     t0 = time.perf_counter()
-                    self._update_fps(t0)
-                    frame.rendered = draw(frame.image, frame.instances, self.segmenter.class_names, fps=self._fps)
-                    if self.recorder is not None:
-                        self.recorder.write(frame.rendered)
-                    if self.window is not None and not self.window.show(frame.rendered):
+                    self._update_fps(stream, t0)
+                    frame.rendered = draw(frame.image, frame.instances, self.segmenter.class_names, fps=stream.fps)
+                    if recorder is not None:
+                        recorder.write(frame.rendered)
+                    if window is not None and not window.show(frame.rendered):
                         self.stop("window closed")
                     frame.timings["render"] = time.perf_counter() - t0
                 self._put(self.q_publish, frame)
@@ -364,12 +537,13 @@ class Pipeline:
         finally:
             self._put_end(self.q_publish)
 
-    def _update_fps(self, now: float) -> None:
-        """Output rate over the last 30 frames: a window, not the last interval, because
+    @staticmethod
+    def _update_fps(stream: _Stream, now: float) -> None:
+        """Output rate over the stream's last 30 frames: a window, not the last interval, because
         several inference workers deliver results in bursts."""
-        self._out_times.append(now)
-        if len(self._out_times) > 1 and now > self._out_times[0]:
-            self._fps = (len(self._out_times) - 1) / (now - self._out_times[0])
+        stream.out_times.append(now)
+        if len(stream.out_times) > 1 and now > stream.out_times[0]:
+            stream.fps = (len(stream.out_times) - 1) / (now - stream.out_times[0])
 
     def _publish(self) -> None:
         try:
@@ -377,19 +551,21 @@ class Pipeline:
                 frame = self.q_publish.get()
                 if frame is _END:
                     break
+                stream = self._by_name[frame.stream]
                 if self.publisher is not None:
                     t0 = time.perf_counter()
                     self.publisher.publish(frame)  # never blocks, never refused (see rtseg.publish)
-                    self.frames_published += 1
+                    stream.frames_published += 1
                     frame.timings["publish"] = time.perf_counter() - t0
                 done = time.perf_counter()
-                self._t_last = done
+                self._t_last = stream.t_last = done
                 for name in ("capture", "preprocess", "inference", "postprocess", "render", "publish"):
                     if name in frame.timings:
                         self.stages[name].add(frame.timings[name])
                 if frame.capture_monotonic:
                     frame.timings["end to end"] = done - frame.capture_monotonic
                     self.stages["end to end"].add(frame.timings["end to end"])
+                    stream.latency.add(frame.timings["end to end"])
                 if self.on_frame is not None:
                     self.on_frame(frame)
         except BaseException as exc:  # noqa: BLE001
@@ -400,8 +576,12 @@ class Pipeline:
         """Run to the end of input / ``max_frames`` / :meth:`stop`; returns the summary.
 
         Re-raises the first error any stage hit (user errors keep their type, so the CLI
-        prints them as one line)."""
-        stages = [("capture", self._capture)]
+        prints them as one line). In a multi-stream run a live stream that is lost (its
+        reconnect timeout ran out) ends alone; the others go on, and its error is raised
+        once the run has ended."""
+        stages: list[tuple[str, Callable[[], None]]] = []
+        for s in self.streams:
+            stages.append((f"capture-{s.name}" if self._multi else "capture", lambda s=s: self._capture(s)))
         stages += [(f"inference-{i}", self._inference) for i in range(self.workers)]
         stages += [("render", self._render), ("publish", self._publish)]
         threads = [threading.Thread(target=fn, name=f"rtseg-{name}", daemon=True) for name, fn in stages]
@@ -428,38 +608,47 @@ class Pipeline:
         while True:  # every stage has ended: nothing is left to abandon
             try:
                 self._act_on_requests()
-                self.source.close()
+                for source in self.sources:
+                    source.close()
                 break
             except KeyboardInterrupt:
                 pass
+        lost = [s.error for s in self.streams if s.error is not None]
+        if lost and not self._errors:
+            self._errors.append(lost[0])
+            if len(lost) == len(self.streams):
+                self._stopped_by = "error"
         self.result = self.summary(time.perf_counter() - t_start)
         if self._errors:
             raise self._errors[0]
         return self.result
 
     def summary(self, wall: float) -> Summary:
-        stats = getattr(self.source, "stats", None)
+        per_stream = {s.name: s.summary() for s in self.streams}
         span = (self._t_last - self._t_first) if (self._t_first is not None and self._t_last is not None) else 0.0
         processed = self.frames_processed
         # throughput between the first capture and the last output (includes the first frame's latency)
         fps = processed / span if span > 0 else 0.0
-        gaps = [(float(a), float(b)) for a, b in getattr(stats, "gaps", [])]
+        gaps = [g for p in per_stream.values() for g in p["gaps"]]
+        total = lambda key: sum(p[key] for p in per_stream.values())  # noqa: E731
         return Summary(
-            source=self.source.source_id,
+            source=", ".join(s.source.source_id for s in self.streams),
             frames_read=self.frames_read,
             frames_processed=processed,
             frames_published=self.frames_published,
-            dropped_source=int(getattr(stats, "frames_dropped", 0)),
-            dropped_stale=self.dropped_stale,
-            skipped_corrupt=int(getattr(stats, "frames_skipped", 0)),
-            reconnects=int(getattr(stats, "reconnects", 0)),
+            dropped_source=total("dropped_source"),
+            dropped_stale=total("dropped_stale"),
+            skipped_corrupt=total("skipped_corrupt"),
+            reconnects=total("reconnects"),
             wall_seconds=wall,
             fps=fps,
             stages_ms={k: v.percentiles_ms() for k, v in self.stages.items() if v.samples},
             stopped_by=self._stopped_by,
             gaps=gaps,
             outage_seconds=float(sum(b - a for a, b in gaps)),
-            dropped_backend=self.dropped_backend,
-            abandoned=self.frames_abandoned,
+            dropped_backend=total("dropped_backend"),
+            abandoned=total("abandoned"),
             error=str(self._errors[0]) if self._errors else None,
+            streams=per_stream if self._multi else {},
+            mean_batch=float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0,
         )

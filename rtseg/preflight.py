@@ -92,3 +92,62 @@ def check_output_dir(option: str, path: str) -> None:
         raise ConfigError(f"{option} {path}: expected a directory, found a file at '{probe}'")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: directory '{probe}' is not writable")
+
+
+def read_sources_file(path: str) -> list[tuple[str, str | None]]:
+    """The ``--sources FILE`` list: ``(spec, name or None)`` per line, in order.
+
+    One source per line (a URL, path, camera index or ``synthetic...`` spec), optionally
+    followed by whitespace and a stream name; ``#`` starts a comment, blank lines are skipped.
+    A malformed line is one ``ConfigError`` naming its line number, before any model loads."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"--sources {path}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--sources {path}: expected a UTF-8 text file, one source per line") from None
+    entries: list[tuple[str, str | None]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        # a comment starts with '#' at the line start or after whitespace (a URL's own '#' stays)
+        fields = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].split()
+        if not fields:
+            continue
+        if len(fields) > 2:
+            raise ConfigError(f"--sources {path}, line {number}: expected 'SOURCE [NAME]', found {len(fields)} "
+                              f"fields: {line.strip()!r}")
+        name = fields[1] if len(fields) == 2 else None
+        if name is not None:
+            check_stream_name(name, f"--sources {path}, line {number}")
+        entries.append((fields[0], name))
+    if not entries:
+        raise ConfigError(f"--sources {path}: expected at least one source line, found none")
+    return entries
+
+
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_stream_name(name: str, where: str) -> None:
+    """Stream names become ZeroMQ topics and file-name parts: letters, digits, ``_ . -``."""
+    if not _STREAM_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{where}: stream name {name!r} is not usable, expected 1-64 letters, digits, '_', '.' or '-'")
+
+
+def stream_names(entries: list[tuple[str, str | None]]) -> list[str]:
+    """The names of ``entries``' streams: given names, else the position ("0", "1", ...);
+    ``ConfigError`` for a name used twice."""
+    names = [name if name is not None else str(i) for i, (_, name) in enumerate(entries)]
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ConfigError(f"stream name {name!r} is used by sources {seen[name] + 1} and {i + 1}: "
+                              f"expected a different name for each source")
+        seen[name] = i
+    return names
+
+
+def per_stream_path(path: str, stream: str) -> str:
+    """``out.mp4`` -> ``out.<stream>.mp4``: one recording per stream in a multi-stream run."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.{stream}{ext}"

@@ -6,6 +6,7 @@
 spec                            source                     delivery
 ==============================  =========================  ==========================
 ``synthetic[:SEED[:WxH]]``      :class:`SyntheticSource`   every frame, endless
+``synthetic[:SEED[:WxH]]@FPS``  :class:`SyntheticSource`   live camera at FPS, newest only
 ``0``, ``1``, ...               :class:`CameraSource`      live, newest frame only
 ``rtsp(s)://``, ``http(s)://``  :class:`StreamSource`      live, newest frame only
 a video file                    :class:`VideoFileSource`   every frame, in order
@@ -240,18 +241,44 @@ class SyntheticSource(Source):
 
     Not rate limited: frames come as fast as they are rendered. The ground truth of the
     frame with ``seq = i`` is ``source.video.frame(i)``; the last one read is ``last_scene``.
+
+    With ``fps`` (spec ``synthetic:SEED@FPS``) it behaves like a live camera instead: frame
+    ``i`` is due at ``i / fps`` seconds after open, ``read()`` waits for the next due frame
+    and skips the ones a slow reader missed (``seq`` gaps, counted in
+    ``stats.frames_dropped``), and ``is_live`` is True, so the pipeline keeps only the newest
+    frame. For latency measurements (``benchmarks/multistream.py``).
     """
 
-    def __init__(self, source_id: str, seed: int = 0, size: tuple[int, int] = (480, 640), *, max_frames: int | None = None) -> None:
+    def __init__(self, source_id: str, seed: int = 0, size: tuple[int, int] = (480, 640), *,
+                 max_frames: int | None = None, fps: float | None = None) -> None:
         super().__init__(source_id, max_frames=max_frames)
+        if fps is not None and not fps > 0:
+            raise SourceError(f"synthetic fps must be > 0, got {fps!r}")
         self.video = SyntheticVideo(seed=seed, size=size)
         self.last_scene: Scene | None = None
+        self.fps = fps
+        self.is_live = fps is not None
         self._next = 0
+        self._t0 = 0.0
+        self._wake = threading.Event()  # set by close(): a paced read() returns at once
 
     def _open(self) -> None:
-        pass
+        self._t0 = time.monotonic()
+
+    def _close(self) -> None:
+        self._wake.set()
 
     def _read(self) -> Frame | None:
+        if self.fps is not None:
+            now = time.monotonic()
+            due = int((now - self._t0) * self.fps)  # the newest frame already "captured"
+            if due >= self._next:
+                self.stats.frames_dropped += due - self._next
+                self._next = due
+            elif self._wake.wait(self._t0 + self._next / self.fps - now):
+                return None
+            if self._closed:
+                return None
         scene = self.video.frame(self._next)
         self.last_scene = scene
         frame = _make_frame(self._next, self.source_id, scene.image)
@@ -926,7 +953,7 @@ class StreamSource(LiveSource):
 # --------------------------------------------------------------------------------------
 # the entry point
 # --------------------------------------------------------------------------------------
-_SYNTHETIC = re.compile(r"synthetic(?::(?P<seed>\d+)(?::(?P<w>\d+)x(?P<h>\d+))?)?")
+_SYNTHETIC = re.compile(r"synthetic(?::(?P<seed>\d+)(?::(?P<w>\d+)x(?P<h>\d+))?)?(?:@(?P<fps>\d+(?:\.\d+)?))?")
 
 
 def _redact(url: str) -> str:
@@ -970,7 +997,8 @@ def open_source(
     if spec == "synthetic" or spec.startswith("synthetic:"):
         match = _SYNTHETIC.fullmatch(spec)
         if match is None or (match["w"] is not None and (int(match["w"]) < 16 or int(match["h"]) < 16)):
-            raise SourceError(f"cannot open source {spec!r}: expected synthetic[:SEED[:WxH]], e.g. synthetic:3:640x480 (W, H >= 16)")
+            raise SourceError(f"cannot open source {spec!r}: expected synthetic[:SEED[:WxH]][@FPS], e.g. synthetic:3:640x480 "
+                              f"or synthetic:3@15 (W, H >= 16, FPS > 0)")
         if match["w"] is not None and max(int(match["w"]), int(match["h"])) > MAX_SYNTHETIC_SIDE:
             raise SourceError(
                 f"cannot open source {spec!r}: frame size {int(match['w'])}x{int(match['h'])} is too large "
@@ -978,7 +1006,10 @@ def open_source(
                 f"frame is already 192 MiB)"
             )
         size = (int(match["h"]), int(match["w"])) if match["w"] is not None else (480, 640)
-        return SyntheticSource(spec, seed=int(match["seed"] or 0), size=size, max_frames=max_frames)
+        fps = float(match["fps"]) if match["fps"] is not None else None
+        if fps is not None and not fps > 0:
+            raise SourceError(f"cannot open source {spec!r}: expected FPS > 0 after '@', got {match['fps']}")
+        return SyntheticSource(spec, seed=int(match["seed"] or 0), size=size, max_frames=max_frames, fps=fps)
 
     live = dict(open_timeout=float(open_timeout), read_timeout=float(read_timeout),
                 reconnect_timeout=float(reconnect_timeout), max_frames=max_frames)

@@ -33,7 +33,7 @@ def default_cache_dir() -> str:
 ORT_DCN = "deformconv"
 
 
-def onnx_cache_key(cfg: Any, weights: str | None, opset: int = DEFAULT_OPSET, batch: int = 1,
+def onnx_cache_key(cfg: Any, weights: str | None, opset: int = DEFAULT_OPSET, batch: int | str = 1,
                    dynamic_hw: bool = False) -> str:
     from rtseg import __version__
 
@@ -44,12 +44,17 @@ def onnx_cache_key(cfg: Any, weights: str | None, opset: int = DEFAULT_OPSET, ba
 
 
 def cached_onnx(net: nn.Module, cfg: Any, weights: str | None, cache_dir: str | None = None, *,
-                dynamic_hw: bool = False) -> str:
-    """Path of the ONNX export of ``net`` (batch 1; symbolic height / width with ``dynamic_hw``),
-    exporting it first if the cache lacks it."""
+                dynamic_hw: bool = False, dynamic_batch: bool = True) -> str:
+    """Path of the ONNX export of ``net`` (symbolic height / width with ``dynamic_hw``),
+    exporting it first if the cache lacks it.
+
+    The batch dimension is symbolic by default (``dynamic_batch``): the same file then runs
+    one frame and ``rtseg run --batch N``'s batches of several streams' frames
+    (``Segmenter.process_batch``); ``dynamic_batch=False`` gives the fixed batch-1 graph."""
     folder = cache_dir or default_cache_dir()
-    path = os.path.join(folder, f"{cfg.name}-{onnx_cache_key(cfg, weights, dynamic_hw=dynamic_hw)}.onnx")
+    key = onnx_cache_key(cfg, weights, batch="dyn" if dynamic_batch else 1, dynamic_hw=dynamic_hw)
+    path = os.path.join(folder, f"{cfg.name}-{key}.onnx")
     if not (os.path.isfile(path) and os.path.isfile(os.path.splitext(path)[0] + ".json")):
         log.info("exporting %s to %s (once; reused while model and weights stay the same)", cfg.name, path)
-        export_onnx(net, cfg, path, weights=weights, dcn=ORT_DCN, dynamic_hw=dynamic_hw)
+        export_onnx(net, cfg, path, weights=weights, dcn=ORT_DCN, dynamic_hw=dynamic_hw, dynamic_batch=dynamic_batch)
     return path
