@@ -1,6 +1,6 @@
 """One batched process against N separate `rtseg run` processes, for 1, 2, 4, 8 streams.
 
-    PYTHONPATH=. python benchmarks/multistream.py [--streams 1 2 4 8] [--seconds 40] [--fps 5]
+    PYTHONPATH=. python benchmarks/multistream.py [--streams 1 2 4 8] [--frames 40] [--fps 5]
 
 Each stream is a live synthetic camera (``synthetic:SEED:320x240@FPS``: newest frame only,
 so latency cannot build up and the figures are steady-state ones). Batched: one
