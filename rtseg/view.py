@@ -5,7 +5,8 @@ thread per client) with:
 
 * ``/`` — a page with one image per stream and its live figures;
 * ``/stream/<name>.mjpg`` — the stream's rendered frames as MJPEG
-  (``multipart/x-mixed-replace``, which every browser shows in a plain ``<img>``);
+  (``multipart/x-mixed-replace``, which every browser shows in a plain ``<img>``); each part
+  has ``Content-Length`` and ``X-Frame-Seq`` (the frame's ``Frame.seq``) headers;
 * ``/frame/<name>.jpg`` — the stream's newest rendered frame, once;
 * ``/stats.json`` — per stream: FPS, end-to-end latency, frames, instances per class.
 
@@ -93,11 +94,13 @@ class _Slot:
         self.image_no = 0  # rendered frames offered so far
         self.jpeg: bytes | None = None
         self.jpeg_no = 0  # image_no of the frame in ``jpeg``
+        self.image_seq = -1  # Frame.seq of ``image``
+        self.jpeg_seq = -1  # Frame.seq of ``jpeg``
         self.jpegs = 0  # JPEGs encoded (at most one per offered frame)
         self.watchers = 0  # MJPEG clients now
         self.times: deque = deque(maxlen=WINDOW + 1)
         self.latencies: deque = deque(maxlen=WINDOW)
-        self.stats: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {"frames": 0}
 
 
 class ViewServer:
@@ -211,7 +214,7 @@ class ViewServer:
         with self._cv:
             slot.offered += 1
             if frame.rendered is not None:
-                slot.image = frame.rendered
+                slot.image, slot.image_seq = frame.rendered, frame.seq
                 slot.image_no += 1
                 if slot.watchers:
                     self._cv.notify_all()
@@ -246,14 +249,14 @@ class ViewServer:
                     if todo:
                         break
                     self._cv.wait()
-                jobs = [(s, s.image, s.image_no) for s in todo]
-            for slot, image, number in jobs:
+                jobs = [(s, s.image, s.image_no, s.image_seq) for s in todo]
+            for slot, image, number, seq in jobs:
                 ok, buf = cv2.imencode(".jpg", image, params)
                 if not ok:  # not expected for a uint8 BGR image; the stream just shows no new frame
                     log.debug("JPEG encoding failed for stream %s", slot.name)
                     continue
                 with self._cv:
-                    slot.jpeg, slot.jpeg_no = buf.tobytes(), number
+                    slot.jpeg, slot.jpeg_no, slot.jpeg_seq = buf.tobytes(), number, seq
                     slot.jpegs += 1
                     self._cv.notify_all()
 
@@ -270,12 +273,13 @@ class ViewServer:
         ok, buf = cv2.imencode(".jpg", image, [int(cv2.IMWRITE_JPEG_QUALITY), self.jpeg_quality])
         return buf.tobytes() if ok else None
 
-    def _wait_newer(self, slot: _Slot, sent: int) -> tuple[bytes, int] | None:
-        """Block until the stream has a JPEG newer than ``sent``; None when closing."""
+    def _wait_newer(self, slot: _Slot, sent: int) -> tuple[bytes, int, int] | None:
+        """Block until the stream has a JPEG newer than ``sent``: ``(jpeg, its number, its
+        Frame.seq)``; None when closing."""
         with self._cv:
             while not self._closing:
                 if slot.jpeg is not None and slot.jpeg_no > sent:
-                    return slot.jpeg, slot.jpeg_no
+                    return slot.jpeg, slot.jpeg_no, slot.jpeg_seq
                 self._cv.wait()
         return None
 
@@ -301,7 +305,7 @@ _PAGE = """<!doctype html>
 <style>
 body { margin: 0; background: #111; color: #ddd; font: 14px system-ui, sans-serif; }
 main { display: flex; flex-wrap: wrap; gap: 12px; padding: 12px; }
-figure { margin: 0; }
+figure { margin: 0; width: min-content; }
 img { display: block; background: #000; }
 figcaption { padding: 4px 0; }
 </style></head>
@@ -429,8 +433,9 @@ class _Handler(BaseHTTPRequestHandler):
                 newest = view._wait_newer(slot, sent)
                 if newest is None:
                     break
-                jpeg, sent = newest
-                head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n").encode()
+                jpeg, sent, seq = newest
+                head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+                        f"X-Frame-Seq: {seq}\r\n\r\n").encode()
                 self.wfile.write(head + jpeg + b"\r\n")
                 with view._cv:
                     view.sent[number] += 1
