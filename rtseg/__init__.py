@@ -18,6 +18,7 @@ __all__ = [
     "PublishError",
     "Segmenter",
     "subscribe",
+    "stream",
     "__version__",
 ]
 
@@ -27,6 +28,10 @@ def __getattr__(name: str):  # lazy re-exports, so `import rtseg` does not impor
         from rtseg.segmenter import Segmenter
 
         return Segmenter
+    if name == "stream":  # rtseg.api: the pipeline as a generator of finished frames
+        from rtseg.api import stream
+
+        return stream
     if name == "subscribe":
         from rtseg.publish import subscribe
 

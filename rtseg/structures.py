@@ -167,6 +167,24 @@ class Instances:
         """Full-size ``bool[N, H, W]`` masks (made on request; not for the hot path)."""
         return self.masks
 
+    def to_supervision(self) -> Any:
+        """These instances as a ``supervision.Detections`` (for its annotators, zones, trackers):
+        ``xyxy`` the boxes, ``confidence`` the scores, ``class_id`` the class ids, ``mask`` the
+        dense ``bool[N, H, W]`` masks (:meth:`masks_dense`), ``tracker_id`` the track ids when
+        there are any (``-1``: not part of a confirmed track), else None. Arrays are copies.
+        Needs supervision (``pip install 'rtseg[supervision]'``)."""
+        try:
+            import supervision
+        except ImportError:
+            from rtseg.errors import ConfigError
+
+            raise ConfigError("Instances.to_supervision() needs supervision: expected it installed "
+                              "(pip install 'rtseg[supervision]'), found it missing") from None
+        track_ids = getattr(self, "track_ids", None)
+        return supervision.Detections(xyxy=self.boxes.copy(), mask=np.array(self.masks_dense(), dtype=bool),
+                                      confidence=self.scores.copy(), class_id=self.class_ids.copy(),
+                                      tracker_id=None if track_ids is None else np.array(track_ids, dtype=np.int64))
+
     def mask_areas(self) -> np.ndarray:
         """``int64[N]``: number of mask pixels per instance."""
         return self.masks.reshape(len(self), -1).sum(axis=1).astype(np.int64)
