@@ -20,8 +20,9 @@ Delay cannot build up and a client cannot slow the run:
 * Each client has its own thread and remembers only the number of the last JPEG it sent; it
   sends the newest one when it is ready for more, so frames a slow client missed are
   skipped, never queued. What a client can have outstanding is bounded: one JPEG being sent
-  plus the socket's send buffer (set to :data:`SEND_BUFFER_BYTES`). A client that takes
-  no bytes for :data:`SEND_TIMEOUT_S` is dropped.
+  plus the socket's send buffer (set to :data:`SEND_BUFFER_BYTES`). A client that has not
+  taken a whole frame within :data:`SEND_TIMEOUT_S` is dropped (Python's ``sendall`` timeout
+  bounds the whole call since 3.5).
 
 It binds 127.0.0.1 by default; any other address is reachable from the network, has no
 authentication and no encryption, and is logged as a warning (as ``--publish tcp://*``).
@@ -45,7 +46,7 @@ from rtseg.errors import ConfigError
 
 log = logging.getLogger("rtseg.view")
 
-#: a client that accepts no bytes for this long is dropped (its thread then ends)
+#: a client that has not taken a frame (or sent its request) within this long is dropped (its thread then ends)
 SEND_TIMEOUT_S = 10.0
 #: kernel send buffer per client (Linux doubles it): with the JPEG being sent, the most a
 #: stalled client holds; 256 KiB covers a 1 Gbit/s link with a 2 ms round trip
@@ -128,7 +129,7 @@ class ViewServer:
         self._closing = False
         self._connections: set[socket.socket] = set()
         self._handlers: set[threading.Thread] = set()
-        self.clients_dropped = 0  #: MJPEG clients dropped for taking no bytes for ``send_timeout``
+        self.clients_dropped = 0  #: MJPEG clients dropped: a frame not taken within ``send_timeout``
         self.clients_served = 0  #: MJPEG clients so far
         self.sent: dict[int, int] = {}  #: MJPEG client number -> JPEGs written to its socket
         self._client_no = 0
@@ -442,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
         except TimeoutError:
             with view._cv:
                 view.clients_dropped += 1
-            log.info("view: dropped a client that took nothing for %.0f s (%s)", view.send_timeout,
+            log.info("view: dropped a client that did not take a frame within %.0f s (%s)", view.send_timeout,
                      self.address_string())
         except OSError:  # the client went away, or close() shut its connection
             pass
