@@ -1,6 +1,6 @@
 """Does a viewer that stops reading change a ``--view`` run's FPS? Both cases in one run.
 
-    PYTHONPATH=. python benchmarks/view_stall.py [--phases 6] [--phase-frames 60] [--stalled 1]
+    PYTHONPATH=. python benchmarks/view_stall.py [--phases 16] [--phase-frames 30] [--stalled 1]
         [--json benchmarks/results/view_stall_DATE.json]
 
 One :class:`rtseg.pipeline.Pipeline` with a :class:`rtseg.view.ViewServer` (what ``rtseg run
@@ -11,10 +11,13 @@ viewer reads the MJPEG stream the whole time. The run alternates phases of
 viewers that connect at the phase's start, with a 4 KiB receive buffer, ask for the stream
 and never read; closed at its end). The send timeout is raised to 600 s so that stalled
 viewers stay connected, blocked, for their whole phase (the default drops them after 10 s).
-Interleaving the phases in one run puts both under the same machine load.
+Interleaving short phases in one run puts both under the same machine load; each stalled
+phase is compared with the mean of its two neighbours (the load drifts on a shared machine).
 
 FPS of a phase: its frames after the first ``--settle`` (the stalled sockets fill their
-buffers then) over the time between their outputs (the pipeline's ``on_frame``).
+buffers then) over the time between their outputs (the pipeline's ``on_frame``). CPU per
+frame: this process's CPU seconds (every thread: model, encoder, server) over the same
+frames, which the other processes' load disturbs less than the FPS.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import sys
@@ -40,6 +44,11 @@ from rtseg.pipeline import Pipeline
 from rtseg.segmenter import Segmenter, configure_threads
 from rtseg.sources import open_source
 from rtseg.view import BOUNDARY, ViewServer
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _read_mjpeg(sock: socket.socket, received: list[float]) -> None:
@@ -65,9 +74,9 @@ def _connect(view: ViewServer, rcvbuf: int | None = None) -> socket.socket:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phases", type=int, default=6, help="phases, alternating reading / stalled (default 6)")
-    parser.add_argument("--phase-frames", type=int, default=60)
-    parser.add_argument("--settle", type=int, default=10, help="frames at a phase's start left out of its FPS")
+    parser.add_argument("--phases", type=int, default=16, help="phases, alternating reading / stalled (default 16)")
+    parser.add_argument("--phase-frames", type=int, default=30)
+    parser.add_argument("--settle", type=int, default=6, help="frames at a phase's start left out of its FPS")
     parser.add_argument("--stalled", type=int, default=1, help="viewers that never read, in a stalled phase")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -84,6 +93,7 @@ def main() -> int:
 
     kinds = ["reading" if i % 2 == 0 else "stalled" for i in range(args.phases)]
     done: list[float] = []  # output time of every frame
+    cpu: list[float] = []  # this process's CPU seconds at every frame's output
     stalled: list[socket.socket] = []
     marks: list[dict] = []  # per phase: view.sent of the stalled viewers at its end
 
@@ -101,6 +111,7 @@ def main() -> int:
 
     def on_frame(_frame) -> None:
         done.append(time.perf_counter())
+        cpu.append(_cpu_seconds())
         n = len(done)
         if n % args.phase_frames == 0:
             end(n // args.phase_frames - 1)
@@ -118,25 +129,39 @@ def main() -> int:
 
     phases = []
     for i, kind in enumerate(kinds):
-        t = done[i * args.phase_frames + args.settle:(i + 1) * args.phase_frames]
+        first, last = i * args.phase_frames + args.settle, (i + 1) * args.phase_frames - 1
+        t = done[first:last + 1]
         got = [r for r in received if t[0] <= r <= t[-1]]
         phases.append({"phase": i, "kind": kind, "fps": (len(t) - 1) / (t[-1] - t[0]),
+                       "cpu_ms_per_frame": 1000.0 * (cpu[last] - cpu[first]) / (last - first),
                        "reading_viewer_fps": (len(got) - 1) / (t[-1] - t[0]) if len(got) > 1 else 0.0})
     medians = {k: statistics.median(p["fps"] for p in phases if p["kind"] == k) for k in ("reading", "stalled")}
+    # the machine's load drifts during a run: each stalled phase against its reading neighbours
+    ratios = []
+    for i, p in enumerate(phases):
+        if p["kind"] == "stalled":
+            around = [phases[j]["fps"] for j in (i - 1, i + 1) if 0 <= j < len(phases)]
+            ratios.append(p["fps"] / statistics.mean(around))
     viewer = {k: statistics.median(p["reading_viewer_fps"] for p in phases if p["kind"] == k)
               for k in ("reading", "stalled")}
     for p in phases:
-        print(f"phase {p['phase']} {p['kind']:<8} run {p['fps']:6.2f} FPS, reading viewer {p['reading_viewer_fps']:6.2f} FPS")
+        print(f"phase {p['phase']} {p['kind']:<8} run {p['fps']:6.2f} FPS, reading viewer {p['reading_viewer_fps']:6.2f} FPS, "
+              f"CPU {p['cpu_ms_per_frame']:.0f} ms/frame")
+    cpu_median = {k: statistics.median(p["cpu_ms_per_frame"] for p in phases if p["kind"] == k)
+                  for k in ("reading", "stalled")}
+    print(f"median CPU per frame (this process, all threads): reading only {cpu_median['reading']:.0f} ms, "
+          f"stalled {cpu_median['stalled']:.0f} ms")
     print(f"median run FPS: reading only {medians['reading']:.2f}, with {args.stalled} stalled viewer(s) "
-          f"{medians['stalled']:.2f} (ratio {medians['stalled'] / medians['reading']:.3f}); frames processed "
+          f"{medians['stalled']:.2f}; stalled phase / its neighbours: median {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} phases); frames processed "
           f"{summary.frames_processed}/{total}")
-    print(f"stalled viewers: JPEGs written to each before it blocked: "
-          f"{[v for m in marks for k, v in m['sent'].items() if k > 1]}")
+    stalled_sent = {k: v for k, v in view.sent.items() if k != 1}  # client 1: the reading viewer
+    print(f"stalled viewers: JPEGs written to each before it blocked: {sorted(stalled_sent.values())}")
     if args.json:
         result = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "hardware": hardware(),
                   "workers": workers, "threads": threads, "frames_processed": summary.frames_processed,
-                  "frames_total": total, "phases": phases, "median_fps": medians, "reading_viewer_median_fps": viewer,
-                  "stalled_marks": marks, "clients_dropped": view.clients_dropped, "stalled_per_phase": args.stalled}
+                  "frames_total": total, "phases": phases, "median_fps": medians, "median_cpu_ms_per_frame": cpu_median, "stalled_over_neighbours": ratios, "reading_viewer_median_fps": viewer,
+                  "stalled_marks": marks, "stalled_sent": stalled_sent, "clients_dropped": view.clients_dropped, "stalled_per_phase": args.stalled}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0

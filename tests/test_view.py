@@ -139,6 +139,40 @@ def test_a_busy_port_and_a_bad_address_are_one_line_before_the_model_loads():
     assert_one_line_error(proc, 2, "--view: expected [HOST:]PORT", "'localhost:http'")
 
 
+def test_rtseg_run_view_serves_the_run_until_it_is_stopped():
+    """The CLI end to end: port 0 picks a free port, the log says the URL, the page and the
+    figures are served while the run goes on, Ctrl-C ends it as usual."""
+    import signal
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "rtseg", "run", "--source", "synthetic:0:320x240", "--view", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "output: rendered video in a browser at " in line:
+                break
+        assert proc.poll() is None, "".join(lines)
+        drain = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # a full pipe would block it
+        drain.start()
+        url = line.rsplit(" at ", 1)[1].strip()
+        assert any("viewing on http://127.0.0.1:" in x and "this machine only" in x for x in lines), lines
+        assert "results go nowhere" not in "".join(lines)
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert "/stream/0.mjpg" in page
+        _wait_until(lambda: json.loads(urllib.request.urlopen(url + "stats.json", timeout=30).read())
+                    ["streams"]["0"]["frames"] >= 2, "frames in the view")
+        proc.send_signal(signal.SIGINT)
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "interrupted (Ctrl-C)" in out
+
+
 def test_a_non_loopback_view_is_a_warning(caplog):
     with caplog.at_level("INFO", logger="rtseg.view"):
         ViewServer(["0"], host="0.0.0.0", port=0).close()
