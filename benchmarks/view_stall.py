@@ -1,18 +1,21 @@
 """Does a viewer that stops reading change a ``--view`` run's FPS? Both cases in one run.
 
-    PYTHONPATH=. python benchmarks/view_stall.py [--phases 16] [--phase-frames 30] [--stalled 1]
+    PYTHONPATH=. python benchmarks/view_stall.py [--phases 24] [--phase-frames 24] [--stalled 1]
         [--json benchmarks/results/view_stall_DATE.json]
 
 One :class:`rtseg.pipeline.Pipeline` with a :class:`rtseg.view.ViewServer` (what ``rtseg run
 --view`` builds) over the synthetic source at 640x480, not live (every frame is processed:
 the model sets the pace), the built-in model, the CLI's default workers and threads. One
 viewer reads the MJPEG stream the whole time. The run alternates phases of
-``--phase-frames`` frames: *reading* (that viewer only) and *stalled* (``--stalled`` more
+``--phase-frames`` frames: *reading* (that viewer only), *stalled* (``--stalled`` more
 viewers that connect at the phase's start, with a 4 KiB receive buffer, ask for the stream
-and never read; closed at its end). The send timeout is raised to 600 s so that stalled
-viewers stay connected, blocked, for their whole phase (the default drops them after 10 s).
-Interleaving short phases in one run puts both under the same machine load; each stalled
-phase is compared with the mean of its two neighbours (the load drifts on a shared machine).
+and never read; closed at its end), *reading* again, and *control* (a reading phase under
+another name: what a phase between two reading ones differs by from noise alone). The send
+timeout is raised to 600 s so that stalled viewers stay connected, blocked, for their whole
+phase (the default drops them after 10 s).
+Interleaving short phases in one run puts all under the same machine load; each stalled and
+each control phase is compared with the mean of its two reading neighbours (the load drifts
+on a shared machine).
 
 FPS of a phase: its frames after the first ``--settle`` (the stalled sockets fill their
 buffers then) over the time between their outputs (the pipeline's ``on_frame``). CPU per
@@ -74,8 +77,9 @@ def _connect(view: ViewServer, rcvbuf: int | None = None) -> socket.socket:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phases", type=int, default=16, help="phases, alternating reading / stalled (default 16)")
-    parser.add_argument("--phase-frames", type=int, default=30)
+    parser.add_argument("--phases", type=int, default=24,
+                        help="phases, in turn reading, stalled, reading, control (default 24)")
+    parser.add_argument("--phase-frames", type=int, default=24)
     parser.add_argument("--settle", type=int, default=6, help="frames at a phase's start left out of its FPS")
     parser.add_argument("--stalled", type=int, default=1, help="viewers that never read, in a stalled phase")
     parser.add_argument("--json", help="write the figures here")
@@ -91,7 +95,9 @@ def main() -> int:
     reading = threading.Thread(target=_read_mjpeg, args=(reader, received), daemon=True)
     reading.start()
 
-    kinds = ["reading" if i % 2 == 0 else "stalled" for i in range(args.phases)]
+    # reading, stalled, reading, control (= reading, nothing changes): stalled and control phases
+    # both sit between two reading phases, so the control's ratio shows what noise alone gives
+    kinds = [("reading", "stalled", "reading", "control")[i % 4] for i in range(args.phases)]
     done: list[float] = []  # output time of every frame
     cpu: list[float] = []  # this process's CPU seconds at every frame's output
     stalled: list[socket.socket] = []
@@ -135,33 +141,37 @@ def main() -> int:
         phases.append({"phase": i, "kind": kind, "fps": (len(t) - 1) / (t[-1] - t[0]),
                        "cpu_ms_per_frame": 1000.0 * (cpu[last] - cpu[first]) / (last - first),
                        "reading_viewer_fps": (len(got) - 1) / (t[-1] - t[0]) if len(got) > 1 else 0.0})
-    medians = {k: statistics.median(p["fps"] for p in phases if p["kind"] == k) for k in ("reading", "stalled")}
-    # the machine's load drifts during a run: each stalled phase against its reading neighbours
-    ratios = []
+    kinds_seen = ("reading", "stalled", "control")
+    medians = {k: statistics.median(p["fps"] for p in phases if p["kind"] == k) for k in kinds_seen}
+    # the machine's load drifts during a run: each stalled / control phase against its reading neighbours
+    ratios: dict[str, list[float]] = {"stalled": [], "control": []}
     for i, p in enumerate(phases):
-        if p["kind"] == "stalled":
+        if p["kind"] in ratios:
             around = [phases[j]["fps"] for j in (i - 1, i + 1) if 0 <= j < len(phases)]
-            ratios.append(p["fps"] / statistics.mean(around))
+            ratios[p["kind"]].append(p["fps"] / statistics.mean(around))
     viewer = {k: statistics.median(p["reading_viewer_fps"] for p in phases if p["kind"] == k)
-              for k in ("reading", "stalled")}
+              for k in ("reading", "stalled", "control")}
     for p in phases:
-        print(f"phase {p['phase']} {p['kind']:<8} run {p['fps']:6.2f} FPS, reading viewer {p['reading_viewer_fps']:6.2f} FPS, "
-              f"CPU {p['cpu_ms_per_frame']:.0f} ms/frame")
+        print(f"phase {p['phase']} {p['kind']:<8} run {p['fps']:6.2f} FPS, "
+              f"reading viewer {p['reading_viewer_fps']:6.2f} FPS, CPU {p['cpu_ms_per_frame']:.0f} ms/frame")
     cpu_median = {k: statistics.median(p["cpu_ms_per_frame"] for p in phases if p["kind"] == k)
-                  for k in ("reading", "stalled")}
-    print(f"median CPU per frame (this process, all threads): reading only {cpu_median['reading']:.0f} ms, "
-          f"stalled {cpu_median['stalled']:.0f} ms")
+                  for k in ("reading", "stalled", "control")}
+    print(f"median CPU per frame (this process, all threads): reading {cpu_median['reading']:.0f} ms, "
+          f"stalled {cpu_median['stalled']:.0f} ms, control {cpu_median['control']:.0f} ms")
     print(f"median run FPS: reading only {medians['reading']:.2f}, with {args.stalled} stalled viewer(s) "
-          f"{medians['stalled']:.2f}; stalled phase / its neighbours: median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} phases); frames processed "
-          f"{summary.frames_processed}/{total}")
+          f"{medians['stalled']:.2f}; frames processed {summary.frames_processed}/{total}")
+    for kind, r in ratios.items():
+        print(f"{kind} phase / its reading neighbours: median {statistics.median(r):.3f} (min {min(r):.3f}, "
+              f"max {max(r):.3f}, {len(r)} phases)")
     stalled_sent = {k: v for k, v in view.sent.items() if k != 1}  # client 1: the reading viewer
     print(f"stalled viewers: JPEGs written to each before it blocked: {sorted(stalled_sent.values())}")
     if args.json:
         result = {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "hardware": hardware(),
                   "workers": workers, "threads": threads, "frames_processed": summary.frames_processed,
-                  "frames_total": total, "phases": phases, "median_fps": medians, "median_cpu_ms_per_frame": cpu_median, "stalled_over_neighbours": ratios, "reading_viewer_median_fps": viewer,
-                  "stalled_marks": marks, "stalled_sent": stalled_sent, "clients_dropped": view.clients_dropped, "stalled_per_phase": args.stalled}
+                  "frames_total": total, "phases": phases, "median_fps": medians,
+                  "median_cpu_ms_per_frame": cpu_median, "over_reading_neighbours": ratios,
+                  "reading_viewer_median_fps": viewer, "stalled_marks": marks, "stalled_sent": stalled_sent,
+                  "clients_dropped": view.clients_dropped, "stalled_per_phase": args.stalled}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return 0

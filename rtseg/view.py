@@ -56,6 +56,8 @@ MAX_CLIENTS = 16
 #: JPEG quality of the served frames (OpenCV's default is 95; 80 halves the bytes)
 JPEG_QUALITY = 80
 BOUNDARY = "rtsegframe"
+#: MJPEG clients whose frames-sent count is kept (:attr:`ViewServer.sent`), the most recent
+MAX_SENT_RECORDS = 256
 #: frames over which FPS and mean latency are measured
 WINDOW = 30
 
@@ -131,7 +133,8 @@ class ViewServer:
         self._handlers: set[threading.Thread] = set()
         self.clients_dropped = 0  #: MJPEG clients dropped: a frame not taken within ``send_timeout``
         self.clients_served = 0  #: MJPEG clients so far
-        self.sent: dict[int, int] = {}  #: MJPEG client number -> JPEGs written to its socket
+        #: MJPEG client number (1, 2, ... in order of arrival) -> JPEGs written to its socket
+        self.sent: dict[int, int] = {}
         self._client_no = 0
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_cls = type("_Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True,
@@ -418,6 +421,8 @@ class _Handler(BaseHTTPRequestHandler):
                 view._client_no += 1
                 number = view._client_no
                 view.sent[number] = 0
+                if len(view.sent) > MAX_SENT_RECORDS:  # bounded over a long run of coming and going viewers
+                    del view.sent[min(view.sent)]
                 view._cv.notify_all()  # the encoder: this stream is watched now
         if full:
             self._send(503, f"too many viewers (at most {MAX_CLIENTS})\n".encode(), "text/plain")

@@ -196,7 +196,8 @@ def test_every_stream_is_served_with_its_figures_and_the_run_renders_for_it(segm
             f = _connect(view, view.stream_path(name)).makefile("rb")
             readers[name] = (f, [])
         _wait_until(lambda: all(_watchers(view, n) == 1 for n in names), "both viewers to connect")
-        threads = [threading.Thread(target=lambda f=f, out=out: out.extend(_mjpeg_parts(f))) for f, out in readers.values()]
+        threads = [threading.Thread(target=lambda f=f, out=out: out.extend(_mjpeg_parts(f)))
+                   for f, out in readers.values()]
         for t in threads:
             t.start()
         pipeline = Pipeline([open_source(video_file), open_source("synthetic")], segmenter, names=names, view=view,
