@@ -159,3 +159,11 @@ def test_to_supervision_carries_track_ids():
         pytest.skip("Instances has no track_ids in this version (tracking not merged)")
     tracked = dataclasses.replace(inst, track_ids=np.array([7], np.int64)).to_supervision()
     assert tracked.tracker_id.tolist() == [7]
+
+
+def test_to_supervision_without_supervision_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "supervision", None)  # what `import supervision` finds when it is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'rtseg\[supervision\]'"):
+        Instances.empty((H, W)).to_supervision()
