@@ -150,15 +150,15 @@ def test_to_supervision_of_no_instances_is_empty_detections():
 
 
 @needs_supervision
-def test_to_supervision_carries_track_ids():
+def test_to_supervision_carries_track_ids(segmenter):
     import dataclasses
 
-    inst = Instances(boxes=np.array([[1, 2, 30, 40]], np.float32), scores=np.array([0.9], np.float32),
-                     class_ids=np.array([2], np.int64), masks=np.zeros((1, H, W), bool), image_size=(H, W))
     if "track_ids" not in {f.name for f in dataclasses.fields(Instances)}:
         pytest.skip("Instances has no track_ids in this version (tracking not merged)")
-    tracked = dataclasses.replace(inst, track_ids=np.array([7], np.int64)).to_supervision()
-    assert tracked.tracker_id.tolist() == [7]
+    inst, _ = segmenter.process(SyntheticVideo(seed=0, size=(H, W)).frame(0).image)
+    ids = np.arange(len(inst), dtype=np.int64) + 7
+    tracked = dataclasses.replace(inst, track_ids=ids).to_supervision()
+    assert tracked.tracker_id.tolist() == ids.tolist()
 
 
 def test_to_supervision_without_supervision_names_the_extra(monkeypatch):
