@@ -1,0 +1,98 @@
+"""rtseg.device where no GPU is: the stage clock's interface, the pinned ring's reuse and
+to_host's plain-copy fallback, the CPU paths of the stream helpers. The CUDA branches run in
+``tools/gpu_check.py`` (hot-path synchronisation count, process_batch against process)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from rtseg import device as devices
+
+
+@pytest.mark.parametrize("dev", ["cpu", torch.device("cpu")])
+def test_the_stage_clock_gives_each_stage_the_time_since_the_mark_before(dev):
+    clock = devices.stage_clock(dev)
+    assert isinstance(clock, devices.HostClock)
+    assert clock.seconds() == {}
+    clock.mark("start")
+    clock.mark("preprocess")
+    x = torch.randn(64, 64)
+    for _ in range(20):
+        x = x @ x.T / 64
+    clock.mark("inference")
+    clock.mark("postprocess")
+    seconds = clock.seconds()
+    assert list(seconds) == ["preprocess", "inference", "postprocess"]  # mark order; "start" has no duration
+    assert all(s >= 0.0 for s in seconds.values())
+    total = clock._marks[-1][1] - clock._marks[0][1]
+    assert sum(seconds.values()) == pytest.approx(total)  # the stages add up to the wall time
+
+
+def test_the_cuda_clock_has_the_same_interface():
+    for name in ("mark", "seconds"):
+        assert callable(getattr(devices.CudaEventClock, name)) and callable(getattr(devices.HostClock, name))
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception):
+            devices.CudaEventClock(torch.device("cuda")).mark("start")  # needs a GPU, says torch
+
+
+def test_on_a_cpu_there_is_no_stream_and_the_block_runs_unchanged():
+    assert devices.worker_stream("cpu") is None
+    with devices.on_worker_stream(torch.device("cpu")) as stream:
+        assert stream is None
+        assert torch.ones(2).sum().item() == 2.0
+
+
+def test_the_ring_reuses_a_few_buffers_per_shape_and_copies_the_pixels():
+    ring = devices.PinnedRing(slots=2, max_shapes=2)
+    assert ring.pinned == torch.cuda.is_available()  # plain host memory where no CUDA is
+    a = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    b1, i1 = ring.stage(a)
+    b2, i2 = ring.stage(a + 1)
+    b3, i3 = ring.stage(a + 2)
+    assert (i1, i2, i3) == (0, 1, 0)
+    assert b3.data_ptr() == b1.data_ptr() and b2.data_ptr() != b1.data_ptr()  # reused in turn
+    assert np.array_equal(b3.numpy(), a + 2) and np.array_equal(b2.numpy(), a + 1)
+    assert b1.dtype == torch.uint8 and tuple(b1.shape) == (2, 3, 3)
+    f, _ = ring.stage(np.ones((4,), np.float32))  # another shape and dtype: its own buffers
+    assert f.dtype == torch.float32 and f.data_ptr() != b1.data_ptr()
+    ring.stage(np.ones((5,), np.float32))  # a third shape: the oldest is dropped
+    assert len(ring._rings) == 2 and ((2, 3, 3), np.dtype(np.uint8).str) not in ring._rings
+    with pytest.raises(ValueError, match="slots and max_shapes must be >= 1, got 0 and 8"):
+        devices.PinnedRing(slots=0)
+
+
+def test_upload_on_a_cpu_is_the_array_itself():
+    image = np.zeros((4, 5, 3), np.uint8)
+    t = devices.upload(image, "cpu")
+    assert t.device.type == "cpu" and t.dtype == torch.uint8 and tuple(t.shape) == (4, 5, 3)
+    image[0, 0, 0] = 7
+    assert int(t[0, 0, 0]) == 7  # no copy on the host
+
+
+def test_to_host_returns_host_tensors_as_they_are_and_keeps_order_and_none():
+    a, b = torch.arange(6.0).reshape(2, 3), torch.tensor([1, 2], dtype=torch.int64)
+    out = devices.to_host([a, None, b])
+    assert out[1] is None
+    assert torch.equal(out[0], a) and torch.equal(out[2], b) and out[2].dtype == torch.int64
+    assert out[0].data_ptr() == a.data_ptr() and not out[0].requires_grad  # detached, not copied
+    assert devices.to_host([]) == []
+    assert "to_host" in devices.__all__  # for rtseg.postprocess.to_numpy_instances
+
+
+def test_each_thread_has_its_own_ring():
+    rings = []
+
+    def grab():
+        rings.append(devices._ring())
+
+    threads = [threading.Thread(target=grab) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(r) for r in rings}) == 2 and devices._ring() is devices._ring()
