@@ -241,27 +241,30 @@ class TensorRTBackend:
             slot.context.set_tensor_address(io, int(view.data_ptr()))
         slot.shape = shape
 
-    def _enqueue(self, slot: _Slot) -> None:
-        if not slot.context.execute_async_v3(slot.stream.cuda_stream):
+    def _enqueue(self, slot: _Slot, stream: torch.cuda.Stream) -> None:
+        if not slot.context.execute_async_v3(stream.cuda_stream):
             raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
 
-    def _run(self, slot: _Slot, shape: tuple[int, ...]) -> None:
-        """Inference on the slot's stream: plain, or a CUDA graph replay (datacenter TensorRT)."""
+    def _run(self, slot: _Slot, shape: tuple[int, ...], stream: torch.cuda.Stream) -> None:
+        """Inference on ``stream`` (the slot's owner's, or its private one): plain, or a CUDA
+        graph replay (datacenter TensorRT). Only the thread holding the slot enqueues on that
+        stream while a graph is captured: the owner's worker (it is in this call) or, for a
+        shared slot, its private stream."""
         if not self.cuda_graph or self.flavour.has_runtime_cache:  # RTX captures graphs itself
-            self._enqueue(slot)
+            self._enqueue(slot, stream)
             return
         graph = slot.graphs.get(shape)
         if graph is None:
-            self._enqueue(slot)  # one plain run first: TensorRT allocates lazily
+            self._enqueue(slot, stream)  # one plain run first: TensorRT allocates lazily
             # once per shape, not per frame: the capture must not start while that run is in flight
             # (torch.cuda.graph's entry also synchronises the device once, torch/cuda/graphs.py)
-            slot.stream.synchronize()
+            stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             # thread_local: another worker's CUDA calls during this capture are not an error
-            with torch.cuda.graph(graph, stream=slot.stream, capture_error_mode="thread_local"):
-                self._enqueue(slot)
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                self._enqueue(slot, stream)
             slot.graphs[shape] = graph
-        graph.replay()  # on the current stream: the slot's (see __call__)
+        graph.replay()  # on the current stream: `stream` (see __call__)
 
     # -- the backend interface -----------------------------------------------------------------------
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -303,7 +306,7 @@ class TensorRTBackend:
                     if not direct:
                         batch.record_stream(stream)  # the allocator keeps the input alive until the copy ran
                     dst.copy_(batch, non_blocking=True)
-                self._run(slot, shape)
+                self._run(slot, shape, stream)
                 # copies: the buffers serve the next call; made on the slot's stream, used on the caller's
                 # (float32 whatever the engine computed in: post-processing runs in float32)
                 outputs = {io: slot.views[io].float() if slot.views[io].dtype == torch.float16 else slot.views[io].clone()
