@@ -26,10 +26,9 @@ The synchronisations that remain, and why each is there (none is device-wide):
 1. :func:`to_host`: one ``stream.synchronize()`` of the worker's stream per frame. The
    results must be on the host (``Instances`` holds numpy arrays, render and publish read
    them); waiting once for all copies is the least waiting there can be.
-2. :meth:`PinnedRing.stage`: before a pinned buffer is refilled the host waits on the event
-   recorded after the copy that last read it. With ``slots`` buffers per shape that copy was
-   queued ``slots`` uploads ago and has finished long since: the wait protects the buffer,
-   it does not normally block.
+2. :meth:`PinnedRing.stage`: a pinned buffer is refilled only once the copy that last read it
+   is done. The ring grows (up to ``max_slots`` buffers per shape) rather than wait, so the
+   host waits only when ``max_slots`` uploads of one shape are all still in flight.
 3. :meth:`CudaEventClock.seconds`: if an event has not completed when it is read (only when
    nothing in the frame copied results to the host first) it is waited for, as reading it
    requires; in the segmenter the results are always on the host first.
@@ -164,21 +163,28 @@ def on_worker_stream(device: torch.device | str) -> "Iterator[torch.cuda.Stream 
 # -- uploads through pinned buffers ----------------------------------------------------------------
 
 class PinnedRing:
-    """``slots`` host buffers per ``(shape, dtype)``, reused in turn, for uploads.
+    """Host buffers per ``(shape, dtype)`` for uploads, reused in turn: ``slots`` to start with,
+    growing up to ``max_slots`` while the oldest is still being read (a batch of many frames of
+    one size), so that refilling normally waits for nothing.
 
     Page-locked where CUDA is available (an asynchronous copy can read them), plain host
     memory otherwise (the fallback: same behaviour, ordinary copies). One ring per thread
     (:func:`upload` keeps them thread-local): a buffer is refilled only by the thread whose
     stream reads it. At most ``max_shapes`` shapes are kept (the oldest is dropped)."""
 
-    def __init__(self, slots: int = 3, max_shapes: int = 8) -> None:
-        if slots < 1 or max_shapes < 1:
-            raise ValueError(f"slots and max_shapes must be >= 1, got {slots} and {max_shapes}")
+    def __init__(self, slots: int = 3, max_shapes: int = 8, max_slots: int = 16) -> None:
+        if slots < 1 or max_shapes < 1 or max_slots < slots:
+            raise ValueError(f"expected 1 <= slots <= max_slots and max_shapes >= 1, got slots {slots}, "
+                             f"max_slots {max_slots}, max_shapes {max_shapes}")
         self.slots = slots
+        self.max_slots = max_slots
         self.max_shapes = max_shapes
         self.pinned = torch.cuda.is_available()
-        # (shape, dtype) -> [next index, buffers, events of the copies that last read them]
+        # (shape, dtype) -> [next index, [[buffer, event of the copy that last read it or None], ...]]
         self._rings: dict[tuple, list] = {}
+
+    def _new_buffer(self, shape: tuple, dtype: np.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=self.pinned)
 
     def stage(self, array: np.ndarray) -> tuple[torch.Tensor, int]:
         """Copy ``array`` into the next buffer of its shape; returns ``(buffer, slot index)``."""
@@ -188,26 +194,33 @@ class PinnedRing:
         if ring is None:
             if len(self._rings) >= self.max_shapes:
                 self._rings.pop(next(iter(self._rings)))
-            dtype = torch.from_numpy(np.empty(0, array.dtype)).dtype
-            buffers = [torch.empty(array.shape, dtype=dtype, pin_memory=self.pinned) for _ in range(self.slots)]
-            ring = self._rings[key] = [0, buffers, [None] * self.slots]
-        i = ring[0]
-        ring[0] = (i + 1) % self.slots
-        event = ring[2][i]
+            ring = self._rings[key] = [0, [[self._new_buffer(array.shape, array.dtype), None]
+                                           for _ in range(self.slots)]]
+        i, entries = ring
+        event = entries[i][1]
+        if event is not None and not event.query() and len(entries) < self.max_slots:
+            # the oldest buffer is still being read: one more buffer rather than a wait
+            entries.insert(i, [self._new_buffer(array.shape, array.dtype), None])
+            event = None
+        ring[0] = (i + 1) % len(entries)
         if event is not None:
-            event.synchronize()  # item 2 of the module docstring: the copy `slots` uploads ago
-            ring[2][i] = None
-        buffer = ring[1][i]
+            event.synchronize()  # item 2 of the module docstring: the copy `max_slots` uploads ago
+            entries[i][1] = None
+        buffer = entries[i][0]
         buffer.numpy()[...] = array
         return buffer, i
 
-    def record(self, array_shape: tuple, dtype: np.dtype, index: int, stream: "torch.cuda.Stream") -> None:
-        """Remember that ``stream`` reads buffer ``index`` of that shape (an event after the copy)."""
+    def record(self, array_shape: tuple, dtype: np.dtype, index: int, stream: "torch.cuda.Stream | None" = None,
+               event: object = None) -> None:
+        """Remember that buffer ``index`` of that shape is being read: ``event`` (default: a CUDA
+        event recorded on ``stream`` now, after the copy was queued) completes when it is free."""
         ring = self._rings.get((tuple(array_shape), np.dtype(dtype).str))
-        if ring is not None:
+        if ring is None:
+            return
+        if event is None:
             event = torch.cuda.Event()
             event.record(stream)
-            ring[2][index] = event
+        ring[1][index][1] = event
 
 
 def _ring() -> PinnedRing:

@@ -261,7 +261,9 @@ class Segmenter:
         On CUDA the frame goes up through a pinned staging buffer (:func:`rtseg.device.upload`,
         an asynchronous copy on the current stream), and a family that resamples on the host
         (the official uint8 resize, :func:`rtseg.postprocess.resize.resize_uint8`) reads the
-        frame it came from instead of copying the upload back (:func:`host_twin`)."""
+        frame it came from instead of copying the upload back (:func:`host_twin`). The frame is
+        uploaded either way (the family decides what it reads); that copy is asynchronous and
+        waits for nothing."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             found = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")

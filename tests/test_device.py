@@ -62,8 +62,38 @@ def test_the_ring_reuses_a_few_buffers_per_shape_and_copies_the_pixels():
     assert f.dtype == torch.float32 and f.data_ptr() != b1.data_ptr()
     ring.stage(np.ones((5,), np.float32))  # a third shape: the oldest is dropped
     assert len(ring._rings) == 2 and ((2, 3, 3), np.dtype(np.uint8).str) not in ring._rings
-    with pytest.raises(ValueError, match="slots and max_shapes must be >= 1, got 0 and 8"):
+    with pytest.raises(ValueError, match="expected 1 <= slots <= max_slots and max_shapes >= 1, got slots 0"):
         devices.PinnedRing(slots=0)
+
+
+class _Copy:
+    """Stands for the CUDA event after an upload (none can be recorded without a GPU): done or not."""
+
+    def __init__(self, done: bool) -> None:
+        self.done, self.waited = done, False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited = True
+        self.done = True
+
+
+def test_the_ring_grows_instead_of_waiting_for_a_buffer_still_being_read():
+    ring = devices.PinnedRing(slots=2, max_slots=3)
+    a = np.zeros((2, 2), np.uint8)
+    b0, i0 = ring.stage(a)
+    ring.record(a.shape, a.dtype, i0, event=_Copy(done=False))  # still in flight
+    b1, i1 = ring.stage(a + 1)
+    ring.record(a.shape, a.dtype, i1, event=_Copy(done=True))
+    b2, _ = ring.stage(a + 2)  # the oldest (b0) is busy: a third buffer, no wait
+    assert len({b0.data_ptr(), b1.data_ptr(), b2.data_ptr()}) == 3
+    assert np.array_equal(b0.numpy(), a)  # the buffer being read was not overwritten
+    busy = _Copy(done=False)
+    ring._rings[(a.shape, a.dtype.str)][1][ring._rings[(a.shape, a.dtype.str)][0]][1] = busy
+    b3, _ = ring.stage(a + 3)  # at max_slots: the oldest is waited for, then reused
+    assert busy.waited and b3.data_ptr() in {b0.data_ptr(), b1.data_ptr(), b2.data_ptr()}
 
 
 def test_upload_on_a_cpu_is_the_array_itself():
