@@ -126,3 +126,68 @@ def test_each_thread_has_its_own_ring():
     for t in threads:
         t.join()
     assert len({id(r) for r in rings}) == 2 and devices._ring() is devices._ring()
+
+
+# -- on a GPU (pytest -m gpu; tools/gpu_check.py runs these) ----------------------------------------------
+
+def _cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.mark.gpu
+def test_gpu_each_thread_has_its_own_stream_and_the_block_makes_it_current():
+    dev = _cuda()
+    found = {}
+
+    def work(name: str) -> None:
+        with devices.on_worker_stream(dev) as stream:
+            assert torch.cuda.current_stream(dev) == stream != torch.cuda.default_stream(dev)
+            with devices.on_worker_stream(dev) as again:  # nested: the same stream
+                assert again == stream
+            found[name] = stream.cuda_stream
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(found.values())) == 2
+    assert torch.cuda.current_stream(dev) == torch.cuda.default_stream(dev)  # this thread is untouched
+
+
+@pytest.mark.gpu
+def test_gpu_upload_to_host_and_the_clock_read_after_it_wait_for_nothing_more():
+    dev = _cuda()
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with devices.on_worker_stream(dev):
+        clock = devices.stage_clock(dev)
+        clock.mark("start")
+        x = devices.upload(image, dev)
+        y = x.float() * 2
+        clock.mark("preprocess")
+        z = y.sum(dim=2)
+        clock.mark("inference")
+        host = devices.to_host([y, None, z, torch.arange(3)])
+        clock.mark("postprocess")
+        assert all(ev.query() for _, ev, _ in clock._marks[:-1])  # to_host's one wait covered them
+        seconds = clock.seconds()
+    assert host[0].is_pinned() and host[1] is None and host[3].device.type == "cpu"
+    assert torch.equal(host[0], torch.from_numpy(image).float() * 2) and torch.equal(host[2], host[0].sum(dim=2))
+    assert list(seconds) == ["preprocess", "inference", "postprocess"] and min(seconds.values()) >= 0
+
+
+@pytest.mark.gpu
+def test_gpu_process_batch_equals_process_per_image():
+    from rtseg.segmenter import Segmenter
+
+    dev = _cuda()
+    seg = Segmenter("yolact_resnet18_half_384", device=str(dev))
+    images = [np.random.default_rng(i).integers(0, 256, (240, 320, 3), dtype=np.uint8) for i in range(3)]
+    single = [seg.process(im)[0] for im in images]
+    one = seg.process_batch(images[:1])[0][0]
+    assert np.array_equal(one.boxes, single[0].boxes) and np.array_equal(one.masks, single[0].masks)
+    for got, ref in zip((r[0] for r in seg.process_batch(images)), single):
+        assert np.array_equal(got.class_ids, ref.class_ids)
+        np.testing.assert_allclose(got.boxes, ref.boxes, atol=0.5)  # cuDNN may pick other kernels for batch 3
