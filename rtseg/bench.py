@@ -477,16 +477,19 @@ def bench_streams(plan: BenchPlan, n: int) -> int:
     if n < 1:
         raise ConfigError(f"--streams must be >= 1, got {n}")
     model, backend = plan.models[0], plan.backends[0]
+    reason = _skip_reason(plan, backend, plan.precisions[0], 1)
+    if reason:
+        raise ConfigError(f"--streams {n} with --backends {backend} --precisions {plan.precisions[0]}: {reason}")
     h, w = plan.sizes[0]
     workers = plan.workers or default_workers(plan.device)
     configure_threads(None, workers)
-    seg = make_segmenter(plan, model, backend, "fp32", 1)
+    seg = make_segmenter(plan, model, backend, plan.precisions[0], 1)  # fp16: as rtseg run --half
     seg.warmup()
     sources = [open_source(f"synthetic:{i}:{w}x{h}") for i in range(n)]
     pipeline = Pipeline(sources, seg, window=_DiscardWindow() if n == 1 else {str(i): _DiscardWindow() for i in range(n)},
                         max_frames=plan.frames, workers=workers, batch=-(-n // workers))
     s = pipeline.run()
-    print(f"{model} {backend} {h}x{w}, {n} stream(s), {workers} worker(s), batch {-(-n // workers)}: "
+    print(f"{model} {backend} {h}x{w} {plan.precisions[0]}, {n} stream(s), {workers} worker(s), batch {-(-n // workers)}: "
           f"{s.fps:.2f} FPS total, {s.mean_batch:.2f} frames per model call")
     rows = s.streams or {"0": {"fps": s.fps, "latency_ms": s.stages_ms["end to end"]}}
     for name, p in rows.items():
