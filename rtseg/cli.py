@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds a lost camera or stream is retried before the run ends (exit 3; default 60)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the end-of-run summary as JSON")
     _add_backend_args(run)
+    run.add_argument("--half", action="store_true",
+                     help="float16 network on CUDA: torch autocast, an fp16 TensorRT engine, or (onnxruntime) a float16 "
+                          "graph from 'rtseg export --half'; post-processing stays float32 (what 'rtseg bench "
+                          "--precisions fp16' measures)")
     _add_geometry_args(run)
 
     subp = sub.add_parser("subscribe", help="receive and print (or save) published results",
@@ -520,11 +524,13 @@ class _RunSignals:
 
 def _check_run_options(args: argparse.Namespace) -> None:
     """Every problem visible from the options alone, as one line, before torch is imported."""
-    from rtseg.preflight import (check_device_spelling, check_engine_file, check_model_name, check_output_file,
-                                 check_weights_file)
+    from rtseg.preflight import (check_device_spelling, check_engine_file, check_half, check_model_name,
+                                 check_output_file, check_weights_file)
 
     check_model_name(args.model)
     check_device_spelling(args.device)
+    if getattr(args, "half", False):
+        check_half(args.device, args.backend, args.engine)
     if not 0.0 <= args.score_threshold < 1.0:
         raise ConfigError(f"score threshold must be in [0, 1), got {args.score_threshold}")
     if args.engine is not None and args.backend == "torch":
@@ -623,7 +629,7 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
             segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
                                   score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
                                   postprocess=args.postprocess, cuda_graph=args.cuda_graph, canvas=args.canvas,
-                                  rank_by=args.rank_by)
+                                  rank_by=args.rank_by, half=args.half)
             log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
                      segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, threads)
             segmenter.warmup()

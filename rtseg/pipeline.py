@@ -19,6 +19,11 @@ one ``segmenter.process_batch`` call; a stream with nothing ready is not waited 
 that. The render stage restores each stream's order (not a global one), so a slow stream
 never holds back the others.
 
+On a CUDA device each inference worker runs on a CUDA stream of its own
+(:func:`rtseg.device.on_worker_stream`): stages are timed with events on it and nothing on
+the path synchronises the device; the one wait per call is for the results' copy to the
+host (:func:`rtseg.device.to_host`; the full list is in :mod:`rtseg.device`).
+
 Overflow policy
     * ``q_infer`` for a **live** source (webcam, RTSP) holds one frame and a new frame
       replaces an unprocessed one (counted as ``dropped_stale``): results are always about
@@ -455,38 +460,51 @@ class Pipeline:
         return self.segmenter.process_batch(images)
 
     def _inference(self) -> None:
+        from contextlib import ExitStack
+
         try:
-            while True:
-                taken = self._take_batch()
-                if taken is None:
-                    break
-                now = time.perf_counter()
-                for _, _, frame in taken:
-                    if frame.capture_monotonic:
-                        self.stages["queue wait"].add(now - frame.capture_monotonic)
-                try:
-                    results = self._segment([frame.image for _, _, frame in taken])
-                except FrameDropped as exc:  # a remote backend gave up on them: counted, the streams go on
-                    with self._lock:
-                        for s, _, _ in taken:
-                            s.dropped_backend += 1
-                    log.debug("%d frame(s) dropped by the backend: %s", len(taken), exc)
-                    for s, order, _ in taken:
-                        self._put(self.q_render, (s.name, order, None))  # keeps the order of the frames after it
-                    continue
-                with self._lock:
-                    self.batch_sizes.append(len(taken))
-                for (s, order, frame), (instances, times) in zip(taken, results):
-                    frame.instances = instances
-                    frame.timings.update(preprocess=times.preprocess, inference=times.inference,
-                                         postprocess=times.postprocess)
-                    with self._lock:
-                        s.frames_processed += 1
-                    self._put(self.q_render, (s.name, order, frame))
+            with ExitStack() as on_stream:
+                device = getattr(self.segmenter, "device", None)
+                if device is not None:
+                    from rtseg.device import on_worker_stream
+
+                    # CUDA: this worker's own stream for all it does (rtseg.device), so workers
+                    # overlap on the GPU instead of queueing on the default stream
+                    on_stream.enter_context(on_worker_stream(device))
+                self._inference_loop()
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
         finally:
             self._put_end(self.q_render)
+
+    def _inference_loop(self) -> None:
+        while True:
+            taken = self._take_batch()
+            if taken is None:
+                break
+            now = time.perf_counter()
+            for _, _, frame in taken:
+                if frame.capture_monotonic:
+                    self.stages["queue wait"].add(now - frame.capture_monotonic)
+            try:
+                results = self._segment([frame.image for _, _, frame in taken])
+            except FrameDropped as exc:  # a remote backend gave up on them: counted, the streams go on
+                with self._lock:
+                    for s, _, _ in taken:
+                        s.dropped_backend += 1
+                log.debug("%d frame(s) dropped by the backend: %s", len(taken), exc)
+                for s, order, _ in taken:
+                    self._put(self.q_render, (s.name, order, None))  # keeps the order of the frames after it
+                continue
+            with self._lock:
+                self.batch_sizes.append(len(taken))
+            for (s, order, frame), (instances, times) in zip(taken, results):
+                frame.instances = instances
+                frame.timings.update(preprocess=times.preprocess, inference=times.inference,
+                                     postprocess=times.postprocess)
+                with self._lock:
+                    s.frames_processed += 1
+                self._put(self.q_render, (s.name, order, frame))
 
     def _put_end(self, q: queue.Queue) -> None:
         try:

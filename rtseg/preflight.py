@@ -50,6 +50,19 @@ def check_device_spelling(device: str) -> None:
         raise ConfigError(f"unknown device '{device}', expected 'cpu', 'cuda' or 'cuda:N'")
 
 
+def check_half(device: str, backend: str, engine: str | None = None) -> None:
+    """``--half`` (a float16 network) needs a CUDA device and a local backend: ``ConfigError``
+    otherwise. ``rtseg run`` calls it before the model loads; ``Segmenter(half=True)`` too."""
+    if not str(device).startswith("cuda"):
+        raise ConfigError(f"--half runs the network in float16 on a CUDA GPU: it needs --device cuda[:N], got '{device}'")
+    if str(backend).startswith("triton://"):
+        raise ConfigError("--half is for --backend torch, onnxruntime or tensorrt: a Triton server's model has "
+                          "its own precision")
+    if backend == "onnxruntime" and engine is None:
+        raise ConfigError("--half with --backend onnxruntime needs a float16 graph: rtseg export --half, then "
+                          "--engine PATH")
+
+
 def check_weights_file(path: str) -> None:
     """The part of ``read_state_dict``'s checks that needs no torch: the file is there, is a
     file, and is not empty."""

@@ -253,6 +253,16 @@ def test_user_errors_are_reported_before_torch_is_imported(args, code, fragments
     assert not torch_imported, proc.stderr
 
 
+@pytest.mark.parametrize("extra", [[], ["--batch", "2", "--source", "synthetic", "--source", "synthetic"]],
+                         ids=["half", "half-batch-2"])
+def test_half_on_a_cpu_is_one_line_before_torch_and_the_model_load(extra, tmp_path):
+    """``rtseg run --half`` (with or without ``--batch``) on a CPU: one line, exit 2, torch never imported."""
+    proc, torch_imported = _run_probing_torch(tmp_path, "run", "--half", "--max-frames", "2", *extra)
+    assert_one_line_error(proc, 2, "--half runs the network in float16 on a CUDA GPU: it needs --device cuda[:N], "
+                                   "got 'cpu'")
+    assert not torch_imported and "loading model" not in proc.stderr
+
+
 def test_a_malformed_option_is_refused_before_torch_is_imported(tmp_path):
     proc, torch_imported = _run_probing_torch(tmp_path, "run", "--max-frames", "abc")
     assert proc.returncode == 2 and "--max-frames: expected a positive integer, got 'abc'" in proc.stderr
