@@ -343,11 +343,12 @@ def check_endpoint(endpoint: Any, what: str, *, bind: bool, inproc: bool = True)
 
 
 class _ThrottledWarnings:
-    """Warnings logged at most once per ``interval`` seconds per kind; the next one logged
-    says how many were left out."""
+    """Warnings logged (on ``log``, by default this module's logger) at most once per
+    ``interval`` seconds per kind; the next one logged says how many were left out."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, log: logging.Logger | None = None) -> None:
         self.interval = interval
+        self._log = logger if log is None else log
         self._next: dict[str, float] = {}
         self._left_out: dict[str, int] = {}
 
@@ -360,5 +361,5 @@ class _ThrottledWarnings:
         if left_out:
             text += f" ({left_out} more like this in the last {self.interval:.0f} s not logged)"
         self._next[kind] = now + self.interval
-        logger.warning("%s", text)
+        self._log.warning("%s", text)
 

@@ -169,7 +169,7 @@ def subscribe(
         from rtseg.keys import ClientKeys, load_client_keys
 
         keys = curve_keys if isinstance(curve_keys, ClientKeys) else load_client_keys(curve_keys)
-    warnings = _ThrottledWarnings(WARNING_INTERVAL_S)
+    warnings = _ThrottledWarnings(WARNING_INTERVAL_S, logger)  # the subscriber's warnings on its own logger
     context = zmq.Context()
 
     def open_socket() -> tuple[Any, Any]:
