@@ -256,7 +256,8 @@ def test_python_subscriber_in_the_doc_decodes_messages(n, h, w, seed):
 def test_worked_example_in_the_doc_decodes_to_its_picture():
     (header_text,) = doc_blocks("json")
     blob = bytes.fromhex(re.search(r"part 2 \(hex\): `([0-9a-f]+)`", DOC.read_text()).group(1))
-    parts = [b"rtseg", header_text.encode(), blob]
+    topic = re.search(r"- part 0: `([^`]+)`", DOC.read_text()).group(1).encode()
+    parts = [topic, header_text.encode(), blob]
     expected = np.zeros((2, 4, 7), np.bool_)
     expected[0, 1:4, 2:7] = [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0]]
     message = decode_message(parts)
@@ -264,6 +265,7 @@ def test_worked_example_in_the_doc_decodes_to_its_picture():
     assert np.array_equal(decode_from_doc_prose(parts)[1], expected)
     assert np.array_equal(_doc_snippet_decode()(parts)[1], expected)
     assert message.class_names == ["person", "dog"] and message.instances.scores[0] == np.float32(0.9)
+    assert (message.topic, message.stream, message.stream_seq, message.publish_seq) == (b"rtseg/0", "0", 12, 17)
     # and rtseg's encoder writes exactly the documented bytes for that mask
     reencoded = encode_message(make_frame(message.instances, seq=3, source="cam0"), NAMES)
     assert reencoded[2].hex() == "77d4" and json.loads(reencoded[1])["instances"][0]["mask_window"] == [2, 1, 7, 4]
