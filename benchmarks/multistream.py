@@ -14,7 +14,8 @@ and threads. Separate: N ``rtseg run`` processes started together, each ``--work
 --threads max(1, cores // N)`` so that together they use the cores once, not N times.
 Reports total processed FPS and the worst per-stream p95 end-to-end latency, from each
 run's ``--summary-json``. (The RTSP-kill case needs the GStreamer RTSP server of
-tests/rtsp_server.py; it is measured by tests/test_multistream.py, not here.)
+tests/rtsp_server.py: asserted by tests/test_multistream.py, measured by
+benchmarks/stream_kill.py.)
 """
 
 from __future__ import annotations

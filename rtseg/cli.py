@@ -50,7 +50,9 @@ examples:
   rtseg subscribe tcp://127.0.0.1:5555
       print one line per frame as it arrives (Ctrl-C to stop)
   rtseg subscribe tcp://127.0.0.1:5555 --count 100 --save out/
-      save 100 messages as JSON (COCO RLE masks) in out/
+      save 100 messages as JSON (COCO RLE masks) in out/<stream>/
+  rtseg subscribe tcp://127.0.0.1:5555 --stream cam1
+      only the stream named cam1 of a multi-stream run (topic rtseg/cam1, not rtseg/cam10)
 """
 
 
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="publish results on a ZeroMQ PUB socket (alone: tcp://127.0.0.1:5555, this machine only)")
     run.add_argument("--curve-keys", metavar="DIR",
                      help="with --publish: encrypt and admit only the subscribers in DIR/allowed_clients ('rtseg keys generate')")
-    run.add_argument("--topic", default="rtseg", help="ZeroMQ topic of published messages (default rtseg)")
+    run.add_argument("--topic", default="rtseg",
+                     help="base ZeroMQ topic: each stream's messages go out on TOPIC/STREAM (default rtseg)")
     run.add_argument("--record", metavar="FILE",
                      help="write the rendered video to FILE: .mp4 / .m4v (fragmented MP4, readable after a crash), "
                           ".avi or .mkv")
@@ -171,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog=SUBSCRIBE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     subp.add_argument("endpoint", help="ZeroMQ endpoint to connect to, e.g. tcp://127.0.0.1:5555")
     subp.add_argument("--topic", default="rtseg", help="topic prefix to subscribe to (default rtseg)")
+    subp.add_argument("--stream", metavar="NAME",
+                      help="receive only this stream of a multi-stream run (topic TOPIC/NAME exactly; default every stream)")
     subp.add_argument("--count", type=_positive_int, help="exit after this many messages")
     subp.add_argument("--timeout", type=_positive_float, help="exit when no message arrives for this many seconds")
     subp.add_argument("--save", metavar="DIR", help="write each message as JSON (COCO RLE masks) into DIR")
@@ -720,7 +725,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
         check_output_dir("--save", args.save)
     return run_subscriber(args.endpoint, topic=args.topic.encode(), count=args.count, timeout=args.timeout,
-                          save_dir=args.save, curve_keys=args.curve_keys)
+                          save_dir=args.save, curve_keys=args.curve_keys, stream=args.stream)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

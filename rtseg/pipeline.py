@@ -34,7 +34,7 @@ Overflow policy
     * ``q_render`` and ``q_publish`` always block: a frame accepted by inference is never
       dropped. The publisher itself never blocks: ZeroMQ drops a message only for a
       subscriber whose queue is full, and that subscriber counts what it missed from the
-      gaps in the headers' ``publish_seq`` (``rtseg.wire.GapCounter``); the others
+      gaps in the headers' ``stream_seq`` (``rtseg.wire.GapCounter``); the others
       still get every frame.
 
 Shutdown: end of input, ``max_frames``, or :meth:`Pipeline.stop` (Ctrl-C, SIGTERM) makes
