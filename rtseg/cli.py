@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--max-images", type=_positive_int)
     ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ev.add_argument("--save-predictions", metavar="FILE",
+                    help="also write the predictions as COCO results JSON (the dataset's image and category ids)")
     ev.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
     ev.add_argument("--class-agnostic", action="store_true",
                     help="score with every class merged into one: whether errors lie in the masks or in the classes")
@@ -338,11 +340,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rtseg.evaluate import evaluate, write_eval
     from rtseg.segmenter import configure_threads
 
+    if args.save_predictions:  # one line before the model loads
+        from rtseg.preflight import check_output_file
+
+        check_output_file("--save-predictions", args.save_predictions)
     configure_threads(args.threads)
     result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
                       max_images=args.max_images, backend=args.backend, engine=args.engine,
                       postprocess=args.postprocess, class_agnostic=args.class_agnostic, canvas=args.canvas,
-                      rank_by=args.rank_by)
+                      rank_by=args.rank_by, save_predictions=args.save_predictions)
     print(result.format_table())
     if args.json:
         write_eval(result, args.json)
