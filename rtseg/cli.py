@@ -337,13 +337,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rtseg.evaluate import evaluate, write_eval
-    from rtseg.segmenter import configure_threads
-
-    if args.save_predictions:  # one line before the model loads
+    if args.save_predictions:  # one line before torch's import and the model load
         from rtseg.preflight import check_output_file
 
         check_output_file("--save-predictions", args.save_predictions)
+    from rtseg.evaluate import evaluate, write_eval
+    from rtseg.segmenter import configure_threads
+
     configure_threads(args.threads)
     result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
                       max_images=args.max_images, backend=args.backend, engine=args.engine,
