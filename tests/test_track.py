@@ -60,7 +60,7 @@ def test_masks_stay_with_their_detection_whatever_order_they_come_in(scenes):
         order = rng.permutation(len(inst))
         a = plain.update(inst)
         b = shuffled.update(inst[order])
-        np.testing.assert_array_equal(b.masks_dense(), inst.masks_dense()[order])  # the tracker returns them in its own order
+        np.testing.assert_array_equal(b.masks_dense(), inst.masks_dense()[order])  # update() keeps the input order
         np.testing.assert_array_equal(b.boxes, inst.boxes[order])
         assert inst.track_ids is None  # the input is not modified
         by_object_a = dict(zip(scene.object_ids.tolist(), a.track_ids.tolist()))
