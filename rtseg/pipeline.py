@@ -243,12 +243,17 @@ class Pipeline:
         batch: most frames in one model call, at most one per stream (1: one frame per call).
         batch_wait_ms: how long a worker that has fewer ready streams than ``batch`` waits for
             more to become ready before it runs what it has.
+        classes: keep only the instances of these class ids (``rtseg run --classes``); None keeps all.
+        tracker: a factory ``(stream name) -> tracker`` (e.g. :class:`rtseg.track.InstanceTracker`):
+            one tracker per stream, updated by the render stage in the stream's order (after
+            the class filter), which sets ``instances.track_ids``; None: no tracking.
     """
 
     def __init__(self, source: FrameSource | list[FrameSource], segmenter: Any, *, names: list[str] | None = None,
                  publisher: Any = None, recorder: Any = None, window: Any = None, max_frames: int | None = None,
                  on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4, workers: int = 1,
-                 batch: int = 1, batch_wait_ms: float = 2.0) -> None:
+                 batch: int = 1, batch_wait_ms: float = 2.0, classes: Any = None,
+                 tracker: Callable[[str], Any] | None = None) -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
         if workers < 1:
@@ -284,6 +289,8 @@ class Pipeline:
         self.max_frames = max_frames
         self.on_frame = on_frame
         self.q_render: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.classes = None if classes is None else np.asarray(sorted(set(int(c) for c in classes)), np.int64)
+        self.trackers = {} if tracker is None else {n: tracker(n) for n in names}  #: stream name -> tracker
         self.q_publish: queue.Queue = queue.Queue(maxsize=queue_size)
         self._live = any(s.live for s in self.streams)
         self._stop = threading.Event()
@@ -295,7 +302,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self.batch_sizes: deque = deque(maxlen=MAX_SAMPLES)  # frames per model call
         self.stages = {name: StageStats() for name in
-                       ("capture", "queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
+                       ("capture", "queue wait", "preprocess", "inference", "postprocess", "track", "render", "publish",
+                        "end to end")}
         self._t_run = 0.0  # when run() started
         self._t_first: float | None = None
         self._t_last: float | None = None
@@ -538,6 +546,7 @@ class Pipeline:
             for stream, frame in self._in_order():
                 if frame is None:  # dropped by the backend
                     continue
+                self._filter_and_track(stream, frame)
                 recorder = self.recorders.get(stream.name)
                 window = self.windows.get(stream.name)
                 if recorder is not None or window is not None:
@@ -554,6 +563,21 @@ class Pipeline:
             self._fail(exc)
         finally:
             self._put_end(self.q_publish)
+
+    def _filter_and_track(self, stream: _Stream, frame: Frame) -> None:
+        """``--classes`` and ``--track``: here, because frames reach the render stage in their
+        stream's order (``_in_order``) and a tracker must see a stream's frames in order."""
+        if frame.instances is None:
+            return
+        if self.classes is not None:
+            frame.instances = frame.instances[np.isin(frame.instances.class_ids, self.classes)]
+        tracker = self.trackers.get(stream.name)
+        if tracker is not None:
+            t0 = time.perf_counter()
+            # a live stream drops frames: the tracker predicts over the real gap between captures
+            stamp = frame.capture_monotonic if (stream.live and frame.capture_monotonic) else None
+            frame.instances = tracker.update(frame.instances, timestamp=stamp)
+            frame.timings["track"] = time.perf_counter() - t0
 
     @staticmethod
     def _update_fps(stream: _Stream, now: float) -> None:
@@ -577,7 +601,7 @@ class Pipeline:
                     frame.timings["publish"] = time.perf_counter() - t0
                 done = time.perf_counter()
                 self._t_last = stream.t_last = done
-                for name in ("capture", "preprocess", "inference", "postprocess", "render", "publish"):
+                for name in ("capture", "preprocess", "inference", "postprocess", "track", "render", "publish"):
                     if name in frame.timings:
                         self.stages[name].add(frame.timings[name])
                 if frame.capture_monotonic:

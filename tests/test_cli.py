@@ -238,6 +238,16 @@ def _run_probing_torch(tmp_path, *args: str) -> tuple[subprocess.CompletedProces
         (["bench", "--csv", "{tmp}/nodir/b.csv"], 2, ["--csv", "does not exist"]),
         (["bench", "--plot", "{tmp}/nodir/b.png"], 2, ["--plot", "does not exist"]),
         (["bench", "--models", "yolact_resnet5"], 2, ["unknown model 'yolact_resnet5'"]),
+        # issue 20: tracking, saved results, the class filter
+        (["run", "--track", "deepsort"], 2, ["unknown tracker 'deepsort'", "bytetrack, ocsort, sort"]),
+        (["run", "--classes", "circle,dog"], 2, ["--classes", "'dog'", "valid names: circle, square, triangle"]),
+        (["run", "--model", "yolact_resnet50", "--classes", "person,shape"], 2, ["'shape'", "person, bicycle"]),
+        (["run", "--save-json", "{tmp}/nodir/out.jsonl"], 2, ["--save-json", "does not exist"]),
+        (["run", "--save-coco", "{tmp}"], 2, ["--save-coco", "expected a file name, found a directory"]),
+        (["run", "--source", "synthetic", "--source", "synthetic:1", "--save-coco", "{tmp}/nodir/o.json"], 2,
+         ["--save-coco", "nodir", "does not exist"]),
+        (["eval", "--data", "{tmp}", "--save-predictions", "{tmp}/nodir/p.json"], 2,
+         ["--save-predictions", "does not exist"]),
     ],
 )
 def test_user_errors_are_reported_before_torch_is_imported(args, code, fragments, tmp_path):
@@ -274,6 +284,14 @@ def test_preflight_model_names_are_the_registry():
     from rtseg.preflight import MODEL_NAMES
 
     assert sorted(MODEL_NAMES) == sorted(MODELS)
+
+
+def test_preflight_class_names_are_the_registry():
+    from rtseg.models import MODELS
+    from rtseg.preflight import model_class_names
+
+    for name, config in MODELS.items():
+        assert model_class_names(name) == tuple(config.class_names), name
 
 
 def _numbered_video(path, frames: int) -> None:
