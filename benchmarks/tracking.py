@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -32,11 +31,6 @@ import numpy as np
 
 from common import hardware
 
-# run as ``python benchmarks/tracking.py``, this folder is sys.path[0], and its triton.py would
-# shadow the ``triton`` package torch probes at import (torch/_dynamo/utils.py: "module 'triton'
-# has no attribute 'language'"); common is imported, so the folder is not needed any more
-if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
 from rtseg.synthetic import SyntheticVideo
 from rtseg.track import TRACKERS, InstanceTracker, mot_metrics
 
