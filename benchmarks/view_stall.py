@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import socket
 import statistics
@@ -36,11 +35,6 @@ import threading
 import time
 
 from common import hardware
-
-# this folder is sys.path[0] (python benchmarks/view_stall.py): its triton.py would shadow the
-# triton package torch's compiler imports during the model load
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 from rtseg.cli import default_workers
 from rtseg.pipeline import Pipeline

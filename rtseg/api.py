@@ -25,7 +25,6 @@ the loop.
 
 from __future__ import annotations
 
-import inspect
 import queue
 import threading
 from contextlib import ExitStack
@@ -51,7 +50,8 @@ def stream(source: str | Sequence[str], model: Any = DEFAULT_MODEL, *, weights: 
             ``"synthetic"``), or a list of them (several streams, batched across streams).
         model: a model name (``rtseg models``) or an already made :class:`rtseg.Segmenter`
             (``weights``, ``device``, ``score_threshold``, ``backend`` and ``engine`` are then its own).
-        track: persistent object ids per stream (``rtseg run --track``): True or a tracker name.
+        track: persistent object ids per stream, ``frame.instances.track_ids`` (``rtseg run
+            --track``): True (ByteTrack) or a tracker name (``bytetrack``, ``ocsort``, ``sort``).
         render: also draw each frame (``frame.rendered``, as ``rtseg run --record`` writes it).
         max_frames: stop each stream after this many frames.
         loop: restart a file or folder at its end.
@@ -71,21 +71,20 @@ def stream(source: str | Sequence[str], model: Any = DEFAULT_MODEL, *, weights: 
         raise ConfigError(f"buffer must be an int >= 1, got {buffer!r}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers must be an int >= 1, got {workers!r}")
-    from rtseg.pipeline import Pipeline
+    tracker = None
+    if track:  # as rtseg run --track [NAME]: True is its default tracker
+        from rtseg.track import DEFAULT_TRACKER, check_tracker
 
-    options: dict[str, Any] = {}
-    if track:
-        # tracking is the Pipeline's option (rtseg run --track): passed on where this rtseg has it
-        if "track" not in inspect.signature(Pipeline).parameters:
-            raise ValueError(f"track={track!r}: tracking is not available in this version of rtseg "
-                             "(its Pipeline has no 'track' option); use track=False")
-        options["track"] = track
+        tracker = DEFAULT_TRACKER if track is True else track
+        if not isinstance(tracker, str):
+            raise ConfigError(f"track must be False, True or a tracker name, got {track!r}")
+        check_tracker(tracker)  # unknown name, or the trackers package missing: one line
     if isinstance(model, str):
         from rtseg.preflight import check_device_spelling, check_model_name
 
         check_model_name(model)
         check_device_spelling(device)
-    return _frames(sources, model, options, dict(weights=weights, device=device, score_threshold=score_threshold,
+    return _frames(sources, model, tracker, dict(weights=weights, device=device, score_threshold=score_threshold,
                                                   backend=backend, engine=engine),
                    render=render, max_frames=max_frames, loop=loop, names=names, workers=workers, batch=batch,
                    buffer=buffer, open=dict(open_timeout=open_timeout, read_timeout=read_timeout,
@@ -102,7 +101,7 @@ class _Show:
         pass
 
 
-def _frames(sources: list[str], model: Any, options: dict[str, Any], segmenter_options: dict[str, Any], *,
+def _frames(sources: list[str], model: Any, tracker: str | None, segmenter_options: dict[str, Any], *,
             render: bool, max_frames: int | None, loop: bool, names: Sequence[str] | None, workers: int,
             batch: int | None, buffer: int, open: dict[str, float]) -> Iterator[Frame]:
     from rtseg.pipeline import Pipeline
@@ -135,8 +134,15 @@ def _frames(sources: list[str], model: Any, options: dict[str, Any], segmenter_o
             segmenter = model
         stream_names = list(names) if names is not None else [str(i) for i in range(len(opened))]
         windows = {n: _Show() for n in stream_names} if render else None
+        trackers = None
+        if tracker is not None:  # one per stream, at the stream's frame rate (as rtseg run --track)
+            from rtseg.track import InstanceTracker
+
+            fps_of = {n: getattr(src, "fps", None) for n, src in zip(stream_names, opened)}
+            trackers = lambda n: InstanceTracker(tracker, frame_rate=float(fps_of[n] or 30.0))  # noqa: E731
         pipeline = Pipeline(opened, segmenter, names=stream_names, window=windows, max_frames=max_frames,
-                            on_frame=on_frame, workers=workers, batch=batch or -(-len(opened) // workers), **options)
+                            on_frame=on_frame, workers=workers, batch=batch or -(-len(opened) // workers),
+                            tracker=trackers)
 
         def run() -> None:
             try:

@@ -92,18 +92,16 @@ def test_errors_are_rtsegs_one_line_errors(segmenter, tmp_path):
     assert not _run_threads()
 
 
-def test_track_is_passed_to_the_pipeline_or_refused_clearly(segmenter):
-    import inspect
-
-    from rtseg.pipeline import Pipeline
-
-    if "track" in inspect.signature(Pipeline).parameters:
-        frames = list(rtseg.stream("synthetic", model=segmenter, track=True, max_frames=3))
-        assert [f.seq for f in frames] == [0, 1, 2]
-        assert all(getattr(f.instances, "track_ids", None) is not None for f in frames)
-    else:
-        with pytest.raises(ValueError, match="tracking is not available"):
-            rtseg.stream("synthetic", model=segmenter, track=True)
+def test_track_gives_ids_that_follow_the_objects_and_a_bad_tracker_is_one_error(segmenter):
+    pytest.importorskip("trackers", reason="needs the track extra (pip install --no-deps trackers, see pyproject)")
+    frames = list(rtseg.stream("synthetic:0:320x240", model=segmenter, track=True, max_frames=8))
+    assert [f.seq for f in frames] == list(range(8))
+    ids = [f.instances.track_ids for f in frames]
+    assert all(i is not None and len(i) == len(f.instances) for i, f in zip(ids, frames))
+    confirmed = [set(i[i >= 0].tolist()) for i in ids[2:]]
+    assert confirmed[-1] and confirmed[-1] & set().union(*confirmed[:-1])  # the same ids over frames
+    with pytest.raises(ConfigError, match="unknown tracker 'kalman'"):
+        rtseg.stream("synthetic", model=segmenter, track="kalman")
 
 
 # -- supervision ------------------------------------------------------------------------------
