@@ -8,6 +8,7 @@ client gets frames, nothing left running), never durations.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -283,14 +284,20 @@ def _chromium() -> str | None:
 def test_a_real_browser_shows_each_streams_rendered_frame(segmenter, tmp_path):
     """Headless Chromium opens the page while the run goes on; the screenshot holds each
     stream's rendered frame (found by template matching against the same frame rendered
-    here), masks included. With RTSEG_WRITE_DOCS=1 the screenshot becomes docs/view.png."""
+    here), masks included; with the track extra the run tracks, so the labels carry IDs (the
+    match tolerates their few pixels). With RTSEG_WRITE_DOCS=1 the screenshot becomes docs/view.png."""
     stills = {}
     for name, seed in (("entrance", 0), ("yard", 5)):  # one still per stream, looped: a known frame
         stills[name] = SyntheticVideo(seed=seed, size=(H, W)).frame(0).image
         cv2.imwrite(str(tmp_path / f"{name}.png"), stills[name])
+    tracker = None
+    if importlib.util.find_spec("trackers") is not None:  # the track extra: IDs in the labels too
+        from rtseg.track import InstanceTracker
+
+        tracker = lambda name: InstanceTracker("bytetrack")  # noqa: E731
     view = ViewServer(list(stills), segmenter.class_names).start()
     pipeline = Pipeline([open_source(str(tmp_path / f"{n}.png"), loop=True) for n in stills], segmenter,
-                        names=list(stills), view=view)
+                        names=list(stills), view=view, tracker=tracker)
     run = threading.Thread(target=pipeline.run)
     run.start()
     shot = tmp_path / "view.png"  # (kept for a failing run: /tmp/pytest-of-*/)
@@ -310,7 +317,7 @@ def test_a_real_browser_shows_each_streams_rendered_frame(segmenter, tmp_path):
     for name, image in stills.items():
         instances, _ = segmenter.process(image)
         assert len(instances) > 0
-        expected = render(image, instances, segmenter.class_names, fps=None)
+        expected = render(image, instances, segmenter.class_names, fps=None)  # labels without track IDs
         # the FPS readout (top-left) differs from frame to frame: match what lies below it
         top = 40
         scores = cv2.matchTemplate(screen, expected[top:], cv2.TM_CCOEFF_NORMED)
