@@ -251,7 +251,7 @@ class Segmenter:
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named raw head outputs from the backend (see the family's network, e.g.
-        :class:`rtseg.models.yolact.Yolact`)."""
+        :class:`rtseg.families.yolact.network.Yolact`)."""
         return self.backend(batch)
 
     @torch.inference_mode()

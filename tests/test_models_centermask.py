@@ -13,7 +13,7 @@ import torch
 
 from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import MODELS
-from rtseg.models.centermask import CenterMask, CenterMaskConfig, make_locations
+from rtseg.families.centermask.network import CenterMask, CenterMaskConfig, make_locations
 from rtseg.models.checkpoint import load_weights
 from rtseg.models.vovnet import VOVNET_SPECS, VoVNetSpec
 
@@ -173,7 +173,7 @@ def _compare_with_official(variant: str, tmp_path, device: str = "cpu") -> None:
         load_official_outputs,
         reference_image,
     )
-    from rtseg.postprocess import centermask as post
+    from rtseg.families.centermask import postprocess as post
     from rtseg.segmenter import Segmenter
 
     ref = load_official_outputs(variant)

@@ -166,7 +166,7 @@ def test_engine_cli_refusals_are_one_line(tmp_path):
 
 def _yolact_plus_quarter():
     """YOLACT++ R-50's DCN layout at a quarter of the width (a quick export; same operators)."""
-    from rtseg.models.yolact import Yolact
+    from rtseg.families.yolact.network import Yolact
 
     cfg = dataclasses.replace(MODELS["yolact_plus_resnet50"], max_size=256, backbone_width=0.25, fpn_features=32,
                               proto_channels=32)

@@ -63,6 +63,15 @@ class Family:
       weights.
     - ``class_dependent_prefixes``: state_dict key prefixes whose shapes depend on the
       number of classes (re-initialised when fine-tuning on other classes).
+    - ``variants``: the family's model variants (frozen configs whose ``family`` is ``name``);
+      :data:`rtseg.models.MODELS` is the union over the families.
+    - ``preprocess_params(cfg, image_size (H, W)) -> rtseg.kernels.masks.PreprocessParams``: what
+      the generic preprocessing kernel (``cuda/preprocess.cu``) needs to compute ``preprocess``
+      into the fixed canvas ``cfg.input_size`` (plain Python, no GPU).
+    - ``training_preprocess(cfg) -> callable | None``: the ``preprocess`` argument of
+      :class:`rtseg.data.coco.CocoInstanceDataset` for training this family (a picklable
+      ``uint8[1, S, S, 3]`` BGR -> ``float32[1, 3, S, S]``), or ``None`` for the dataset's own
+      transform (YOLACT's, which resizes the image itself).
     """
 
     name: str
@@ -73,3 +82,6 @@ class Family:
     loss: Callable[[dict[str, torch.Tensor], Sequence[dict[str, Any]], nn.Module, Any], dict[str, torch.Tensor]]
     init_from_scratch: Callable[[nn.Module], None]
     class_dependent_prefixes: tuple[str, ...]
+    variants: tuple[Any, ...]
+    preprocess_params: Callable[[Any, tuple[int, int]], Any]
+    training_preprocess: Callable[[Any], Callable[[torch.Tensor], torch.Tensor] | None]

@@ -1,11 +1,12 @@
-"""YOLACT pre- and post-processing as pure torch functions (CPU or CUDA, no Python loop
+"""YOLACT post-processing as pure torch functions (CPU or CUDA, no Python loop
 over instances on the hot path).
 
 Each function documents its shapes and coordinate frames; none modifies its inputs.
-Upstream references are dbolya/yolact ``utils/augmentations.py`` (``FastBaseTransform``),
+Upstream references are dbolya/yolact
 ``layers/box_utils.py`` (``decode``, ``jaccard``, ``crop``, ``sanitize_coordinates``),
 ``layers/functions/detection.py`` (``Detect.fast_nms``) and ``layers/output_utils.py``
-(``postprocess``). Loop-based reference twins live in ``tests/reference_ops.py``.
+(``postprocess``). Loop-based reference twins live in ``tests/reference_ops.py``; the preprocessing is in
+:mod:`rtseg.families.yolact.preprocess`.
 """
 
 from __future__ import annotations
@@ -16,49 +17,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from rtseg.models.yolact import YOLACT_MEANS_BGR, YOLACT_STD_BGR, YolactConfig
+from rtseg.families.yolact.network import YolactConfig
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
-from rtseg.postprocess.resize import InputGeometry
 
 #: SSD box-regression variances (``box_utils.decode``)
 VARIANCES = (0.1, 0.2)
-
-
-def input_geometry(cfg: YolactConfig, image_size: tuple[int, int], canvas: tuple[int, int] | None = None) -> InputGeometry:
-    """YOLACT's input is always ``max_size x max_size`` (``FastBaseTransform`` stretches every
-    frame to it; the priors are made for it): a ``canvas`` other than that is refused."""
-    h, w = int(image_size[0]), int(image_size[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"image size must be (H, W) with positive ints, got {image_size!r}")
-    s = int(cfg.max_size)
-    if canvas is not None and tuple(canvas) != (s, s):
-        raise ValueError(f"model {cfg.name} always runs at {s}x{s} (upstream stretches every frame to it; its "
-                         f"priors are made for it), so --canvas {canvas[0]}x{canvas[1]} cannot apply")
-    return InputGeometry((h, w), (s, s), (s, s))
-
-
-def preprocess(images: torch.Tensor, cfg: YolactConfig, geometry: InputGeometry | None = None,
-               ops: PostprocessOps = TORCH_OPS) -> torch.Tensor:
-    """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, S, S]`` RGB network input.
-
-    As ``FastBaseTransform``: square resize to ``cfg.max_size`` (aspect ratio not kept),
-    bilinear on float with ``align_corners=False``, BGR mean/std normalisation, then BGR->RGB.
-    ``geometry`` is always ``S x S`` (:func:`input_geometry`); ``ops.preprocess`` (the CUDA
-    kernel) computes the same.
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (B, H, W, 3) BGR, got {images.dtype} {tuple(images.shape)}")
-    if ops.preprocess is not None:
-        return ops.preprocess(images, cfg)
-    x = images.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, (cfg.max_size, cfg.max_size), mode="bilinear", align_corners=False)
-    if cfg.normalize:
-        mean = torch.tensor(YOLACT_MEANS_BGR, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(YOLACT_STD_BGR, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    else:
-        x = x / 255.0
-    return x[:, [2, 1, 0]].contiguous()
 
 
 def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
@@ -216,7 +179,7 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
 
     Args:
         outputs: the network's named outputs (``loc``, ``conf``, ``coef``, ``proto``), batched.
-        priors: ``float32[P, 4]`` from :func:`rtseg.models.yolact.make_priors`.
+        priors: ``float32[P, 4]`` from :func:`rtseg.families.yolact.network.make_priors`.
         image_size: ``(H, W)`` of the original image; boxes and masks are returned in it.
         score_threshold: detections with score ``<=`` this are dropped before mask assembly
             (``score_threshold`` of upstream's ``postprocess``; 0 keeps all).
