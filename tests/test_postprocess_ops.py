@@ -99,8 +99,8 @@ def test_yolact_mask_rescoring_keeps_the_soft_mask_path():
                            "max_num_detections": 100, "rescore_mask": True})()
     calls: list[str] = []
     ops = PostprocessOps(yolact_masks=_recording(calls, "yolact_masks", None))
-    result = yolact.postprocess(outputs, priors, cfg, (16, 16), maskiou_fn=lambda soft: torch.ones(soft.shape[0], 1),
-                                ops=ops)
+    result = yolact.postprocess(outputs, priors, cfg, (16, 16),
+                                stage2=lambda inputs: {"maskiou": torch.ones(inputs["masks"].shape[0])}, ops=ops)
     assert calls == [] and result.masks.shape[1:] == (16, 16) and result.masks.shape[0] > 0
 
 

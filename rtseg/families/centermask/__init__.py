@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from rtseg.data.coco_classes import COCO_CLASSES
-from rtseg.families.base import Family, InputGeometry
+from rtseg.families.base import Family, InputGeometry, Stage2
 from rtseg.families.centermask import postprocess as post
 from rtseg.families.centermask.loss import CenterMaskLossConfig, centermask_loss
 from rtseg.families.centermask.network import IMAGENET_PIXEL_STD_BGR, CenterMask, CenterMaskConfig
 from rtseg.families.centermask.ops import preprocess_params
 from rtseg.families.centermask import preprocess as pre
+from rtseg.families.centermask.stage2 import CenterMaskStage2
 from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.vovnet import VOVNET_SPECS, VoVNetSpec
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
@@ -38,15 +39,21 @@ CLASS_DEPENDENT_PREFIXES = (
 PRIOR_PROB = 0.01
 
 
-def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: CenterMask, cfg: CenterMaskConfig, image_size: tuple[int, int],
-                score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
+def build_stage2(net: CenterMask, cfg: CenterMaskConfig) -> CenterMaskStage2:
+    """The RoI mask head and MaskIoU head (:class:`~rtseg.families.centermask.stage2.CenterMaskStage2`)."""
+    return CenterMaskStage2(net)
+
+
+def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: CenterMask, cfg: CenterMaskConfig,
+                             image_size: tuple[int, int], score_threshold: float, ops: PostprocessOps = TORCH_OPS,
+                             geometry: InputGeometry | None = None, stage2: Stage2 | None = None) -> Instances:
     result = post.postprocess(outputs, net, cfg, image_size, score_threshold=score_threshold, ops=ops,
-                              geometry=geometry)
+                              geometry=geometry, stage2=stage2)
     return to_numpy_instances(result, image_size)
 
 
-def loss_terms(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: CenterMask, cfg: CenterMaskConfig,
-         loss_config: CenterMaskLossConfig = CenterMaskLossConfig()) -> dict[str, torch.Tensor]:
+def loss_terms(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: CenterMask,
+               cfg: CenterMaskConfig, loss_config: CenterMaskLossConfig = CenterMaskLossConfig()) -> dict[str, torch.Tensor]:
     return centermask_loss(outputs, targets, net, cfg, loss_config)
 
 
@@ -144,4 +151,5 @@ CENTERMASK = Family(
     variants=CENTERMASK_VARIANTS,
     preprocess_params=preprocess_params,
     training_preprocess=training_preprocess,
+    stage2=build_stage2,
 )

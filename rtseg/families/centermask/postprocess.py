@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, roi_align
 
+from rtseg.families.base import Stage2, TorchStage2
 from rtseg.families.centermask.network import CenterMaskConfig
+from rtseg.families.centermask.stage2 import CenterMaskStage2
 from rtseg.families.centermask.preprocess import input_geometry
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
 from rtseg.postprocess.resize import InputGeometry
@@ -261,30 +263,27 @@ class CenterMaskResult:
     mask_scores: torch.Tensor | None = None
 
 
-def mask_head_outputs(net: nn.Module, cfg: CenterMaskConfig, features: list[torch.Tensor], boxes: torch.Tensor,
+def mask_head_outputs(stage2: Stage2, cfg: CenterMaskConfig, features: list[torch.Tensor], boxes: torch.Tensor,
                       class_ids: torch.Tensor, image_area: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the RoI heads on one image's boxes.
+    """Pool one image's boxes and run the RoI heads (the second stage) on them.
 
     ``features`` P3-P5 of that image (``float32[1, C, H_l, W_l]``), ``boxes float32[N, 4]`` input
     pixels, ``class_ids int64[N]`` -> ``mask_probs float32[N, 2R, 2R]`` (sigmoid of the predicted
     class's mask, ``mask_rcnn_inference``) and ``maskiou float32[N]`` of that class (``None``
-    without the MaskIoU head).
+    without the MaskIoU head). ``stage2``: ``{"roi_feats", "class_ids"} -> {"mask_probs",
+    "maskiou"}`` (:class:`rtseg.families.centermask.stage2.CenterMaskStage2` or a backend's run of it).
     """
     levels = assign_roi_levels(boxes, image_area)
     batch_index = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
     roi_feats = pool_rois(features, boxes, batch_index, levels, cfg.pooler_resolution, cfg.pooler_sampling_ratio)
-    logits = net.roi_heads.mask_head(roi_feats)
-    rows = torch.arange(boxes.shape[0], device=boxes.device)
-    probs = torch.sigmoid(logits[rows, class_ids])
-    if not cfg.use_maskiou:
-        return probs, None
-    maskiou = net.roi_heads.maskiou_head(roi_feats, probs[:, None])
-    return probs, maskiou[rows, class_ids]
+    out = stage2({"roi_feats": roi_feats, "class_ids": class_ids})
+    return out["mask_probs"], (out["maskiou"] if cfg.use_maskiou else None)
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMaskConfig, image_size: tuple[int, int],
                 *, score_threshold: float = 0.0, batch_index: int = 0,
-                ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> CenterMaskResult:
+                ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None,
+                stage2: Stage2 | None = None) -> CenterMaskResult:
     """Network outputs of one image -> final detections in original-image pixels.
 
     1. FCOS candidates (:func:`fcos_candidates`) at the locations of the input size
@@ -301,10 +300,12 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
 
     Args:
         outputs: :class:`rtseg.families.centermask.network.CenterMask` outputs, batched.
-        net: the network (``locations_for``, ``roi_heads``).
+        net: the network (``locations_for``; its ``roi_heads`` are the second stage unless ``stage2``).
         image_size: ``(H, W)`` of the original image.
         geometry: the input geometry the outputs were computed at (``None``: the fixed canvas
             ``cfg.input_size``, as :func:`preprocess` without one).
+        stage2: the second stage as a backend runs it (``None``: the torch module,
+            :class:`~rtseg.families.centermask.stage2.CenterMaskStage2` of ``net``).
     """
     b = batch_index
     h, w = int(image_size[0]), int(image_size[1])
@@ -326,7 +327,9 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
                                 scores.clone() if cfg.use_maskiou else None)
 
     features = [outputs[f"p{level}"][b:b + 1] for level in ROI_LEVELS]
-    probs, maskiou = mask_head_outputs(net, cfg, features, boxes, class_ids, float(newh * neww))
+    if stage2 is None:
+        stage2 = TorchStage2(CenterMaskStage2(net))
+    probs, maskiou = mask_head_outputs(stage2, cfg, features, boxes, class_ids, float(newh * neww))
     if maskiou is not None and cfg.clamp_maskiou:
         maskiou = maskiou.clamp(0.0, 1.0)
     mask_scores = scores * maskiou if maskiou is not None else None

@@ -32,14 +32,20 @@ CLASS_DEPENDENT_PREFIXES = ("bbox_head.solo_cate.",)
 PRIOR_PROB = 0.01
 
 
-def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: Solov2, cfg: Solov2Config, image_size: tuple[int, int],
-                score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
+def build_stage2(net: Solov2, cfg: Solov2Config) -> None:
+    """``None``: SOLOv2 has no second stage (its dynamic convolution is a matrix product in post-processing)."""
+    return None
+
+
+def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: Solov2, cfg: Solov2Config,
+                             image_size: tuple[int, int], score_threshold: float, ops: PostprocessOps = TORCH_OPS,
+                             geometry: InputGeometry | None = None, stage2: None = None) -> Instances:
     result = post.postprocess(outputs, cfg, image_size, score_threshold=score_threshold, ops=ops, geometry=geometry)
     return to_numpy_instances(result, image_size)
 
 
 def loss_terms(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: Solov2, cfg: Solov2Config,
-         loss_config: Solov2LossConfig = Solov2LossConfig()) -> dict[str, torch.Tensor]:
+               loss_config: Solov2LossConfig = Solov2LossConfig()) -> dict[str, torch.Tensor]:
     return solov2_loss(outputs, targets, cfg, loss_config)
 
 
@@ -165,4 +171,5 @@ SOLOV2 = Family(
     variants=SOLOV2_VARIANTS,
     preprocess_params=preprocess_params,
     training_preprocess=training_preprocess,
+    stage2=build_stage2,
 )

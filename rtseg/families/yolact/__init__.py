@@ -16,12 +16,13 @@ from typing import Any, Sequence
 import torch
 
 from rtseg.data.coco_classes import COCO_CLASSES
-from rtseg.families.base import Family, InputGeometry
+from rtseg.families.base import Family, InputGeometry, Stage2, TorchStage2
 from rtseg.families.yolact import postprocess as post
 from rtseg.families.yolact.loss import YolactLossConfig, yolact_loss
 from rtseg.families.yolact.network import Yolact, YolactConfig
 from rtseg.families.yolact.ops import preprocess_params
 from rtseg.families.yolact import preprocess as pre
+from rtseg.families.yolact.stage2 import YolactStage2
 from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, to_numpy_instances
 from rtseg.structures import Instances
@@ -36,16 +37,27 @@ CLASS_DEPENDENT_PREFIXES = (
 )
 
 
-def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: Yolact, cfg: YolactConfig, image_size: tuple[int, int],
-                score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
-    maskiou = getattr(net, "maskiou_net", None)
+def build_stage2(net: Yolact, cfg: YolactConfig) -> YolactStage2 | None:
+    """YOLACT++'s mask re-scoring (:class:`~rtseg.families.yolact.stage2.YolactStage2`); ``None``
+    for YOLACT (no ``maskiou_net``) or without ``cfg.rescore_mask``."""
+    if getattr(net, "maskiou_net", None) is None or not cfg.rescore_mask:
+        return None
+    return YolactStage2(net)
+
+
+def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: Yolact, cfg: YolactConfig,
+                             image_size: tuple[int, int], score_threshold: float, ops: PostprocessOps = TORCH_OPS,
+                             geometry: InputGeometry | None = None, stage2: Stage2 | None = None) -> Instances:
+    if stage2 is None:
+        module = build_stage2(net, cfg)
+        stage2 = None if module is None else TorchStage2(module)
     result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold,
-                              maskiou_fn=maskiou, ops=ops)  # geometry: always S x S
+                              stage2=stage2, ops=ops)  # geometry: always S x S
     return to_numpy_instances(result, image_size)
 
 
 def loss_terms(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: Yolact, cfg: YolactConfig,
-         loss_config: YolactLossConfig = YolactLossConfig()) -> dict[str, torch.Tensor]:
+               loss_config: YolactLossConfig = YolactLossConfig()) -> dict[str, torch.Tensor]:
     maskiou_net = net.maskiou_net if cfg.use_maskiou else None
     return yolact_loss(outputs, targets, net.priors, cfg=loss_config, maskiou_net=maskiou_net)
 
@@ -114,4 +126,5 @@ YOLACT = Family(
     variants=YOLACT_VARIANTS,
     preprocess_params=preprocess_params,
     training_preprocess=training_preprocess,
+    stage2=build_stage2,
 )

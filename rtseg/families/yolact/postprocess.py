@@ -12,11 +12,11 @@ Upstream references are dbolya/yolact
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from rtseg.families.base import Stage2
 from rtseg.families.yolact.network import YolactConfig
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
 
@@ -173,7 +173,7 @@ class YolactResult:
 
 def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: YolactConfig,
                 image_size: tuple[int, int], *, score_threshold: float = 0.0, batch_index: int = 0,
-                maskiou_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                stage2: Stage2 | None = None,
                 ops: PostprocessOps = TORCH_OPS) -> YolactResult:
     """Head outputs of one image -> final detections (``Detect`` + ``output_utils.postprocess``).
 
@@ -183,7 +183,9 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         image_size: ``(H, W)`` of the original image; boxes and masks are returned in it.
         score_threshold: detections with score ``<=`` this are dropped before mask assembly
             (``score_threshold`` of upstream's ``postprocess``; 0 keeps all).
-        maskiou_fn: YOLACT++ mask re-scoring net (``float32[N, 1, h, w] -> float32[N, C-1]``);
+        stage2: YOLACT++'s second stage, the mask re-scoring net
+            (``{"masks": float32[N, 1, h, w], "class_ids": int64[N]} -> {"maskiou": float32[N]}``,
+            :class:`rtseg.families.yolact.stage2.YolactStage2` or a backend's run of it);
             when given and ``cfg.rescore_mask``, ``mask_scores = scores * maskiou`` (upstream
             ``postprocess`` with ``rescore_mask``: ``[scores, scores * maskiou]``, the second
             what its mask AP ranks by); order and ``scores`` stay the box scores'. As upstream,
@@ -211,7 +213,7 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         index, scores, class_ids = index[keep], scores[keep], class_ids[keep]
 
     det_boxes, det_coef = boxes[index], coef[index]
-    rescore = maskiou_fn is not None and cfg.rescore_mask
+    rescore = stage2 is not None and cfg.rescore_mask
     mask_scores = None
     if ops.yolact_masks is not None and not rescore:
         masks = ops.yolact_masks(proto, det_coef, det_boxes, (h, w))  # fused: no soft masks kept
@@ -219,8 +221,7 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         soft = assemble_masks(proto, det_coef, det_boxes)
         if rescore:
             if index.shape[0] > 0:
-                maskiou = maskiou_fn(soft[:, None])
-                mask_scores = scores * maskiou.gather(1, class_ids[:, None]).squeeze(1)
+                mask_scores = scores * stage2({"masks": soft[:, None], "class_ids": class_ids})["maskiou"]
             else:
                 mask_scores = scores.clone()
         masks = masks_to_image(soft, (h, w))
