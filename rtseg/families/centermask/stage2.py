@@ -34,6 +34,13 @@ class CenterMaskStage2(nn.Module):
         self.maskiou_head = getattr(net.roi_heads, "maskiou_head", None)
         self.output_names: tuple[str, ...] = ("mask_probs", "maskiou") if self.maskiou_head is not None \
             else ("mask_probs",)
+        self.cfg = net.cfg
+
+    def example_inputs(self, k: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` RoIs of zeros in the shapes of :meth:`forward` (for export)."""
+        r = int(self.cfg.pooler_resolution)
+        return (torch.zeros(k, int(self.cfg.fpn_channels), r, r, device=device),
+                torch.zeros(k, dtype=torch.int64, device=device))
 
     def forward(self, roi_feats: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.mask_head(roi_feats)  # [K, classes, 2R, 2R]

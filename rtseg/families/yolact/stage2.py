@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rtseg.families.yolact.network import Yolact
+from rtseg.families.yolact.network import Yolact, _level_sizes
 
 
 class YolactStage2(nn.Module):
@@ -28,6 +28,13 @@ class YolactStage2(nn.Module):
     def __init__(self, net: Yolact) -> None:
         super().__init__()
         self.maskiou_net = net.maskiou_net
+        # the prototypes are at twice P3's resolution (ProtoNet's upsampling of P3)
+        self.mask_size = 2 * _level_sizes(int(net.cfg.max_size))[0][0]
+
+    def example_inputs(self, k: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` detections of zeros in the shapes of :meth:`forward` (for export)."""
+        s = self.mask_size
+        return torch.zeros(k, 1, s, s, device=device), torch.zeros(k, dtype=torch.int64, device=device)
 
     def forward(self, masks: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tensor]:
         return (self.maskiou_net(masks).gather(1, class_ids.view(-1, 1))[:, 0],)
