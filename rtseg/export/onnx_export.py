@@ -183,6 +183,7 @@ def export_stage2_onnx(net: nn.Module, cfg: Any, path: str, *, opset: int = DEFA
         "model": cfg.name,
         "family": cfg.family,
         "stage": 2,
+        "max_k": int(module.max_k),  # the most RoIs / detections post-processing hands it
         "inputs": [describe(i) for i in model.graph.input],
         "outputs": [describe(o) for o in model.graph.output],
         "opset": opset,

@@ -93,9 +93,10 @@ class Family:
       into the fixed canvas ``cfg.input_size`` (plain Python, no GPU).
     - ``stage2(net, cfg) -> nn.Module | None``: the second stage (RoI or re-scoring heads that run on
       the detections post-processing keeps; ``rtseg/families/<name>/stage2.py``) sharing ``net``'s
-      parameters, with ``input_names`` / ``output_names`` and ``forward(*inputs) -> tuple``; the
-      first axis of every input and output is the number of detections ``K``. ``None`` where the
-      variant has none.
+      parameters, with ``input_names`` / ``output_names``, ``forward(*inputs) -> tuple``,
+      ``example_inputs(k, device)`` and ``max_k`` (the most detections post-processing hands it);
+      the first axis of every input and output is the number of detections ``K``. ``None`` where
+      the variant has none.
     - ``training_preprocess(cfg) -> callable | None``: the ``preprocess`` argument of
       :class:`rtseg.data.coco.CocoInstanceDataset` for training this family (a picklable
       ``uint8[1, S, S, 3]`` BGR -> ``float32[1, 3, S, S]``), or ``None`` for the dataset's own

@@ -35,6 +35,8 @@ class CenterMaskStage2(nn.Module):
         self.output_names: tuple[str, ...] = ("mask_probs", "maskiou") if self.maskiou_head is not None \
             else ("mask_probs",)
         self.cfg = net.cfg
+        #: the most RoIs post-processing hands it (the NMS keeps ``post_nms_topk``)
+        self.max_k = int(net.cfg.post_nms_topk)
 
     def example_inputs(self, k: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` RoIs of zeros in the shapes of :meth:`forward` (for export)."""

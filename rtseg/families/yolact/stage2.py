@@ -30,6 +30,8 @@ class YolactStage2(nn.Module):
         self.maskiou_net = net.maskiou_net
         # the prototypes are at twice P3's resolution (ProtoNet's upsampling of P3)
         self.mask_size = 2 * _level_sizes(int(net.cfg.max_size))[0][0]
+        #: the most detections post-processing hands it (Fast NMS keeps ``max_num_detections``)
+        self.max_k = int(net.cfg.max_num_detections)
 
     def example_inputs(self, k: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """``k`` detections of zeros in the shapes of :meth:`forward` (for export)."""
