@@ -191,7 +191,13 @@ class Segmenter:
         if engine is None:
             raise ConfigError(f"--backend tensorrt needs an engine file: rtseg export --model {self.model_name} "
                               "--format engine, then pass --engine PATH")
-        return TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph)
+        backend_ = TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph)
+        if self.family.stage2(self.net, self.config) is not None:
+            from rtseg.backends.tensorrt_backend import TensorRTStage2
+            from rtseg.export.engine import stage2_engine_path_for
+
+            self.stage2 = TensorRTStage2(stage2_engine_path_for(engine), model=self.model_name, device=self.device)
+        return backend_
 
     def _onnxruntime_stage2(self, path: str, manifest: dict) -> Stage2:
         """The second stage exported beside the stage-1 graph ``path``, refused when missing or

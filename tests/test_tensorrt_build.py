@@ -257,3 +257,20 @@ def test_stage2_engine_is_built_with_a_k_profile(name, tmp_path):
     assert other.built and other.path != first.path  # another K range is another engine
     with pytest.raises(EngineError, match="not a stage-2 graph"):
         ensure_stage2_engine(_export("yolact_resnet18_half_384", tmp_path), str(tmp_path / "engines"), RTX)
+
+
+def test_ensure_engine_builds_the_stage2_engine_beside_stage1(onnx_dir, tmp_path):
+    """``ensure_engine`` (``rtseg build-engine``, ``rtseg export --format engine``) on an ONNX with a
+    ``<stem>.stage2.onnx`` beside it builds the second engine as ``<engine stem>.stage2.engine``."""
+    from rtseg.export.engine import STAGE2_ENGINE_SCHEMA, stage2_engine_path_for
+
+    onnx_path = _export("centermask_lite_vovnet19_quarter_384", onnx_dir)
+    assert os.path.isfile(onnx_path[:-5] + ".stage2.onnx")
+    first = ensure_engine(onnx_path, str(tmp_path), RTX)
+    assert first.stage2 is not None and first.stage2.built
+    assert first.stage2.path == stage2_engine_path_for(first.path) and os.path.isfile(first.stage2.path)
+    assert first.stage2.manifest["schema"] == STAGE2_ENGINE_SCHEMA
+    again = ensure_engine(onnx_path, str(tmp_path), RTX)
+    assert not again.built and again.stage2 is not None and not again.stage2.built
+    # families without a second stage build one engine
+    assert ensure_engine(_export("solov2_light_resnet18_half_384", onnx_dir), str(tmp_path), RTX).stage2 is None
