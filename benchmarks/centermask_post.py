@@ -3,7 +3,7 @@
 ``Segmenter.process``'s post-processing stage for CenterMask runs, per image: FCOS decoding
 (``fcos_candidates``), class-aware NMS, the RoI heads on the kept boxes (``mask_head_outputs``:
 RoIAlign, SAG-Mask, MaskIoU) and the paste into the frame (``paste_masks``). Each is timed
-by wrapping the function in :mod:`rtseg.postprocess.centermask` for this run; the rest of
+by wrapping the function in :mod:`rtseg.families.centermask.postprocess` for this run; the rest of
 the stage (thresholds, sorting, conversion to numpy) is the remainder. Mean ms per frame
 after ``--warmup`` frames.
 
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-import rtseg.postprocess.centermask as cm
+import rtseg.families.centermask.postprocess as cm
 from rtseg.segmenter import Segmenter
 from rtseg.synthetic import SyntheticVideo
 

@@ -86,7 +86,7 @@ def layer_rows(runs: int, threads: int, folder: str) -> list[dict]:
 def network_rows(runs: int, threads: int, folder: str, full: bool) -> list[dict]:
     from rtseg.export.onnx_export import export_onnx
     from rtseg.models import MODELS
-    from rtseg.models.yolact import Yolact
+    from rtseg.families.yolact.network import Yolact
 
     rows = []
     cfgs = [("YOLACT++ DCN layout, 1/4 width, 256x256",

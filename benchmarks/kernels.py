@@ -47,7 +47,7 @@ def _boxes(g: torch.Generator, n: int, device: torch.device) -> torch.Tensor:
 
 def fast_nms_workload(n: int, device: torch.device, g: torch.Generator) -> Workload:
     from rtseg.kernels import nms as knms
-    from rtseg.postprocess.yolact import fast_nms
+    from rtseg.families.yolact.postprocess import fast_nms
 
     classes = 80  # COCO, as YOLACT; top_k / max_detections are YOLACT's defaults (nms_top_k 200, max_num_detections 100)
     boxes = _boxes(g, n, device)
@@ -62,7 +62,7 @@ def greedy_nms_workload(n: int, device: torch.device, g: torch.Generator) -> Wor
     from torchvision.ops import batched_nms
 
     from rtseg.kernels import nms as knms
-    from rtseg.postprocess.centermask import class_aware_nms
+    from rtseg.families.centermask.postprocess import class_aware_nms
 
     boxes = _boxes(g, n, device)
     scores = torch.rand(n, generator=g).to(device)
@@ -77,7 +77,7 @@ def greedy_nms_workload(n: int, device: torch.device, g: torch.Generator) -> Wor
 
 def matrix_nms_workload(n: int, device: torch.device, g: torch.Generator) -> Workload:
     from rtseg.kernels import nms as knms
-    from rtseg.postprocess.solov2 import matrix_nms
+    from rtseg.families.solov2.postprocess import matrix_nms
 
     h, w = 96, 160  # mask features of a 384 x 640 input at stride 4
     masks = (torch.rand(n, 1, 1, generator=g) > torch.rand(n, h, w, generator=g)).to(device)
@@ -119,7 +119,7 @@ def _pixel_boxes(g: torch.Generator, n: int, frame: tuple[int, int], device: tor
 def assemble_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch.Generator], Workload]:
     def build(size: int, device: torch.device, g: torch.Generator) -> Workload:
         from rtseg.kernels.masks import assemble_masks_cuda
-        from rtseg.postprocess.yolact import assemble_masks, masks_to_image
+        from rtseg.families.yolact.postprocess import assemble_masks, masks_to_image
 
         frame = FRAME_SIZES[frame_name]
         n = _instances(size)
@@ -136,7 +136,7 @@ def assemble_masks_workload(frame_name: str) -> Callable[[int, torch.device, tor
 def paste_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch.Generator], Workload]:
     def build(size: int, device: torch.device, g: torch.Generator) -> Workload:
         from rtseg.kernels.masks import paste_masks_cuda
-        from rtseg.postprocess.centermask import paste_masks
+        from rtseg.families.centermask.postprocess import paste_masks
 
         frame = FRAME_SIZES[frame_name]
         n = _instances(size)
@@ -153,7 +153,8 @@ def preprocess_workload(family: str, frame_name: str) -> Callable[[int, torch.de
     def build(size: int, device: torch.device, g: torch.Generator) -> Workload:
         from rtseg.kernels.masks import preprocess_cuda
         from rtseg.models import MODELS
-        from rtseg.postprocess import centermask, yolact
+        from rtseg.families.centermask import preprocess as centermask
+        from rtseg.families.yolact import preprocess as yolact
 
         frame = FRAME_SIZES[frame_name]
         frames = max(1, size // 1000)

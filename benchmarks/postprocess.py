@@ -46,9 +46,10 @@ from torchvision.ops import batched_nms
 from common import hardware
 
 from rtseg.models import MODELS
-from rtseg.postprocess import centermask as cm_ops
-from rtseg.postprocess import solov2 as solo_ops
-from rtseg.postprocess import yolact as yolact_ops
+from rtseg.families.centermask import postprocess as cm_ops
+from rtseg.families.solov2 import postprocess as solo_ops
+from rtseg.families.solov2.preprocess import resized_shape
+from rtseg.families.yolact import postprocess as yolact_ops
 from rtseg.segmenter import configure_threads
 
 FRAME = (480, 640)
@@ -197,7 +198,7 @@ def upstream_solov2(outputs: dict, cfg, image_size: tuple[int, int]):
     sort_inds = torch.argsort(cate_scores, descending=True)[:cfg.max_per_img]
     seg_preds, cate_scores, cate_labels = seg_preds[sort_inds], cate_scores[sort_inds], cate_labels[sort_inds]
     fh, fw = seg_preds.shape[-2:]
-    hr, wr = solo_ops.resized_shape(image_size, cfg)
+    hr, wr = resized_shape(image_size, cfg)
     seg = F.interpolate(seg_preds[None], size=(fh * 4, fw * 4), mode="bilinear", align_corners=False)[:, :, :hr, :wr]
     seg_masks = F.interpolate(seg, size=image_size, mode="bilinear", align_corners=False)[0] > cfg.mask_thr
     return seg_masks, cate_labels, cate_scores

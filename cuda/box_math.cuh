@@ -20,7 +20,7 @@ RT_HD unsigned int rt_popc(unsigned int x) {
 }
 
 // IoU of two xyxy boxes (4 consecutive floats each), rounded exactly as
-// rtseg.postprocess.yolact.box_iou and torchvision's CPU nms kernel round it:
+// rtseg.families.yolact.postprocess.box_iou and torchvision's CPU nms kernel round it:
 //   w = max(0, min(a.x2, b.x2) - max(a.x1, b.x1)), h likewise, inter = w * h,
 //   iou = inter / ((area_a + area_b) - inter), area = (x2 - x1) * (y2 - y1).
 // Degenerate boxes follow IEEE: two zero-area boxes give 0 / 0 = NaN, as in torch.

@@ -1,4 +1,4 @@
-// Fast NMS (YOLACT, Bolya et al. 2019, Sec. 3.4); torch twin: rtseg/postprocess/yolact.py::fast_nms.
+// Fast NMS (YOLACT, Bolya et al. 2019, Sec. 3.4); torch twin: rtseg/families/yolact/postprocess.py::fast_nms.
 //
 // The caller (rtseg/kernels/nms.py) sorts each class's scores (torch's stable segmented sort) and
 // keeps the best K = min(top_k, N); the kernels take it from there and return kept candidate indices.

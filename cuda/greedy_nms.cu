@@ -1,5 +1,5 @@
 // Greedy NMS batched over classes (FCOS / CenterMask), with a suppression bitmask;
-// torch twin: rtseg/postprocess/centermask.py::class_aware_nms (torchvision batched_nms).
+// torch twin: rtseg/families/centermask/postprocess.py::class_aware_nms (torchvision batched_nms).
 //
 // The caller (rtseg/kernels/nms.py) sorts the candidates by score (torch's stable argsort); the
 // kernels see them in that order. Candidate j is suppressed when an earlier *kept* candidate i of

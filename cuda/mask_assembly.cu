@@ -1,6 +1,6 @@
 // cuda/mask_assembly.cu: YOLACT mask assembly, threshold(resize(crop(sigmoid(P C^T)))).
 //
-// Torch reference twin: rtseg/postprocess/yolact.py `assemble_masks` (sigmoid of the
+// Torch reference twin: rtseg/families/yolact/postprocess.py `assemble_masks` (sigmoid of the
 // prototype / coefficient product, `crop_masks` with padding 1 at prototype resolution)
 // followed by `masks_to_image` (F.interpolate bilinear, align_corners=False, to the frame
 // size, then `> threshold`, 0.5 in `postprocess`). The crop happens BEFORE the resize, at

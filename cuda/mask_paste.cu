@@ -1,7 +1,7 @@
 // cuda/mask_paste.cu: CenterMask / Mask R-CNN paste of RoI masks into the frame, all
 // instances in one launch.
 //
-// Torch reference twin: rtseg/postprocess/centermask.py `paste_masks` (detectron2's
+// Torch reference twin: rtseg/families/centermask/postprocess.py `paste_masks` (detectron2's
 // `_do_paste_mask`: grid_sample, align_corners=False, zeros outside the RoI mask; `>= threshold`).
 // Frame pixel centre c + 0.5 maps to mask coordinate u = (c + 0.5 - x0) / (x1 - x0) * M - 0.5;
 // the value is the bilinear tent sum over mask taps m of max(0, 1 - |u - m|), separable in y

@@ -1,4 +1,4 @@
-// Matrix NMS (SOLOv2, Wang et al. 2020, Sec. 4); torch twin: rtseg/postprocess/solov2.py::matrix_nms.
+// Matrix NMS (SOLOv2, Wang et al. 2020, Sec. 4); torch twin: rtseg/families/solov2/postprocess.py::matrix_nms.
 //
 // Masks come sorted by score, highest first. The mask IoU matrix is built from bit-packed masks
 // (one popcount per 32 pixels instead of a float matmul over every pixel), and only for the pairs

@@ -1,6 +1,6 @@
 // cuda/preprocess.cu: resize + normalise + HWC uint8 BGR -> CHW float32 / float16, one pass.
 //
-// Torch reference twins: `preprocess` in rtseg/postprocess/yolact.py, solov2.py and
+// Torch reference twins: `preprocess` in rtseg/families/yolact/postprocess.py, solov2.py and
 // centermask.py. All three are this one op with different parameters (the wrapper
 // rtseg/kernels/masks.py `preprocess_cuda` derives them from each family's config):
 //

@@ -412,6 +412,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                          dynamic_hw=seg.geometry_follows_frame)  # issue 16: official keep-ratio variants
     outputs = ", ".join(f"{o['name']}{o['shape']}" for o in result.manifest["outputs"])
     print(f"wrote {result.path} (input {result.manifest['input']['shape']}; outputs {outputs}) and {result.manifest_path}")
+    if result.stage2 is not None:
+        print(f"wrote stage 2 {result.stage2.path} (K = {result.stage2.manifest['inputs'][0]['shape'][0]} RoIs, "
+              f"at most {result.stage2.manifest['max_k']}) and {result.stage2.manifest_path}")
     if args.format == "engine":
         args.onnx = result.path
         return cmd_build_engine(args)
@@ -442,6 +445,9 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
                            rebuild=args.rebuild)
     how = f"built in {result.seconds:.1f} s" if result.built else "cached: same ONNX, settings and TensorRT"
     print(f"engine {result.path} ({result.manifest['tensorrt']}, {how}) and {result.path[:-len('.engine')]}.json")
+    if result.stage2 is not None:
+        how = f"built in {result.stage2.seconds:.1f} s" if result.stage2.built else "cached"
+        print(f"stage-2 engine {result.stage2.path} (K {result.stage2.manifest['input']['k']}, {how})")
     return 0
 
 

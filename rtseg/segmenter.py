@@ -17,9 +17,9 @@ import torch
 from rtseg import device as devices
 from rtseg.backends import BACKENDS, TRITON_SCHEME, Backend, TorchBackend
 from rtseg.defaults import DEFAULT_SCORE_THRESHOLD
-from rtseg.errors import ConfigError
+from rtseg.errors import ConfigError, EngineError
 from rtseg.families import family_of
-from rtseg.families.base import InputGeometry, ModelConfig, check_canvas
+from rtseg.families.base import InputGeometry, ModelConfig, Stage2, check_canvas
 from rtseg.models import DEFAULT_MODEL, get_config
 from rtseg.models.checkpoint import load_weights
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, cuda_ops
@@ -156,6 +156,9 @@ class Segmenter:
         self.net = net.eval().to(self.device)
         self.weights_path = weights
         self.cuda_graph = cuda_graph  # --backend tensorrt: replay inference as a CUDA graph
+        #: the family's second stage as post-processing calls it (``None``: the torch module of
+        #: ``self.net``, or no second stage); set by the backends that run it
+        self.stage2: Stage2 | None = None
         self.backend = self._make_backend(backend, engine, cache_dir)
 
     @staticmethod
@@ -198,14 +201,40 @@ class Segmenter:
             if self.half and backend_.manifest["input"].get("dtype") != "float16":
                 raise ConfigError(f"--half with --backend onnxruntime needs a float16 graph, '{path}' is float32: "
                                   f"rtseg export --model {self.model_name} --half, then --engine PATH")
+            if self.family.stage2(self.net, self.config) is not None:
+                self.stage2 = self._onnxruntime_stage2(path, backend_.manifest)
             return backend_
         from rtseg.backends.tensorrt_backend import TensorRTBackend
 
         if engine is None:
             raise ConfigError(f"--backend tensorrt needs an engine file: rtseg export --model {self.model_name} "
                               "--format engine, then pass --engine PATH")
-        return TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph,
-                               half=self.half)
+        backend_ = TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph,
+                                   half=self.half)
+        if self.family.stage2(self.net, self.config) is not None:
+            from rtseg.backends.tensorrt_backend import TensorRTStage2
+            from rtseg.export.engine import stage2_engine_path_for
+
+            self.stage2 = TensorRTStage2(stage2_engine_path_for(engine), model=self.model_name, device=self.device)
+        return backend_
+
+    def _onnxruntime_stage2(self, path: str, manifest: dict) -> Stage2:
+        """The second stage exported beside the stage-1 graph ``path``, refused when missing or
+        when it is not the one exported with it."""
+        from rtseg.backends.onnxruntime_backend import OnnxRuntimeStage2
+        from rtseg.export.onnx_export import stage2_path_for
+
+        stage2_path = stage2_path_for(path)
+        rebuild = f"rtseg export --model {self.model_name} --format onnx"
+        if not os.path.isfile(stage2_path):
+            raise EngineError(f"model {self.model_name} has a second stage but '{stage2_path}' is missing beside "
+                              f"'{path}'; export both with: {rebuild}")
+        stage2 = OnnxRuntimeStage2(stage2_path, model=self.model_name, device=self.device)
+        expected = (manifest.get("stage2") or {}).get("onnx_sha256")
+        if expected != stage2.manifest.get("onnx_sha256"):
+            raise EngineError(f"'{stage2_path}' (ONNX SHA-256 {str(stage2.manifest.get('onnx_sha256'))[:12]}) is not the "
+                              f"stage 2 exported with '{path}' (which names {str(expected)[:12]}); export both with: {rebuild}")
+        return stage2
 
     def _check_graph_shape(self, path: str, shape: list) -> None:
         """A graph with a fixed height and width serves only that input: say so now, not per frame."""
@@ -274,7 +303,7 @@ class Segmenter:
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named raw head outputs from the backend (see the family's network, e.g.
-        :class:`rtseg.models.yolact.Yolact`); float32 whatever precision the network ran in."""
+        :class:`rtseg.families.yolact.network.Yolact`)."""
         return self.backend(batch)
 
     @torch.inference_mode()
@@ -282,7 +311,7 @@ class Segmenter:
         """Outputs of one frame of ``image_size`` (preprocessed by :meth:`preprocess`) -> :class:`Instances`."""
         geometry = self.geometry(image_size)
         instances = self.family.postprocess(outputs, self.net, self.config, image_size, self.score_threshold,
-                                            self.ops, geometry)
+                                            self.ops, geometry, self.stage2)
         if self.rank_by == "mask_score":
             instances = instances.ranked_by_mask_score(self.score_threshold)
         return instances

@@ -71,7 +71,7 @@ def mmdet_state_dict(variant: str, layout: str = "mmdetection") -> dict[str, tor
     """
     from official_reference_solov2 import FIXTURE_DIR, deterministic_state_dict
     from rtseg.models import get_config
-    from rtseg.models.solov2_checkpoints import convert_state_dict
+    from rtseg.families.solov2.checkpoints import convert_state_dict
 
     mm_keys = json.loads((FIXTURE_DIR / "solov2_keys" / layout / f"{variant}.json").read_text())["keys"]
     names = list(mm_keys)

@@ -1,4 +1,4 @@
-"""Loop-based reference twins of rtseg.postprocess.centermask / rtseg.train.centermask_loss.
+"""Loop-based reference twins of rtseg.families.centermask.postprocess / rtseg.families.centermask.loss.
 
 Written for clarity, not speed: one location, box or instance at a time, straight from the
 upstream code's description (centermask2 ``fcos_outputs.py``, ``pooler.py``; detectron2

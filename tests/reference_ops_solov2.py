@@ -3,7 +3,7 @@
 Written for clarity, not speed: one Python loop per instance / pair / pixel, float64 NumPy
 (float32 where upstream's own arithmetic is float32 and the result depends on it), straight
 from the SOLOv2 paper and WXinlong/SOLO's ``solov2_head.py`` / ``matrix_nms.py``. The
-vectorised torch ops in ``rtseg/postprocess/solov2.py`` and ``rtseg/train/solov2_loss.py``
+vectorised torch ops in ``rtseg/families/solov2/postprocess.py`` and ``rtseg/families/solov2/loss.py``
 are tested against these.
 """
 

@@ -16,8 +16,8 @@ from rtseg.data import augment as aug
 from rtseg.data.coco import CocoInstanceDataset, collate, load_coco_folder
 from rtseg.data.synthetic_coco import generate_dataset, image_rng
 from rtseg.errors import ConfigError
-from rtseg.models.yolact import YolactConfig
-from rtseg.postprocess.yolact import preprocess
+from rtseg.families.yolact.network import YolactConfig
+from rtseg.families.yolact.preprocess import preprocess
 from rtseg.synthetic import CLASS_NAMES, render_scene
 
 SIZE = (96, 128)  # small images keep the tests fast

@@ -23,7 +23,7 @@ from rtseg.export.cache import cached_onnx, onnx_cache_key
 from rtseg.export.onnx_export import export_onnx, read_manifest
 from rtseg.export.tensorrt_ops import SUPPORTED_OPS, tensorrt_refusals, unsupported_nodes
 from rtseg.models import DEFAULT_MODEL, MODELS
-from rtseg.models.yolact import Yolact
+from rtseg.families.yolact.network import Yolact
 from rtseg.segmenter import Segmenter
 from rtseg.synthetic import SyntheticVideo
 

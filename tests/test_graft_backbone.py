@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtseg.models import MODELS
-from rtseg.models.solov2 import Solov2
+from rtseg.families.solov2.network import Solov2
 from rtseg.train.trainer import load_matching_weights
 
 ROOT = Path(__file__).resolve().parents[1]

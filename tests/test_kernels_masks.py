@@ -14,6 +14,7 @@ may differ; such pixels are counted, and bounded to a tiny share of all pixels.
 from __future__ import annotations
 
 import ctypes
+import importlib
 from dataclasses import replace
 
 import numpy as np
@@ -23,12 +24,11 @@ import torch.nn.functional as F
 
 from cuda_host import build_host_library
 from rtseg.kernels.masks import PreprocessParams, preprocess_params
-from rtseg.models.centermask import CenterMaskConfig
-from rtseg.models.solov2 import Solov2Config
-from rtseg.models.yolact import YolactConfig
-from rtseg.postprocess import centermask as cm_post
-from rtseg.postprocess import solov2 as solo_post
-from rtseg.postprocess import yolact as yolact_post
+from rtseg.families.centermask.network import CenterMaskConfig
+from rtseg.families.solov2.network import Solov2Config
+from rtseg.families.yolact.network import YolactConfig
+from rtseg.families.centermask import postprocess as cm_post
+from rtseg.families.yolact import postprocess as yolact_post
 from rtseg.wire import mask_windows
 
 RANDOM_CASES = 1000
@@ -383,11 +383,15 @@ def host_preprocess(lib, images: np.ndarray, p: PreprocessParams, half: bool = F
     return out
 
 
+def float_preprocess(cfg):
+    """The torch twin the kernel reproduces: the family's float-resize path (rtseg's square models;
+    official variants resize uint8 on the host), YOLACT's only preprocessing."""
+    module = importlib.import_module(f"rtseg.families.{cfg.family}.preprocess")
+    return getattr(module, "preprocess_float", module.preprocess)
+
+
 def reference_preprocess(images: np.ndarray, cfg) -> np.ndarray:
-    module = {"yolact": yolact_post, "solov2": solo_post, "centermask": cm_post}[cfg.family]
-    # the kernel computes the float-resize path (rtseg's square models; official variants resize uint8 on the host)
-    fn = getattr(module, "preprocess_float", module.preprocess)
-    return fn(torch.from_numpy(images), cfg).numpy()
+    return float_preprocess(cfg)(torch.from_numpy(images), cfg).numpy()
 
 
 def random_config(rng: np.random.Generator):
@@ -680,8 +684,7 @@ def test_gpu_preprocess_matches_torch():
         h, w = (720, 1280) if case < 6 else (int(v) for v in rng.integers(1, 300, 2))
         images = torch.from_numpy(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)).to(dev)
         got = preprocess_cuda(images, cfg)
-        module = {"yolact": yolact_post, "solov2": solo_post, "centermask": cm_post}[cfg.family]
-        ref = getattr(module, "preprocess_float", module.preprocess)(images, cfg)  # the kernel's float path
+        ref = float_preprocess(cfg)(images, cfg)  # the kernel's float path
         flips.compare(got.cpu().numpy(), ref.cpu().double().numpy(), cfg, f"case {case} {cfg.family}")
         half = preprocess_cuda(images, cfg, half=True)
         assert half.dtype == torch.float16

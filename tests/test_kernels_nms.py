@@ -17,9 +17,9 @@ import torch
 
 from cuda_host import build_host_library
 from rtseg.kernels import nms as knms
-from rtseg.postprocess.centermask import class_aware_nms
-from rtseg.postprocess.solov2 import matrix_nms as matrix_nms_ref
-from rtseg.postprocess.yolact import fast_nms as fast_nms_ref
+from rtseg.families.centermask.postprocess import class_aware_nms
+from rtseg.families.solov2.postprocess import matrix_nms as matrix_nms_ref
+from rtseg.families.yolact.postprocess import fast_nms as fast_nms_ref
 
 CASES = 1000
 P = ctypes.c_void_p

@@ -11,9 +11,9 @@ import torch
 
 from reference_ops_centermask import fcos_targets_loop
 from rtseg.families import FAMILIES
-from rtseg.models.centermask import CenterMask, CenterMaskConfig, make_locations
+from rtseg.families.centermask.network import CenterMask, CenterMaskConfig, make_locations
 from rtseg.models.vovnet import VoVNetSpec
-from rtseg.train.centermask_loss import (
+from rtseg.families.centermask.loss import (
     CenterMaskLossConfig,
     centerness_targets,
     centermask_loss,

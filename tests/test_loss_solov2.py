@@ -13,9 +13,9 @@ import torch
 from reference_ops_solov2 import assign_targets_reference
 from rtseg.families.solov2 import SOLOV2
 from rtseg.models import MODELS
-from rtseg.models.solov2 import Solov2
-from rtseg.train.solov2_loss import (Solov2LossConfig, assign_targets, center_of_mass, dice_loss, downsample_masks,
-                                     sigmoid_focal_loss, solov2_loss)
+from rtseg.families.solov2.network import Solov2
+from rtseg.families.solov2.loss import (Solov2LossConfig, assign_targets, center_of_mass, dice_loss, downsample_masks,
+                                        sigmoid_focal_loss, solov2_loss)
 
 #: a tiny SOLOv2 for fast tests: 64 x 64 input, quarter-width ResNet-18, 32-channel everything
 TINY = dataclasses.replace(

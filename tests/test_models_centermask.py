@@ -13,7 +13,7 @@ import torch
 
 from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import MODELS
-from rtseg.models.centermask import CenterMask, CenterMaskConfig, make_locations
+from rtseg.families.centermask.network import CenterMask, CenterMaskConfig, make_locations
 from rtseg.models.checkpoint import load_weights
 from rtseg.models.vovnet import VOVNET_SPECS, VoVNetSpec
 
@@ -173,7 +173,9 @@ def _compare_with_official(variant: str, tmp_path, device: str = "cpu") -> None:
         load_official_outputs,
         reference_image,
     )
-    from rtseg.postprocess import centermask as post
+    from rtseg.families import FAMILIES
+    from rtseg.families.base import TorchStage2
+    from rtseg.families.centermask import postprocess as post
     from rtseg.segmenter import Segmenter
 
     ref = load_official_outputs(variant)
@@ -212,7 +214,8 @@ def _compare_with_official(variant: str, tmp_path, device: str = "cpu") -> None:
         np.testing.assert_array_equal(cand.class_ids[keep].numpy(), ref["proposal_classes"])
         np.testing.assert_allclose(net.locations[cand.location_index[keep]].numpy(), ref["proposal_locations"])
         feats = [out[f"p{level}"] for level in (3, 4, 5)]
-        probs, maskiou = post.mask_head_outputs(net, cfg, feats, cand.boxes[keep], cand.class_ids[keep], 600.0 * 1000.0)
+        stage2 = TorchStage2(FAMILIES["centermask"].stage2(net, cfg))
+        probs, maskiou = post.mask_head_outputs(stage2, cfg, feats, cand.boxes[keep], cand.class_ids[keep], 600.0 * 1000.0)
         np.testing.assert_allclose(probs.numpy(), ref["roi_mask_probs"], atol=1e-4)
         np.testing.assert_allclose((torch.sqrt(cand.scores[keep]) * maskiou).numpy(), ref["roi_mask_scores"], atol=1e-5)
 

@@ -19,9 +19,9 @@ from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import MODELS, SYNTHETIC_CLASSES
 from rtseg.models.checkpoint import load_weights
 from rtseg.models.mmdet_resnet import make_conv
-from rtseg.models.solov2 import Solov2, Solov2Config
-from rtseg.postprocess.solov2 import point_nms, point_nms_cells
-from rtseg.models.solov2_checkpoints import convert_state_dict, detect_layout
+from rtseg.families.solov2.network import Solov2, Solov2Config
+from rtseg.families.solov2.postprocess import point_nms, point_nms_cells
+from rtseg.families.solov2.checkpoints import convert_state_dict, detect_layout
 from reference_ops_solov2 import point_nms_reference
 
 KEYS = Path(__file__).parent / "fixtures" / "official" / "solov2_keys"

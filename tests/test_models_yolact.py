@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rtseg.models import MODELS
-from rtseg.models.yolact import Yolact, make_priors
+from rtseg.families.yolact.network import Yolact, make_priors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 KEY_FILES = sorted((FIXTURES / "yolact_keys").glob("*.json"))

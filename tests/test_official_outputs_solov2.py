@@ -21,9 +21,9 @@ from official_reference import reference_image
 from official_reference_solov2 import deterministic_state_dict, load_keys, load_outputs
 import torch.nn.functional as F
 
-from rtseg.models.solov2 import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from rtseg.families.solov2.network import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from rtseg.segmenter import Segmenter
-from rtseg.postprocess.solov2 import point_nms_cells
+from rtseg.families.solov2.postprocess import point_nms_cells
 
 
 def canvas_input(image: np.ndarray, resized: tuple[int, int], canvas: tuple[int, int]) -> torch.Tensor:

@@ -17,9 +17,10 @@ from reference_ops_centermask import (
     pool_rois_loop,
 )
 from rtseg.models import MODELS
-from rtseg.models.centermask import CenterMask, CenterMaskConfig
+from rtseg.families.centermask.network import CenterMask, CenterMaskConfig
 from rtseg.models.vovnet import VoVNetSpec
-from rtseg.postprocess import centermask as post
+from rtseg.families.centermask import postprocess as post
+from rtseg.families.centermask import preprocess as pre
 from rtseg.postprocess import to_numpy_instances
 
 LITE = MODELS["centermask2_lite_v19_slim_dw"]
@@ -45,7 +46,7 @@ TINY = CenterMaskConfig(name="tiny", class_names=("a", "b", "c"),
     (SMALL, (480, 640), (384, 384)),  # keep_ratio=False: the whole canvas
 ])
 def test_resized_size_follows_detectron2_then_fits_the_canvas(cfg, size, expected):
-    assert post.resized_size(size, cfg) == expected
+    assert pre.resized_size(size, cfg) == expected
     assert expected[0] <= cfg.input_height and expected[1] <= cfg.input_width
 
 
@@ -54,7 +55,7 @@ def test_preprocess_normalises_and_pads_without_resizing_a_fitting_image():
     img = rng.integers(0, 256, (600, 1000, 3), dtype=np.uint8)
     batch = torch.from_numpy(img)[None]
     before = batch.clone()
-    x = post.preprocess(batch, LITE)
+    x = pre.preprocess(batch, LITE)
     assert torch.equal(batch, before)  # input untouched
     assert x.shape == (1, 3, 608, 1024) and x.dtype == torch.float32
     expected = (torch.from_numpy(img).permute(2, 0, 1).float() - torch.tensor(LITE.pixel_mean).view(3, 1, 1))
@@ -68,8 +69,8 @@ def test_preprocess_resize_matches_pil_bilinear_within_one_grey_level():
     rng = np.random.default_rng(1)
     img = (rng.random((300, 500, 3)) * 255).astype(np.uint8)
     img = np.ascontiguousarray(np.repeat(np.repeat(img[::5, ::5], 5, 0), 5, 1))  # smooth-ish content
-    x = post.preprocess(torch.from_numpy(img)[None], LITE)[0]
-    newh, neww = post.resized_size(img.shape[:2], LITE)
+    x = pre.preprocess(torch.from_numpy(img)[None], LITE)[0]
+    newh, neww = pre.resized_size(img.shape[:2], LITE)
     assert (newh, neww) == (600, 1000)
     pil = np.asarray(Image.fromarray(img).resize((neww, newh), Image.BILINEAR)).astype(np.float32)  # detectron2 ResizeTransform
     ours = (x[:, :newh, :neww] + torch.tensor(LITE.pixel_mean).view(3, 1, 1)).permute(1, 2, 0).numpy()
@@ -78,9 +79,9 @@ def test_preprocess_resize_matches_pil_bilinear_within_one_grey_level():
 
 def test_preprocess_rejects_wrong_input():
     with pytest.raises(ValueError, match=r"uint8 tensor \(B, H, W, 3\) BGR, got torch.float32"):
-        post.preprocess(torch.zeros(1, 10, 10, 3), LITE)
+        pre.preprocess(torch.zeros(1, 10, 10, 3), LITE)
     with pytest.raises(ValueError, match="got torch.uint8 \\(10, 10, 3\\)"):
-        post.preprocess(torch.zeros(10, 10, 3, dtype=torch.uint8), LITE)
+        pre.preprocess(torch.zeros(10, 10, 3, dtype=torch.uint8), LITE)
 
 
 # -- FCOS decoding and NMS ---------------------------------------------------------------------------

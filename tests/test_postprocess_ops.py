@@ -17,7 +17,11 @@ import pytest
 import torch
 
 from rtseg.errors import ConfigError
-from rtseg.postprocess import TORCH_OPS, PostprocessOps, centermask, solov2, yolact
+from rtseg.families import FAMILIES
+from rtseg.families.centermask import postprocess as centermask
+from rtseg.families.solov2 import postprocess as solov2
+from rtseg.families.yolact import postprocess as yolact
+from rtseg.postprocess import TORCH_OPS, PostprocessOps
 from rtseg.segmenter import Segmenter
 from rtseg.synthetic import render_scene
 
@@ -44,8 +48,7 @@ def _twin_ops(calls: list[str]) -> PostprocessOps:
         return yolact.masks_to_image(yolact.assemble_masks(proto, coef, boxes), image_size)
 
     def preprocess(images, cfg):
-        return {"yolact": yolact.preprocess, "solov2": solov2.preprocess,
-                "centermask": centermask.preprocess}[cfg.family](images, cfg)
+        return FAMILIES[cfg.family].preprocess(images, cfg)  # the torch twin (default ops)
 
     return PostprocessOps(
         preprocess=_recording(calls, "preprocess", preprocess),
@@ -96,8 +99,8 @@ def test_yolact_mask_rescoring_keeps_the_soft_mask_path():
                            "max_num_detections": 100, "rescore_mask": True})()
     calls: list[str] = []
     ops = PostprocessOps(yolact_masks=_recording(calls, "yolact_masks", None))
-    result = yolact.postprocess(outputs, priors, cfg, (16, 16), maskiou_fn=lambda soft: torch.ones(soft.shape[0], 1),
-                                ops=ops)
+    result = yolact.postprocess(outputs, priors, cfg, (16, 16),
+                                stage2=lambda inputs: {"maskiou": torch.ones(inputs["masks"].shape[0])}, ops=ops)
     assert calls == [] and result.masks.shape[1:] == (16, 16) and result.masks.shape[0] > 0
 
 

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from rtseg.models import get_config
-from rtseg.postprocess import centermask as cm_post
-from rtseg.postprocess import solov2 as solo_post
-from rtseg.postprocess import yolact as yolact_post
+from rtseg.families.centermask import preprocess as cm_pre
+from rtseg.families.solov2 import preprocess as solo_pre
+from rtseg.families.yolact import preprocess as yolact_pre
 from rtseg.postprocess.resize import mmcv_rescale_size, resize_uint8, shortest_edge_size
 
 
@@ -53,7 +53,7 @@ def test_uint8_resampling_is_the_libraries_own():
 ])
 def test_official_geometry_keeps_the_ratio_and_pads_to_32(model, size, resized, padded):
     cfg = get_config(model)
-    module = solo_post if cfg.family == "solov2" else cm_post
+    module = solo_pre if cfg.family == "solov2" else cm_pre
     g = module.input_geometry(cfg, size)
     assert (g.image_size, g.resized, g.padded) == (size, resized, padded)
     x = module.preprocess(torch.zeros((1, *size, 3), dtype=torch.uint8), cfg, g)
@@ -62,15 +62,15 @@ def test_official_geometry_keeps_the_ratio_and_pads_to_32(model, size, resized, 
 
 def test_canvas_caps_the_resize_and_pads_to_it():
     cfg = get_config("solov2_light_448_r18")
-    g = solo_post.input_geometry(cfg, (480, 288), (448, 768))
+    g = solo_pre.input_geometry(cfg, (480, 288), (448, 768))
     assert g.resized == (448, 269) and g.padded == (448, 768)  # the portrait fitted into the landscape canvas
-    assert cm_post.input_geometry(get_config("centermask2_lite_v19"), (300, 451), (608, 1024)).resized == (600, 902)
+    assert cm_pre.input_geometry(get_config("centermask2_lite_v19"), (300, 451), (608, 1024)).resized == (600, 902)
 
 
 def test_square_models_keep_their_training_stretch():
     for name in ("solov2_light_resnet18_half_384", "centermask_lite_vovnet19_quarter_384"):
         cfg = get_config(name)
-        module = solo_post if cfg.family == "solov2" else cm_post
+        module = solo_pre if cfg.family == "solov2" else cm_pre
         g = module.input_geometry(cfg, (480, 640))
         assert g.resized == g.padded == (384, 384)
         images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1, 480, 640, 3), dtype=np.uint8))
@@ -79,9 +79,9 @@ def test_square_models_keep_their_training_stretch():
 
 def test_yolact_is_always_its_square_and_refuses_another_canvas():
     cfg = get_config("yolact_resnet50")
-    assert yolact_post.input_geometry(cfg, (480, 288)).padded == (550, 550)
+    assert yolact_pre.input_geometry(cfg, (480, 288)).padded == (550, 550)
     with pytest.raises(ValueError, match="550x550.*--canvas 448x768"):
-        yolact_post.input_geometry(cfg, (480, 288), (448, 768))
+        yolact_pre.input_geometry(cfg, (480, 288), (448, 768))
 
 
 def test_a_registered_host_twin_is_resampled_instead_of_the_tensor():

@@ -13,8 +13,9 @@ from reference_ops import bilinear_resize_reference
 from reference_ops_solov2 import (dynamic_conv_reference, masks_to_boxes_reference, masks_to_image_reference,
                                   matrix_nms_reference, postprocess_reference)
 from rtseg.models import MODELS
-from rtseg.postprocess.solov2 import (cell_strides, dynamic_conv, masks_to_boxes, masks_to_image, matrix_nms,
-                                      postprocess, preprocess, resized_shape)
+from rtseg.families.solov2.postprocess import (cell_strides, dynamic_conv, masks_to_boxes, masks_to_image, matrix_nms,
+                                               postprocess)
+from rtseg.families.solov2.preprocess import preprocess, resized_shape
 from rtseg.postprocess import to_numpy_instances
 from rtseg.structures import Instances
 
@@ -298,7 +299,7 @@ def test_postprocess_does_not_modify_outputs():
 def test_many_candidates_are_scored_in_chunks_with_the_same_result(monkeypatch):
     """Above MAX_CANDIDATES_AT_ONCE candidates the masks are computed in chunks (memory);
     the instances equal those of the all-at-once path."""
-    import rtseg.postprocess.solov2 as post
+    import rtseg.families.solov2.postprocess as post
     from rtseg.models import MODELS
 
     cfg = MODELS["solov2_light_resnet18_half_384"]

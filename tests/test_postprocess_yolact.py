@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from reference_ops import (assemble_reference, bilinear_resize_reference, crop_reference, decode_reference,
                            fast_nms_reference)
 from rtseg.models import MODELS
-from rtseg.models.yolact import make_priors
-from rtseg.postprocess.yolact import (assemble_masks, box_iou, crop_masks, decode_boxes, fast_nms, masks_to_image,
-                                      postprocess)
+from rtseg.families.yolact.network import make_priors
+from rtseg.families.yolact.postprocess import (assemble_masks, box_iou, crop_masks, decode_boxes, fast_nms, masks_to_image,
+                                               postprocess)
 
 
 def random_boxes(rng: np.random.Generator, n: int, clustered: bool = True) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 
 from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import MODELS, get_config
-from rtseg.models.yolact import Yolact
+from rtseg.families.yolact.network import Yolact
 from rtseg.segmenter import Segmenter, parse_device
 from rtseg.structures import Instances
 

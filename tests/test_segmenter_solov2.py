@@ -13,7 +13,7 @@ import torch
 
 from rtseg.families.solov2 import SOLOV2
 from rtseg.models import MODELS
-from rtseg.postprocess.solov2 import masks_to_boxes
+from rtseg.families.solov2.postprocess import masks_to_boxes
 from rtseg.segmenter import Segmenter
 
 NAME = "solov2_light_resnet18_half_384"

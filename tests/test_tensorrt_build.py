@@ -166,7 +166,7 @@ def test_engine_cli_refusals_are_one_line(tmp_path):
 
 def _yolact_plus_quarter():
     """YOLACT++ R-50's DCN layout at a quarter of the width (a quick export; same operators)."""
-    from rtseg.models.yolact import Yolact
+    from rtseg.families.yolact.network import Yolact
 
     cfg = dataclasses.replace(MODELS["yolact_plus_resnet50"], max_size=256, backbone_width=0.25, fpn_features=32,
                               proto_channels=32)
@@ -226,3 +226,51 @@ def test_an_engine_over_a_dynamic_height_and_width_gets_one_profile_for_them(tmp
     assert built.built and built.manifest["input"]["profile"] == {
         "min": [1, 4, 8, 8], "opt": [1, 4, 16, 20], "max": [1, 4, 64, 96]}
     assert "--dynamic-height 8,16,64 --dynamic-width 8,20,96" in built.manifest["rebuild"]
+
+
+@pytest.mark.parametrize("name", ["centermask_lite_vovnet19_quarter_384", "yolact_plus_resnet50"])
+def test_stage2_engine_is_built_with_a_k_profile(name, tmp_path):
+    """A family's second stage (``<stem>.stage2.onnx``) is a second real engine: the parser takes
+    it, the builder builds it with one profile whose first axis (K RoIs) ranges 1..max_k."""
+    from rtseg.export.engine import STAGE2_ENGINE_SCHEMA, ensure_stage2_engine
+    from rtseg.export.onnx_export import export_stage2_onnx
+    from rtseg.families import family_of
+
+    cfg = MODELS[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = family_of(cfg).build(cfg).eval()
+    stage2_onnx = export_stage2_onnx(net, cfg, str(tmp_path / f"{name}.stage2.onnx"))
+    max_k = stage2_onnx.manifest["max_k"]
+    assert unsupported_nodes(onnx.load(stage2_onnx.path)) == []
+    first = ensure_stage2_engine(stage2_onnx.path, str(tmp_path / "engines"), RTX)
+    assert first.built and os.path.getsize(first.path) > 1 << 10  # a real serialized engine
+    saved = json.loads(open(first.path[: -len(".engine")] + ".json").read())
+    assert saved["schema"] == STAGE2_ENGINE_SCHEMA and saved["model"] == name and saved["stage"] == 2
+    assert saved["input"]["k"] == [1, min(16, max_k), max_k]
+    for inp in stage2_onnx.manifest["inputs"]:
+        prof = saved["input"]["profile"][inp["name"]]
+        assert prof["min"][0] == 1 and prof["max"][0] == max_k and prof["min"][1:] == prof["max"][1:] == inp["shape"][1:]
+    again = ensure_stage2_engine(stage2_onnx.path, str(tmp_path / "engines"), RTX)
+    assert not again.built and again.path == first.path  # cached
+    other = ensure_stage2_engine(stage2_onnx.path, str(tmp_path / "engines"), RTX, k=(1, 4, 8))
+    assert other.built and other.path != first.path  # another K range is another engine
+    with pytest.raises(EngineError, match="not a stage-2 graph"):
+        ensure_stage2_engine(_export("yolact_resnet18_half_384", tmp_path), str(tmp_path / "engines"), RTX)
+
+
+def test_ensure_engine_builds_the_stage2_engine_beside_stage1(onnx_dir, tmp_path):
+    """``ensure_engine`` (``rtseg build-engine``, ``rtseg export --format engine``) on an ONNX with a
+    ``<stem>.stage2.onnx`` beside it builds the second engine as ``<engine stem>.stage2.engine``."""
+    from rtseg.export.engine import STAGE2_ENGINE_SCHEMA, stage2_engine_path_for
+
+    onnx_path = _export("centermask_lite_vovnet19_quarter_384", onnx_dir)
+    assert os.path.isfile(onnx_path[:-5] + ".stage2.onnx")
+    first = ensure_engine(onnx_path, str(tmp_path), RTX)
+    assert first.stage2 is not None and first.stage2.built
+    assert first.stage2.path == stage2_engine_path_for(first.path) and os.path.isfile(first.stage2.path)
+    assert first.stage2.manifest["schema"] == STAGE2_ENGINE_SCHEMA
+    again = ensure_engine(onnx_path, str(tmp_path), RTX)
+    assert not again.built and again.stage2 is not None and not again.stage2.built
+    # families without a second stage build one engine
+    assert ensure_engine(_export("solov2_light_resnet18_half_384", onnx_dir), str(tmp_path), RTX).stage2 is None

@@ -21,11 +21,11 @@ from rtseg.data.synthetic_coco import generate_dataset
 from rtseg.errors import CheckpointError, ConfigError
 from rtseg.models import get_config
 from rtseg.models.checkpoint import load_weights
-from rtseg.models.yolact import Yolact, make_priors
+from rtseg.families.yolact.network import Yolact, make_priors
 from rtseg.train.trainer import (EpochBatchSampler, init_from_scratch, learning_rate, load_matching_weights, train,
                                  validation_loss)
-from rtseg.train.yolact_loss import (YolactLossConfig, encode_boxes, match_priors, ohem_conf_loss, priors_to_xyxy,
-                                     yolact_loss)
+from rtseg.families.yolact.loss import (YolactLossConfig, encode_boxes, match_priors, ohem_conf_loss, priors_to_xyxy,
+                                        yolact_loss)
 
 SIZE = 128
 
@@ -145,7 +145,7 @@ def test_match_with_no_ground_truth_is_all_background():
 
 
 def test_encode_inverts_decode():
-    from rtseg.postprocess.yolact import decode_boxes
+    from rtseg.families.yolact.postprocess import decode_boxes
 
     priors = make_priors(tiny_config())[:50]
     loc = torch.randn(50, 4, generator=torch.Generator().manual_seed(1))

@@ -49,6 +49,33 @@ def _register_rtx_plugin(ort) -> list:
     return [d for d in ort.get_ep_devices() if d.ep_name == name]
 
 
+def _session(ort, path: str, device: torch.device, threads: int | None):
+    """``(InferenceSession, provider names)`` for ``path``, preferring GPU providers for a CUDA ``device``."""
+    import importlib.util
+
+    plugin_installed = importlib.util.find_spec(RTX_EP_MODULE) is not None
+    use_plugin, wanted = choose_providers(device.type, ort.get_available_providers(), plugin_installed)
+    opts = ort.SessionOptions()
+    plugin_devices = _register_rtx_plugin(ort) if use_plugin else []
+    if plugin_devices:
+        opts.add_provider_for_devices(plugin_devices, {})
+    providers = (["TensorRT-RTX plugin EP"] if plugin_devices else []) + wanted
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's pool threads spin-wait after each run by default; that spinning takes the cores
+    # from the torch post-processing that follows (measured: whole frame 0.92x of torch's
+    # speed with spinning, see BENCHMARKS.md), so they sleep instead
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = (ort.InferenceSession(path, sess_options=opts) if plugin_devices
+                   else ort.InferenceSession(path, sess_options=opts, providers=wanted))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EngineError(f"ONNX Runtime cannot load '{path}': {first[:300]}") from None
+    return session, providers
+
+
 class OnnxRuntimeBackend:
     """``backend(batch) -> {name: tensor}`` over an ONNX Runtime session.
 
@@ -73,28 +100,7 @@ class OnnxRuntimeBackend:
                               f"export it with: rtseg export --model {model} --format onnx")
         self.manifest = manifest
         self.device = device
-        import importlib.util
-
-        plugin_installed = importlib.util.find_spec(RTX_EP_MODULE) is not None
-        use_plugin, wanted = choose_providers(device.type, ort.get_available_providers(), plugin_installed)
-        opts = ort.SessionOptions()
-        plugin_devices = _register_rtx_plugin(ort) if use_plugin else []
-        if plugin_devices:
-            opts.add_provider_for_devices(plugin_devices, {})
-        self.providers = (["TensorRT-RTX plugin EP"] if plugin_devices else []) + wanted
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ORT's pool threads spin-wait after each run by default; that spinning takes the cores
-        # from the torch post-processing that follows (measured: whole frame 0.92x of torch's
-        # speed with spinning, see BENCHMARKS.md), so they sleep instead
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = (ort.InferenceSession(path, sess_options=opts) if plugin_devices
-                            else ort.InferenceSession(path, sess_options=opts, providers=wanted))
-        except Exception as exc:  # onnxruntime raises its own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EngineError(f"ONNX Runtime cannot load '{path}': {first[:300]}") from None
+        self.session, self.providers = _session(ort, path, device, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = self.session.get_inputs()[0].shape  # ints, or a string for a dynamic batch
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -139,3 +145,46 @@ class OnnxRuntimeBackend:
                 outputs[name] = (torch.from_dlpack(v.to_dlpack()) if hasattr(v, "to_dlpack")
                                  else torch.from_numpy(v.numpy()).to(self.device))
         return {n: outputs[n].float() for n in self.output_names}
+
+
+class OnnxRuntimeStage2:
+    """A family's second stage (``<stem>.stage2.onnx`` of ``rtseg export``) as the
+    :data:`rtseg.families.base.Stage2` callable post-processing takes:
+    ``stage2({name: tensor}) -> {name: tensor}``, outputs on ``device`` in float32.
+
+    Inputs go through host memory (``K`` RoIs / detections per frame: small tensors); the IO
+    binding of the stage-1 backend is not used here.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str, *, model: str, device: torch.device, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineError("--backend onnxruntime needs ONNX Runtime: pip install 'rtseg[onnx]'") from None
+        from rtseg.export.onnx_export import STAGE2_SCHEMA
+
+        if not os.path.isfile(path):
+            raise EngineError(f"stage-2 ONNX file '{path}' not found: export the model with 'rtseg export "
+                              f"--model {model} --format onnx' (it writes the stage-2 graph beside the stage-1 one)")
+        manifest = read_manifest(path)
+        if manifest.get("schema") != STAGE2_SCHEMA:
+            raise EngineError(f"'{path}' is not a stage-2 graph (manifest schema {manifest.get('schema')!r}, "
+                              f"expected {STAGE2_SCHEMA!r})")
+        if manifest["model"] != model:
+            raise EngineError(f"'{path}' was exported from model '{manifest['model']}', not '{model}'; "
+                              f"export it with: rtseg export --model {model} --format onnx")
+        self.manifest = manifest
+        self.device = device
+        self.session, self.providers = _session(ort, path, device, threads)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise EngineError(f"stage 2 takes inputs {list(self.input_names)}, got {sorted(inputs)}")
+        feed = {n: np.ascontiguousarray(inputs[n].detach().cpu().numpy()) for n in self.input_names}
+        outs = self.session.run(list(self.output_names), feed)
+        return {n: torch.from_numpy(o).to(self.device, torch.float32) for n, o in zip(self.output_names, outs)}

@@ -336,3 +336,108 @@ def _torch_dtype(np_dtype) -> torch.dtype:
     return {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16,
             np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64,
             np.dtype(np.int8): torch.int8, np.dtype(np.bool_): torch.bool}[np.dtype(np_dtype)]
+
+
+class TensorRTStage2:
+    """A family's second-stage engine (``<stem>.stage2.engine``, :func:`rtseg.export.engine.ensure_engine`)
+    as the :data:`rtseg.families.base.Stage2` callable post-processing takes:
+    ``stage2({name: tensor}) -> {name: tensor}`` on ``device``, every input's first axis the
+    ``K`` RoIs / detections (within the engine's K profile).
+
+    One execution context on its own stream, buffers at the profile's max ``K``; the caller's
+    stream waits for the results (no host synchronisation). Not run yet: no GPU where rtseg is
+    developed (the engine itself is built for real in the tests).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, path: str, *, model: str, device: torch.device) -> None:
+        from rtseg.export.engine import STAGE2_ENGINE_SCHEMA, runtime_mismatches
+        from rtseg.export.onnx_export import read_manifest
+
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise EngineError("--backend tensorrt runs on a GPU: pass --device cuda")
+        if not os.path.isfile(path):
+            raise EngineError(f"model {model} has a second stage but its engine '{path}' is missing: build both "
+                              f"with: rtseg export --model {model} --format engine")
+        saved = read_manifest(path)
+        if saved.get("schema") != STAGE2_ENGINE_SCHEMA:
+            raise EngineError(f"'{path}' is not a stage-2 engine (manifest schema {saved.get('schema')!r})")
+        flavour = get_flavour(saved.get("flavour", "tensorrt"))
+        trt = flavour.import_module()
+        machine = MachineFacts.here(flavour, device, need_gpu=True)
+        diff = runtime_mismatches(saved, machine)
+        if diff:
+            raise EngineError(f"engine '{path}' was built for another machine ({'; '.join(diff)}); rebuild it: "
+                              f"rtseg export --model {model} --format engine")
+        manifest = saved
+        if manifest["model"] != model:
+            raise EngineError(f"engine '{path}' was built for model '{manifest['model']}', not '{model}'")
+        with open(path, "rb") as f:
+            blob = f.read()
+        if flavour.builds_without_gpu:
+            validity, why = rtx_engine_validity(blob)
+            if validity == "INVALID":
+                raise EngineError(f"TensorRT-RTX cannot run '{path}' on {machine.gpu}: {', '.join(why) or 'no reason given'}; "
+                                  f"rebuild it: rtseg export --model {model} --format engine")
+        self.device = device
+        self.manifest = manifest
+        self.profile = manifest["input"]["profile"]
+        self.k_min, _, self.k_max = manifest["input"]["k"]
+        self.logger = trt_logger(trt)
+        with torch.cuda.device(device):
+            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(blob)
+            if self.engine is None:
+                raise EngineError(f"{flavour.name} could not deserialize '{path}'; rebuild it: "
+                                  f"rtseg export --model {model} --format engine")
+            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device)
+            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            self.input_names = tuple(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+            self.output_names = tuple(n for n in names if n not in self.input_names)
+            for n in self.input_names:
+                self.context.set_input_shape(n, tuple(self.profile[n]["max"]))
+            self.buffers = {}
+            # one context and one set of buffers: inference workers take turns (a context is not
+            # thread-safe, TensorRT developer guide "Thread Safety"); the work itself stays async
+            self.lock = threading.Lock()
+            for n in names:
+                numel = 1
+                for d in self.context.get_tensor_shape(n):
+                    numel *= int(d)
+                self.buffers[n] = torch.empty(numel, dtype=_torch_dtype(trt.nptype(self.engine.get_tensor_dtype(n))),
+                                              device=device)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise EngineError(f"stage 2 takes inputs {list(self.input_names)}, got {sorted(inputs)}")
+        k = int(inputs[self.input_names[0]].shape[0])
+        if not self.k_min <= k <= self.k_max:
+            raise EngineError(f"the stage-2 engine takes {self.k_min}..{self.k_max} RoIs, got {k}")
+        producer = torch.cuda.current_stream(self.device)
+        with self.lock:
+            return self._run(inputs, k, producer)
+
+    def _run(self, inputs: dict[str, torch.Tensor], k: int, producer: Any) -> dict[str, torch.Tensor]:
+        self.stream.wait_stream(producer)
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            for n in self.input_names:
+                shape = (k, *self.profile[n]["max"][1:])
+                if not self.context.set_input_shape(n, shape):
+                    raise EngineError(f"TensorRT refused stage-2 input {n} of shape {list(shape)}")
+                view = buffer_view(self.buffers[n], shape)
+                view.copy_(inputs[n].to(self.device, view.dtype), non_blocking=True)
+                self.context.set_tensor_address(n, int(view.data_ptr()))
+            views = {}
+            for n in self.output_names:
+                views[n] = buffer_view(self.buffers[n], tuple(self.context.get_tensor_shape(n)))
+                self.context.set_tensor_address(n, int(views[n].data_ptr()))
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise EngineError("TensorRT execute_async_v3 failed on the stage-2 engine (see the TensorRT log above)")
+            outputs = {n: v.float() if v.dtype != torch.float32 else v.clone() for n, v in views.items()}
+        producer.wait_stream(self.stream)
+        for out in outputs.values():
+            out.record_stream(producer)
+        return outputs

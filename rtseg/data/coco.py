@@ -35,8 +35,8 @@ from pycocotools import mask as mask_utils
 
 from rtseg.data import augment as aug
 from rtseg.errors import ConfigError
-from rtseg.models.yolact import YolactConfig
-from rtseg.postprocess.yolact import preprocess
+from rtseg.families.yolact.network import YolactConfig
+from rtseg.families.yolact.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -332,11 +332,11 @@ class CocoInstanceDataset(torch.utils.data.Dataset):
             ``float32[1, 3, S, S]`` (e.g. ``partial(SOLOV2.preprocess, cfg=cfg)``); it always
             receives a square ``S x S`` image (without augmentation the image is first
             resized with ``cv2.INTER_LINEAR``, as the masks are). ``None``: YOLACT's
-            :func:`rtseg.postprocess.yolact.preprocess` of the image as it is.
+            :func:`rtseg.families.yolact.preprocess.preprocess` of the image as it is.
 
     ``dataset[i]`` is a dict (``N`` = kept instances, after augmentation):
 
-    - ``image``: ``float32[3, S, S]``, exactly ``rtseg.postprocess.yolact.preprocess`` of
+    - ``image``: ``float32[3, S, S]``, exactly ``rtseg.families.yolact.preprocess.preprocess`` of
       the (augmented) ``uint8`` BGR image: normalised RGB (or ``preprocess``'s output when
       given). With ``augment=False`` and YOLACT's preprocessing it is ``preprocess`` of the
       original image, i.e. what the Segmenter feeds the network.

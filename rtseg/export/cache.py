@@ -12,6 +12,7 @@ runs a DCN layer 1.07-1.35x faster than the standard-operator form TensorRT need
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -43,6 +44,16 @@ def onnx_cache_key(cfg: Any, weights: str | None, opset: int = DEFAULT_OPSET, ba
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def _has_stage2_entry(manifest_path: str) -> bool:
+    """Whether the manifest exists and was written with the second stage's entry (older caches:
+    re-exported, so that families with a stage 2 get its graph beside)."""
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            return "stage2" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
 def cached_onnx(net: nn.Module, cfg: Any, weights: str | None, cache_dir: str | None = None, *,
                 dynamic_hw: bool = False, dynamic_batch: bool = True) -> str:
     """Path of the ONNX export of ``net`` (symbolic height / width with ``dynamic_hw``),
@@ -54,7 +65,7 @@ def cached_onnx(net: nn.Module, cfg: Any, weights: str | None, cache_dir: str | 
     folder = cache_dir or default_cache_dir()
     key = onnx_cache_key(cfg, weights, batch="dyn" if dynamic_batch else 1, dynamic_hw=dynamic_hw)
     path = os.path.join(folder, f"{cfg.name}-{key}.onnx")
-    if not (os.path.isfile(path) and os.path.isfile(os.path.splitext(path)[0] + ".json")):
+    if not (os.path.isfile(path) and _has_stage2_entry(os.path.splitext(path)[0] + ".json")):
         log.info("exporting %s to %s (once; reused while model and weights stay the same)", cfg.name, path)
         export_onnx(net, cfg, path, weights=weights, dcn=ORT_DCN, dynamic_hw=dynamic_hw, dynamic_batch=dynamic_batch)
     return path

@@ -25,6 +25,7 @@ The key hashes those fields, so a cached engine is reused exactly while they sta
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -395,6 +396,13 @@ class EngineBuild:
     manifest: dict[str, Any]
     built: bool  #: False: a matching engine was already in the cache
     seconds: float
+    #: the second stage's engine (``<stem>.stage2.engine``), where the ONNX has a stage 2 beside it
+    stage2: EngineBuild | None = None
+
+
+def stage2_engine_path_for(engine_path: str) -> str:
+    """``<stem>.stage2.engine`` beside the stage-1 engine ``<stem>.engine``."""
+    return os.path.splitext(engine_path)[0] + ".stage2.engine"
 
 
 def ensure_engine(onnx_path: str, out_dir: str, settings: BuildSettings, *, calibration: str | None = None,
@@ -403,8 +411,27 @@ def ensure_engine(onnx_path: str, out_dir: str, settings: BuildSettings, *, cali
 
     The engine is named by :func:`engine_cache_key` of its manifest, so an engine built with
     the same ONNX, settings, flavour, version and GPU (targets) is reused; a timing cache
-    (``out_dir/timing-tensorrt.cache``, datacenter TensorRT) speeds up rebuilds.
+    (``out_dir/timing-tensorrt.cache``, datacenter TensorRT) speeds up rebuilds. Where the
+    family's second stage was exported beside the ONNX (``<stem>.stage2.onnx``), its engine is
+    built (or found) too, as ``<engine stem>.stage2.engine`` (:func:`ensure_stage2_engine`).
     """
+    from rtseg.export.onnx_export import stage2_path_for
+
+    first = _ensure_stage1_engine(onnx_path, out_dir, settings, calibration=calibration, preprocess=preprocess,
+                                  rebuild=rebuild)
+    stage2_onnx = stage2_path_for(onnx_path)
+    if not os.path.isfile(stage2_onnx):
+        return first
+    stage2_settings = dataclasses.replace(settings, precision=None if settings.precision == "int8" else settings.precision,
+                                          batch=None, height=None, width=None)
+    second = ensure_stage2_engine(stage2_onnx, out_dir, stage2_settings, path=stage2_engine_path_for(first.path),
+                                  rebuild=rebuild)
+    return dataclasses.replace(first, stage2=second)
+
+
+def _ensure_stage1_engine(onnx_path: str, out_dir: str, settings: BuildSettings, *, calibration: str | None,
+                          preprocess: Callable[[np.ndarray], np.ndarray] | None, rebuild: bool) -> EngineBuild:
+    """:func:`ensure_engine` for the stage-1 graph."""
     from rtseg.export.trt_flavour import get_flavour
 
     flavour = resolve_flavour(settings.flavour)
@@ -538,3 +565,97 @@ def rtx_engine_validity(engine_bytes: bytes) -> tuple[str, list[str]]:
     validity, diag = runtime.get_engine_validity(engine_bytes)
     flags = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items() if int(diag) & int(member)]
     return validity.name, flags
+
+
+STAGE2_ENGINE_SCHEMA = "rtseg.engine.stage2/1"
+
+
+def ensure_stage2_engine(onnx_path: str, out_dir: str, settings: BuildSettings, *,
+                         k: Range | None = None, rebuild: bool = False, path: str | None = None) -> EngineBuild:
+    """Build (or find in ``out_dir``) the engine of a family's second stage, ``<stem>.stage2.onnx``
+    (:func:`rtseg.export.onnx_export.export_stage2_onnx`): one optimisation profile in which every
+    input's first axis, the number of RoIs / detections ``K``, ranges over ``k`` (min, opt, max;
+    default ``(1, min(16, max_k), max_k)`` with the export's ``max_k``), the other axes fixed.
+
+    Named and cached like :func:`ensure_engine` (manifest beside it, schema
+    :data:`STAGE2_ENGINE_SCHEMA`; bound to the ONNX's SHA-256, flavour, version, targets and ``K``
+    range). float32 (the stage-2 graph's own precision; strongly typed on TensorRT-RTX).
+    ``path``: write the engine there instead (:func:`ensure_engine` puts it beside stage 1's).
+    """
+    from rtseg.export.onnx_export import STAGE2_SCHEMA
+    from rtseg.export.trt_flavour import get_flavour
+
+    flavour = resolve_flavour(settings.flavour)
+    settings.check(flavour)
+    onnx_manifest = read_manifest(onnx_path)
+    if onnx_manifest.get("schema") != STAGE2_SCHEMA:
+        raise EngineError(f"'{onnx_path}' is not a stage-2 graph (manifest schema {onnx_manifest.get('schema')!r}, "
+                          f"expected {STAGE2_SCHEMA!r})")
+    max_k = int(onnx_manifest["max_k"])
+    k = tuple(k) if k is not None else (1, min(16, max_k), max_k)
+    if len(k) != 3 or not 1 <= k[0] <= k[1] <= k[2]:
+        raise ConfigError(f"the K profile must satisfy 1 <= min <= opt <= max, got {k}")
+    machine = MachineFacts.here(flavour)
+    trt = flavour.import_module()
+    typed = settings.typed(flavour)
+    shapes = {i["name"]: {which: [n, *i["shape"][1:]] for which, n in zip(("min", "opt", "max"), k)}
+              for i in onnx_manifest["inputs"]}
+    rtx = get_flavour(flavour.name).builds_without_gpu
+    manifest: dict[str, Any] = {
+        "schema": STAGE2_ENGINE_SCHEMA,
+        "model": onnx_manifest["model"],
+        "family": onnx_manifest.get("family"),
+        "stage": 2,
+        "flavour": flavour.name,
+        "tensorrt": machine.tensorrt,
+        "gpu": None if rtx else machine.gpu,
+        "compute_capability": None if rtx else machine.compute_capability,
+        "gpu_targets": list(settings.gpu_targets) if rtx else [machine.compute_capability],
+        "precision": "onnx-float32" if typed else (settings.precision or "fp16"),
+        "strongly_typed": typed,
+        "input": {"names": [i["name"] for i in onnx_manifest["inputs"]], "k": list(k), "profile": shapes},
+        "outputs": onnx_manifest["outputs"],
+        "onnx": os.path.abspath(onnx_path),
+        "onnx_sha256": sha256_file(onnx_path),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    if path is None:
+        path = os.path.join(out_dir, f"{onnx_manifest['model']}-stage2-{engine_cache_key(manifest)}.engine")
+    stem = os.path.splitext(path)[0]
+    if os.path.isfile(path) and os.path.isfile(stem + ".json") and not rebuild:
+        saved = read_manifest(path)
+        if not manifest_mismatches(saved, manifest):
+            return EngineBuild(path, saved, False, 0.0)
+
+    start = time.perf_counter()
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    network = flavour.create_network(trt, builder, settings.strongly_typed)
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as f:
+        if not parser.parse(f.read()):
+            raise EngineError(f"{flavour.name} cannot parse '{onnx_path}': {'; '.join(parser_errors(trt, parser)[:3])}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
+    flavour.set_targets(trt, config, tuple(settings.gpu_targets))
+    if not typed:
+        flavour.set_precision_flags(trt, config, settings.precision or "fp16")
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        inp = network.get_input(i)
+        shape = shapes[inp.name]
+        profile.set_shape(inp.name, tuple(shape["min"]), tuple(shape["opt"]), tuple(shape["max"]))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{flavour.name} could not build an engine from '{onnx_path}' (see the TensorRT log above)")
+    with open(path + ".tmp", "wb") as f:
+        f.write(serialized)
+    os.replace(path + ".tmp", path)
+    seconds = time.perf_counter() - start
+    manifest["built"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest["build_seconds"] = round(seconds, 2)
+    with open(stem + ".json.tmp", "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(stem + ".json.tmp", stem + ".json")
+    return EngineBuild(path, manifest, True, seconds)

@@ -16,6 +16,11 @@
 
 A manifest ``<file>.json`` is written beside the ``.onnx``: model, family, classes, input
 and output names and shapes, opset, SHA-256 of the weights and of the ONNX file, versions.
+
+Families with a second stage (CenterMask's RoI heads, YOLACT++'s mask re-scoring:
+``Family.stage2``) get it exported too, as ``<stem>.stage2.onnx`` (and its ``<stem>.stage2.json``)
+beside the stage-1 file (:func:`export_stage2_onnx`): float32, the number of RoIs / detections
+``K`` symbolic (``rois``) on every input and output; the stage-1 manifest names it (``stage2``).
 """
 
 from __future__ import annotations
@@ -88,15 +93,112 @@ class _NamedOutputs(nn.Module):
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """What :func:`export_onnx` wrote."""
+    """What :func:`export_onnx` wrote (``stage2``: the second stage's export, where the family has one)."""
 
     path: str
     manifest_path: str
     manifest: dict[str, Any]
+    stage2: OnnxExport | None = None
 
 
 def manifest_path_for(path: str) -> str:
     return os.path.splitext(path)[0] + ".json"
+
+
+def stage2_path_for(path: str) -> str:
+    """``<stem>.stage2.onnx`` beside the stage-1 file ``<stem>.onnx`` (or engine ``<stem>.engine``)."""
+    return os.path.splitext(path)[0] + ".stage2.onnx"
+
+
+#: the symbolic first axis of every stage-2 input and output
+STAGE2_AXIS = "rois"
+STAGE2_SCHEMA = "rtseg.onnx.stage2/1"
+
+
+def export_stage2_onnx(net: nn.Module, cfg: Any, path: str, *, opset: int = DEFAULT_OPSET,
+                       weights: str | None = None, simplify: bool = True) -> OnnxExport | None:
+    """Export the family's second stage of ``net`` (``Family.stage2(net, cfg)``) to ``path``, with
+    its manifest beside it; ``None`` (nothing written) where the family / variant has none.
+
+    float32 whatever the stage-1 precision (post-processing hands it float32 tensors); the first
+    axis of every input and output symbolic (:data:`STAGE2_AXIS`), the rest fixed by the config.
+    Checked against TensorRT as stage 1 is. Raises :class:`EngineError` as :func:`export_onnx`.
+    """
+    from rtseg.families import family_of
+
+    module = family_of(cfg).stage2(net, cfg)
+    if module is None:
+        return None
+    import onnx
+
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        example = module.example_inputs(2, device)
+        names_in, names_out = list(module.input_names), list(module.output_names)
+        axes = {n: {0: STAGE2_AXIS} for n in (*names_in, *names_out)}
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, example, tmp, input_names=names_in, output_names=names_out,
+                                  opset_version=opset, do_constant_folding=True, dynamic_axes=axes, dynamo=False)
+        except Exception as exc:  # the exporter raises many types
+            _remove(tmp)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise EngineError(f"ONNX export of {cfg.name}'s stage 2 failed: {first[:300]}") from None
+    finally:
+        net.train(was_training)
+    model = onnx.load(tmp)
+    if simplify:
+        import onnxsim
+
+        model, ok = onnxsim.simplify(model)
+        if not ok:
+            _remove(tmp)
+            raise EngineError(f"onnxsim could not validate the simplified stage-2 graph of {cfg.name}")
+    checker, problems = tensorrt_refusals(model)
+    if problems:
+        _remove(tmp)
+        raise EngineError(f"{cfg.name} stage 2: the {checker} refuses the exported graph ({len(problems)} error(s)): "
+                          f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+    dtypes = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+
+    def describe(value_info) -> dict[str, Any]:
+        t = value_info.type.tensor_type
+        return {"name": value_info.name, "shape": [d.dim_param or d.dim_value for d in t.shape.dim],
+                "dtype": dtypes.get(t.elem_type, str(t.elem_type))}
+
+    from rtseg import __version__
+
+    manifest = {
+        "schema": STAGE2_SCHEMA,
+        "model": cfg.name,
+        "family": cfg.family,
+        "stage": 2,
+        "max_k": int(module.max_k),  # the most RoIs / detections post-processing hands it
+        "inputs": [describe(i) for i in model.graph.input],
+        "outputs": [describe(o) for o in model.graph.output],
+        "opset": opset,
+        "tensorrt_check": checker,
+        "weights": weights,
+        "weights_sha256": sha256_file(weights) if weights and os.path.isfile(weights) else None,
+        "onnx_sha256": sha256_file(path),
+        "exporter": f"torch.onnx TorchScript exporter, torch {torch.__version__}",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "rtseg": __version__,
+    }
+    mpath = manifest_path_for(path)
+    with open(mpath, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return OnnxExport(path, mpath, manifest)
 
 
 def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_batch: bool = False,
@@ -147,10 +249,17 @@ def export_onnx(net: nn.Module, cfg: Any, path: str, *, batch: int = 1, dynamic_
 
     was_training = net.training  # the caller's network comes back in the mode it was in
     try:
-        return _export(net.eval(), cfg, path, batch=batch, dynamic_batch=dynamic_batch, opset=opset, weights=weights,
-                       simplify=simplify, half=half, uses_dcn=uses_dcn, dcn=dcn, dynamic_hw=dynamic_hw)
+        result = _export(net.eval(), cfg, path, batch=batch, dynamic_batch=dynamic_batch, opset=opset, weights=weights,
+                         simplify=simplify, half=half, uses_dcn=uses_dcn, dcn=dcn, dynamic_hw=dynamic_hw)
     finally:
         net.train(was_training)
+    stage2 = export_stage2_onnx(net, cfg, stage2_path_for(path), opset=opset, weights=weights, simplify=simplify)
+    manifest = dict(result.manifest)
+    manifest["stage2"] = None if stage2 is None else {"path": os.path.basename(stage2.path),
+                                                      "onnx_sha256": stage2.manifest["onnx_sha256"]}
+    with open(result.manifest_path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return OnnxExport(result.path, result.manifest_path, manifest, stage2)
 
 
 def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: bool, opset: int,
@@ -268,8 +377,9 @@ def read_manifest(path: str) -> dict[str, Any]:
             manifest = json.load(f)
     except (OSError, ValueError) as exc:
         raise EngineError(f"manifest '{mpath}' is not readable JSON: {exc}") from None
-    if not isinstance(manifest, dict) or "model" not in manifest or "input" not in manifest:
-        raise EngineError(f"manifest '{mpath}' lacks the 'model' and 'input' fields 'rtseg export' writes")
+    if not isinstance(manifest, dict) or "model" not in manifest or not ("input" in manifest or "inputs" in manifest):
+        raise EngineError(f"manifest '{mpath}' lacks the 'model' and 'input' (stage 2: 'inputs') fields 'rtseg export' "
+                          "writes")
     return manifest
 
 

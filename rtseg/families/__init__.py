@@ -1,11 +1,15 @@
 """Model families: what turns a config into a network, its pre/post-processing and its loss.
 
-A plain dict (no registry magic): ``FAMILIES[cfg.family]``. Each family module composes the
-parts that live in :mod:`rtseg.models` (networks, configs), :mod:`rtseg.postprocess` (pure
-tensor functions) and :mod:`rtseg.train` (losses) into one :class:`Family`.
+A plain dict (no registry magic): ``FAMILIES[cfg.family]``. Each family owns its whole path in
+its own package ``rtseg/families/<name>/``: ``network.py`` (config and network), ``preprocess.py``
+(geometry and preprocessing: the official test pipeline), ``postprocess.py`` (pure tensor
+functions), ``ops.py`` (its parameters of rtseg's generic CUDA kernels), ``loss.py`` and, in
+``__init__.py``, its :class:`Family` and variants. Only the shared parts live elsewhere
+(backbones and checkpoint loading in :mod:`rtseg.models`, :mod:`rtseg.postprocess`'s ops and
+host copy, :mod:`rtseg.train.init`). Nothing outside these packages branches on a family name
+(``tests/test_families.py``); a new family is a new package and one line below.
 
-Not imported by :mod:`rtseg.models` (it imports them): use it from the segmenter, the
-trainer and the CLI.
+:data:`rtseg.models.MODELS` is built from :attr:`Family.variants` on first use.
 """
 
 from __future__ import annotations

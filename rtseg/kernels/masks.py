@@ -7,10 +7,11 @@ allocates its outputs on the inputs' CUDA device and launches on torch's current
 reference twins, which these reproduce (see each ``.cu`` file's header for the exactness
 argument), are:
 
-- :func:`assemble_masks_cuda`: :func:`rtseg.postprocess.yolact.assemble_masks` +
-  :func:`rtseg.postprocess.yolact.masks_to_image`;
-- :func:`paste_masks_cuda`: :func:`rtseg.postprocess.centermask.paste_masks`;
-- :func:`preprocess_cuda`: each family's ``preprocess`` (parameters from :func:`preprocess_params`);
+- :func:`assemble_masks_cuda`: :func:`rtseg.families.yolact.postprocess.assemble_masks` +
+  :func:`rtseg.families.yolact.postprocess.masks_to_image`;
+- :func:`paste_masks_cuda`: :func:`rtseg.families.centermask.postprocess.paste_masks`;
+- :func:`preprocess_cuda`: each family's ``preprocess`` (parameters from the family,
+  :func:`preprocess_params`);
 - :func:`encode_masks_cuda`: :func:`rtseg.wire.mask_windows` and the bit packing of
   :func:`rtseg.wire.encode_message`.
 
@@ -155,37 +156,17 @@ class PreprocessParams:
 
 
 def preprocess_params(cfg: Any, image_size: tuple[int, int]) -> PreprocessParams:
-    """The kernel parameters of ``cfg``'s family (``yolact``, ``solov2``, ``centermask``) for
-    frames of ``image_size (H, W)``; ``ValueError`` for another family."""
+    """The kernel parameters of ``cfg``'s family for frames of ``image_size (H, W)``: the family's
+    own ``Family.preprocess_params`` (``rtseg/families/<name>/ops.py``); ``ValueError`` for a
+    config of no known family."""
+    from rtseg.families import FAMILIES
+
     h, w = _image_size(image_size)
-    family = getattr(cfg, "family", None)
-    if family == "yolact":
-        from rtseg.models.yolact import YOLACT_MEANS_BGR, YOLACT_STD_BGR
-
-        s = int(cfg.max_size)
-        if cfg.normalize:
-            mean = tuple(float(YOLACT_MEANS_BGR[c]) for c in (2, 1, 0))
-            std = tuple(float(YOLACT_STD_BGR[c]) for c in (2, 1, 0))
-        else:
-            mean, std = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
-        return PreprocessParams((s, s), (s, s), (2, 1, 0), mean, std, False)  # type: ignore[arg-type]
-    if family == "solov2":
-        from rtseg.models.solov2 import CAFFE_MEAN_BGR, CAFFE_STD_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-        from rtseg.postprocess.solov2 import resized_shape
-
-        if cfg.pixel_norm == "rgb_imagenet":
-            src, mean, std = (2, 1, 0), IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
-        else:
-            src, mean, std = (0, 1, 2), CAFFE_MEAN_BGR, CAFFE_STD_BGR
-        return PreprocessParams(resized_shape((h, w), cfg), tuple(cfg.input_size), src,  # type: ignore[arg-type]
-                                tuple(float(v) for v in mean), tuple(float(v) for v in std), False)  # type: ignore[arg-type]
-    if family == "centermask":
-        from rtseg.postprocess.centermask import resized_size
-
-        return PreprocessParams(resized_size((h, w), cfg), tuple(cfg.input_size), (0, 1, 2),  # type: ignore[arg-type]
-                                tuple(float(v) for v in cfg.pixel_mean),  # type: ignore[arg-type]
-                                tuple(float(v) for v in cfg.pixel_std), True)  # type: ignore[arg-type]
-    raise ValueError(f"cfg must be a yolact, solov2 or centermask config, got family {family!r}")
+    family = FAMILIES.get(getattr(cfg, "family", None))  # type: ignore[arg-type]
+    if family is None:
+        raise ValueError(f"cfg must be the config of a model family ({', '.join(FAMILIES)}), "
+                         f"got family {getattr(cfg, 'family', None)!r}")
+    return family.preprocess_params(cfg, (h, w))
 
 
 def preprocess_cuda(images: torch.Tensor, cfg: Any, *, half: bool = False) -> torch.Tensor:

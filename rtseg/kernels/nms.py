@@ -3,9 +3,9 @@
 =================  ====================================================  =======================
 function           torch twin (same signature, same result)              kernel source
 =================  ====================================================  =======================
-``fast_nms``       ``rtseg.postprocess.yolact.fast_nms``                  ``cuda/fast_nms.cu``
-``matrix_nms``     ``rtseg.postprocess.solov2.matrix_nms``                ``cuda/matrix_nms.cu``
-``greedy_nms``     ``rtseg.postprocess.centermask.class_aware_nms``       ``cuda/greedy_nms.cu``
+``fast_nms``       ``rtseg.families.yolact.postprocess.fast_nms``                  ``cuda/fast_nms.cu``
+``matrix_nms``     ``rtseg.families.solov2.postprocess.matrix_nms``                ``cuda/matrix_nms.cu``
+``greedy_nms``     ``rtseg.families.centermask.postprocess.class_aware_nms``       ``cuda/greedy_nms.cu``
 =================  ====================================================  =======================
 
 Each op is *prepare* (torch ops: the stable sorts the twins do too), *launch* (the kernels, on
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from rtseg import kernels
-from rtseg.postprocess.yolact import Detections, fast_nms_candidates
+from rtseg.families.yolact.postprocess import Detections, fast_nms_candidates
 
 _THREADS = 256
 #: greedy NMS: the reduce kernel keeps one removed-bit per candidate in 48 KiB of shared memory
@@ -92,7 +92,7 @@ def _empty_detections(boxes: torch.Tensor, scores: torch.Tensor) -> Detections:
 def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, top_k: int = 200,
              max_detections: int = 100) -> Detections:
     """Per-class Fast NMS on the GPU; same arguments and result as
-    :func:`rtseg.postprocess.yolact.fast_nms` (``boxes float32[N, 4]`` xyxy, ``scores float32[C, N]``).
+    :func:`rtseg.families.yolact.postprocess.fast_nms` (``boxes float32[N, 4]`` xyxy, ``scores float32[C, N]``).
 
     The threshold is compared in float32 (``iou <= float32(iou_threshold)`` keeps), as the twin's
     tensor comparison does.
@@ -149,7 +149,7 @@ def prepare_matrix_nms(masks: torch.Tensor) -> torch.Tensor:
 
 def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, *, kernel: str = "gaussian",
                sigma: float = 2.0, areas: torch.Tensor | None = None) -> torch.Tensor:
-    """Matrix NMS on the GPU; same arguments and result as :func:`rtseg.postprocess.solov2.matrix_nms`
+    """Matrix NMS on the GPU; same arguments and result as :func:`rtseg.families.solov2.postprocess.matrix_nms`
     (``masks bool[N, h, w]`` sorted by score, ``labels int64[N]``, ``scores float32[N]``,
     optional ``areas float32[N]``) -> decayed ``float32[N]``. Memory: an ``N x N`` float32 matrix."""
     dev = _cuda_device_of("masks", masks)
@@ -209,7 +209,7 @@ def prepare_greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, class_ids: tor
 def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, class_ids: torch.Tensor, iou_threshold: float,
                top_k: int) -> torch.Tensor:
     """Class-aware greedy NMS on the GPU; same arguments and result as
-    :func:`rtseg.postprocess.centermask.class_aware_nms` (``boxes float[M, 4]`` xyxy, ``scores
+    :func:`rtseg.families.centermask.postprocess.class_aware_nms` (``boxes float[M, 4]`` xyxy, ``scores
     float[M]``, ``class_ids int[M]``) -> ``int64[<= top_k]`` indices by decreasing score.
 
     Suppression is ``IoU > iou_threshold`` with the IoU rounded to float32 and compared in double,
@@ -229,7 +229,7 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, class_ids: torch.Tenso
     top_k = _check_int("top_k", top_k, 0)
     if m > GREEDY_NMS_MAX_CANDIDATES:
         raise ValueError(f"greedy_nms takes at most {GREEDY_NMS_MAX_CANDIDATES} candidates (shared-memory "
-                         f"bitmask), got {m}; use rtseg.postprocess.centermask.class_aware_nms")
+                         f"bitmask), got {m}; use rtseg.families.centermask.postprocess.class_aware_nms")
     if m == 0 or top_k == 0:
         return torch.zeros(0, dtype=torch.int64, device=dev)
     prep = prepare_greedy_nms(boxes, scores, class_ids)

@@ -1,5 +1,6 @@
-"""Post-processing of each family as pure torch functions (``yolact``, ``solov2``,
-``centermask``), plus the one step they share: the copy of the result to the host."""
+"""What the families' post-processing shares (each family's own is ``rtseg/families/<name>/postprocess.py``):
+the ops that have a CUDA twin (:class:`PostprocessOps`), the copy of the result to the host, and
+the input resizing rules (:mod:`rtseg.postprocess.resize`)."""
 
 from __future__ import annotations
 

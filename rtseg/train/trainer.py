@@ -214,23 +214,8 @@ def _open_dataset(data: str | Dataset, cfg: ModelConfig, *, augment: bool, seed:
     h, w = cfg.input_size
     if h != w:
         raise ConfigError(f"training needs a square network input, model {cfg.name} takes {h}x{w}")
-    family = family_of(cfg)
-    # YOLACT's own transform is the dataset's default (and resizes the raw image itself)
-    preprocess = None if family.name == "yolact" else _Preprocess(family.name, cfg)
+    preprocess = family_of(cfg).training_preprocess(cfg)  # None: the dataset's own transform
     return CocoInstanceDataset(data, size=h, augment=augment, seed=seed, preprocess=preprocess)
-
-
-@dataclass(frozen=True)
-class _Preprocess:
-    """``family.preprocess(images, cfg)`` as a picklable callable (DataLoader workers)."""
-
-    family: str
-    cfg: ModelConfig
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from rtseg.families import FAMILIES
-
-        return FAMILIES[self.family].preprocess(images, self.cfg)
 
 
 class EpochKeyed(Dataset):

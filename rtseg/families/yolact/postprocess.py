@@ -1,64 +1,27 @@
-"""YOLACT pre- and post-processing as pure torch functions (CPU or CUDA, no Python loop
+"""YOLACT post-processing as pure torch functions (CPU or CUDA, no Python loop
 over instances on the hot path).
 
 Each function documents its shapes and coordinate frames; none modifies its inputs.
-Upstream references are dbolya/yolact ``utils/augmentations.py`` (``FastBaseTransform``),
+Upstream references are dbolya/yolact
 ``layers/box_utils.py`` (``decode``, ``jaccard``, ``crop``, ``sanitize_coordinates``),
 ``layers/functions/detection.py`` (``Detect.fast_nms``) and ``layers/output_utils.py``
-(``postprocess``). Loop-based reference twins live in ``tests/reference_ops.py``.
+(``postprocess``). Loop-based reference twins live in ``tests/reference_ops.py``; the preprocessing is in
+:mod:`rtseg.families.yolact.preprocess`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from rtseg.models.yolact import YOLACT_MEANS_BGR, YOLACT_STD_BGR, YolactConfig
+from rtseg.families.base import Stage2
+from rtseg.families.yolact.network import YolactConfig
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
-from rtseg.postprocess.resize import InputGeometry
 
 #: SSD box-regression variances (``box_utils.decode``)
 VARIANCES = (0.1, 0.2)
-
-
-def input_geometry(cfg: YolactConfig, image_size: tuple[int, int], canvas: tuple[int, int] | None = None) -> InputGeometry:
-    """YOLACT's input is always ``max_size x max_size`` (``FastBaseTransform`` stretches every
-    frame to it; the priors are made for it): a ``canvas`` other than that is refused."""
-    h, w = int(image_size[0]), int(image_size[1])
-    if h < 1 or w < 1:
-        raise ValueError(f"image size must be (H, W) with positive ints, got {image_size!r}")
-    s = int(cfg.max_size)
-    if canvas is not None and tuple(canvas) != (s, s):
-        raise ValueError(f"model {cfg.name} always runs at {s}x{s} (upstream stretches every frame to it; its "
-                         f"priors are made for it), so --canvas {canvas[0]}x{canvas[1]} cannot apply")
-    return InputGeometry((h, w), (s, s), (s, s))
-
-
-def preprocess(images: torch.Tensor, cfg: YolactConfig, geometry: InputGeometry | None = None,
-               ops: PostprocessOps = TORCH_OPS) -> torch.Tensor:
-    """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, S, S]`` RGB network input.
-
-    As ``FastBaseTransform``: square resize to ``cfg.max_size`` (aspect ratio not kept),
-    bilinear on float with ``align_corners=False``, BGR mean/std normalisation, then BGR->RGB.
-    ``geometry`` is always ``S x S`` (:func:`input_geometry`); ``ops.preprocess`` (the CUDA
-    kernel) computes the same.
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (B, H, W, 3) BGR, got {images.dtype} {tuple(images.shape)}")
-    if ops.preprocess is not None:
-        return ops.preprocess(images, cfg)
-    x = images.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, (cfg.max_size, cfg.max_size), mode="bilinear", align_corners=False)
-    if cfg.normalize:
-        mean = torch.tensor(YOLACT_MEANS_BGR, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(YOLACT_STD_BGR, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    else:
-        x = x / 255.0
-    return x[:, [2, 1, 0]].contiguous()
 
 
 def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
@@ -210,17 +173,19 @@ class YolactResult:
 
 def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: YolactConfig,
                 image_size: tuple[int, int], *, score_threshold: float = 0.0, batch_index: int = 0,
-                maskiou_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                stage2: Stage2 | None = None,
                 ops: PostprocessOps = TORCH_OPS) -> YolactResult:
     """Head outputs of one image -> final detections (``Detect`` + ``output_utils.postprocess``).
 
     Args:
         outputs: the network's named outputs (``loc``, ``conf``, ``coef``, ``proto``), batched.
-        priors: ``float32[P, 4]`` from :func:`rtseg.models.yolact.make_priors`.
+        priors: ``float32[P, 4]`` from :func:`rtseg.families.yolact.network.make_priors`.
         image_size: ``(H, W)`` of the original image; boxes and masks are returned in it.
         score_threshold: detections with score ``<=`` this are dropped before mask assembly
             (``score_threshold`` of upstream's ``postprocess``; 0 keeps all).
-        maskiou_fn: YOLACT++ mask re-scoring net (``float32[N, 1, h, w] -> float32[N, C-1]``);
+        stage2: YOLACT++'s second stage, the mask re-scoring net
+            (``{"masks": float32[N, 1, h, w], "class_ids": int64[N]} -> {"maskiou": float32[N]}``,
+            :class:`rtseg.families.yolact.stage2.YolactStage2` or a backend's run of it);
             when given and ``cfg.rescore_mask``, ``mask_scores = scores * maskiou`` (upstream
             ``postprocess`` with ``rescore_mask``: ``[scores, scores * maskiou]``, the second
             what its mask AP ranks by); order and ``scores`` stay the box scores'. As upstream,
@@ -248,7 +213,7 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         index, scores, class_ids = index[keep], scores[keep], class_ids[keep]
 
     det_boxes, det_coef = boxes[index], coef[index]
-    rescore = maskiou_fn is not None and cfg.rescore_mask
+    rescore = stage2 is not None and cfg.rescore_mask
     mask_scores = None
     if ops.yolact_masks is not None and not rescore:
         masks = ops.yolact_masks(proto, det_coef, det_boxes, (h, w))  # fused: no soft masks kept
@@ -256,8 +221,7 @@ def postprocess(outputs: dict[str, torch.Tensor], priors: torch.Tensor, cfg: Yol
         soft = assemble_masks(proto, det_coef, det_boxes)
         if rescore:
             if index.shape[0] > 0:
-                maskiou = maskiou_fn(soft[:, None])
-                mask_scores = scores * maskiou.gather(1, class_ids[:, None]).squeeze(1)
+                mask_scores = scores * stage2({"masks": soft[:, None], "class_ids": class_ids})["maskiou"]
             else:
                 mask_scores = scores.clone()
         masks = masks_to_image(soft, (h, w))

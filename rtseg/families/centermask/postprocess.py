@@ -1,13 +1,10 @@
-"""CenterMask pre- and post-processing as pure torch functions (CPU or CUDA, no Python loop over
+"""CenterMask post-processing as pure torch functions (CPU or CUDA, no Python loop over
 instances on the hot path; the loops that remain run over the 5 FCOS levels or the 3 RoI levels).
 
 Each function documents its shapes, dtypes and coordinate frames; none modifies its inputs.
 Upstream references (youngwanLEE/centermask2 and facebookresearch/detectron2, commits in
 ``tests/fixtures/official/CENTERMASK.md``):
 
-- :func:`preprocess`: detectron2 ``ResizeShortestEdge.get_output_shape`` + ``ResizeTransform``
-  (PIL bilinear on uint8), ``GeneralizedRCNN.preprocess_image`` (``(x - mean) / std``, BGR) and
-  ``ImageList.from_tensors`` (zero padding bottom/right to a multiple of 32).
 - :func:`fcos_candidates`, :func:`class_aware_nms`: ``FCOSOutputs.forward_for_single_feature_map``
   and ``select_over_all_levels`` (``centermask/modeling/fcos/fcos_outputs.py``), ``ml_nms``.
 - :func:`assign_roi_levels`: ``assign_boxes_to_levels_by_ratio`` (``centermask/modeling/centermask/pooler.py``),
@@ -31,91 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, roi_align
 
-from rtseg.models.centermask import CenterMaskConfig
+from rtseg.families.base import Stage2, TorchStage2
+from rtseg.families.centermask.network import CenterMaskConfig
+from rtseg.families.centermask.stage2 import CenterMaskStage2
+from rtseg.families.centermask.preprocess import input_geometry
 from rtseg.postprocess import TORCH_OPS, PostprocessOps
-from rtseg.postprocess.resize import InputGeometry, keep_ratio_geometry, resize_uint8, shortest_edge_size
+from rtseg.postprocess.resize import InputGeometry
 
 #: FPN levels the RoI heads pool from (``ROI_HEADS.IN_FEATURES = ["p3", "p4", "p5"]``)
 ROI_LEVELS = (3, 4, 5)
-
-
-# -- preprocessing --------------------------------------------------------------------------------
-
-def input_geometry(cfg: CenterMaskConfig, image_size: tuple[int, int],
-                   canvas: tuple[int, int] | None = None) -> InputGeometry:
-    """Where an ``(H, W)`` frame goes in the network input.
-
-    ``keep_ratio`` (official variants): detectron2's ``ResizeShortestEdge.get_output_shape(h, w,
-    min_size_test, max_size_test)`` (:func:`~rtseg.postprocess.resize.shortest_edge_size`),
-    padded to a multiple of 32 as ``ImageList.from_tensors(size_divisibility=32)``. With a
-    ``canvas`` (rtseg's fixed-shape speed option): capped to fit it, padded to it (portrait
-    frames then run at a smaller scale than upstream's). Without ``keep_ratio`` (rtseg's square
-    model): stretched to the canvas (``cfg.input_size`` unless given), as it was trained.
-    """
-    h, w = int(image_size[0]), int(image_size[1])
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive (H, W), got {image_size}")
-    if not cfg.keep_ratio:
-        target = tuple(canvas) if canvas is not None else tuple(cfg.input_size)
-        return InputGeometry((h, w), target, target)  # type: ignore[arg-type]
-    newh, neww = shortest_edge_size((h, w), cfg.min_size_test, cfg.max_size_test)
-    resized = (max(newh, 1), max(neww, 1))
-    return keep_ratio_geometry((h, w), resized, canvas)
-
-
-def resized_size(image_size: tuple[int, int], cfg: CenterMaskConfig) -> tuple[int, int]:
-    """``(h, w)`` of the content inside the fixed canvas ``cfg.input_size`` (:func:`input_geometry`
-    with that canvas; what the CUDA preprocessing kernel reproduces)."""
-    return input_geometry(cfg, image_size, cfg.input_size).resized
-
-
-def preprocess(images: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry | None = None,
-               ops: PostprocessOps = TORCH_OPS) -> torch.Tensor:
-    """``uint8[B, H, W, 3]`` BGR -> ``float32[B, 3, *geometry.padded]`` BGR network input.
-
-    Official variants (``keep_ratio``): the uint8 frame resized to ``geometry.resized`` with
-    PIL's bilinear resize, exactly detectron2's ``ResizeTransform.apply_image``; rtseg's square
-    model: torch's antialiased bilinear resize rounded to integers (how it was trained). Then
-    ``(x - pixel_mean) / pixel_std`` per BGR channel and zero padding at the bottom and right
-    (``ImageList.from_tensors`` pads the normalised image with 0). ``geometry=None``:
-    :func:`input_geometry` with the fixed canvas ``cfg.input_size``. Output on the images' device.
-    """
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
-        found = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a uint8 tensor (B, H, W, 3) BGR, got {found}")
-    h, w = int(images.shape[1]), int(images.shape[2])
-    if geometry is None:
-        geometry = input_geometry(cfg, (h, w), cfg.input_size)
-    if ops.preprocess is not None and not cfg.keep_ratio and geometry.padded == tuple(cfg.input_size):
-        return ops.preprocess(images, cfg)
-    if not cfg.keep_ratio:
-        return preprocess_float(images, cfg, geometry)
-    x = resize_uint8(images, geometry.resized, "pil").permute(0, 3, 1, 2).float()
-    return _normalise_and_pad(x, cfg, geometry)
-
-
-def preprocess_float(images: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry | None = None) -> torch.Tensor:
-    """:func:`preprocess` with torch's antialiased bilinear resize of the float frame, rounded to
-    integers, instead of PIL's on uint8 (within a grey level of it): how rtseg's square model was
-    trained and runs, and what the CUDA preprocessing kernel (``cuda/preprocess.cu``) computes."""
-    h, w = int(images.shape[1]), int(images.shape[2])
-    if geometry is None:
-        geometry = input_geometry(cfg, (h, w), cfg.input_size)
-    newh, neww = geometry.resized
-    x = images.permute(0, 3, 1, 2).float()
-    if (newh, neww) != (h, w):
-        x = F.interpolate(x, (newh, neww), mode="bilinear", align_corners=False, antialias=True)
-        x = x.round().clamp(0, 255)
-    return _normalise_and_pad(x, cfg, geometry)
-
-
-def _normalise_and_pad(x: torch.Tensor, cfg: CenterMaskConfig, geometry: InputGeometry) -> torch.Tensor:
-    newh, neww = geometry.resized
-    mean = torch.tensor(cfg.pixel_mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.pixel_std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    canvas_h, canvas_w = geometry.padded
-    return F.pad(x, (0, canvas_w - neww, 0, canvas_h - newh)).contiguous()
 
 
 # -- FCOS decoding --------------------------------------------------------------------------------
@@ -342,30 +263,27 @@ class CenterMaskResult:
     mask_scores: torch.Tensor | None = None
 
 
-def mask_head_outputs(net: nn.Module, cfg: CenterMaskConfig, features: list[torch.Tensor], boxes: torch.Tensor,
+def mask_head_outputs(stage2: Stage2, cfg: CenterMaskConfig, features: list[torch.Tensor], boxes: torch.Tensor,
                       class_ids: torch.Tensor, image_area: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the RoI heads on one image's boxes.
+    """Pool one image's boxes and run the RoI heads (the second stage) on them.
 
     ``features`` P3-P5 of that image (``float32[1, C, H_l, W_l]``), ``boxes float32[N, 4]`` input
     pixels, ``class_ids int64[N]`` -> ``mask_probs float32[N, 2R, 2R]`` (sigmoid of the predicted
     class's mask, ``mask_rcnn_inference``) and ``maskiou float32[N]`` of that class (``None``
-    without the MaskIoU head).
+    without the MaskIoU head). ``stage2``: ``{"roi_feats", "class_ids"} -> {"mask_probs",
+    "maskiou"}`` (:class:`rtseg.families.centermask.stage2.CenterMaskStage2` or a backend's run of it).
     """
     levels = assign_roi_levels(boxes, image_area)
     batch_index = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
     roi_feats = pool_rois(features, boxes, batch_index, levels, cfg.pooler_resolution, cfg.pooler_sampling_ratio)
-    logits = net.roi_heads.mask_head(roi_feats)
-    rows = torch.arange(boxes.shape[0], device=boxes.device)
-    probs = torch.sigmoid(logits[rows, class_ids])
-    if not cfg.use_maskiou:
-        return probs, None
-    maskiou = net.roi_heads.maskiou_head(roi_feats, probs[:, None])
-    return probs, maskiou[rows, class_ids]
+    out = stage2({"roi_feats": roi_feats, "class_ids": class_ids})
+    return out["mask_probs"], (out["maskiou"] if cfg.use_maskiou else None)
 
 
 def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMaskConfig, image_size: tuple[int, int],
                 *, score_threshold: float = 0.0, batch_index: int = 0,
-                ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> CenterMaskResult:
+                ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None,
+                stage2: Stage2 | None = None) -> CenterMaskResult:
     """Network outputs of one image -> final detections in original-image pixels.
 
     1. FCOS candidates (:func:`fcos_candidates`) at the locations of the input size
@@ -381,11 +299,13 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
        the **clipped** boxes (as upstream, which clips before pasting) with ``cfg.mask_threshold``.
 
     Args:
-        outputs: :class:`rtseg.models.centermask.CenterMask` outputs, batched.
-        net: the network (``locations_for``, ``roi_heads``).
+        outputs: :class:`rtseg.families.centermask.network.CenterMask` outputs, batched.
+        net: the network (``locations_for``; its ``roi_heads`` are the second stage unless ``stage2``).
         image_size: ``(H, W)`` of the original image.
         geometry: the input geometry the outputs were computed at (``None``: the fixed canvas
             ``cfg.input_size``, as :func:`preprocess` without one).
+        stage2: the second stage as a backend runs it (``None``: the torch module,
+            :class:`~rtseg.families.centermask.stage2.CenterMaskStage2` of ``net``).
     """
     b = batch_index
     h, w = int(image_size[0]), int(image_size[1])
@@ -407,7 +327,9 @@ def postprocess(outputs: dict[str, torch.Tensor], net: nn.Module, cfg: CenterMas
                                 scores.clone() if cfg.use_maskiou else None)
 
     features = [outputs[f"p{level}"][b:b + 1] for level in ROI_LEVELS]
-    probs, maskiou = mask_head_outputs(net, cfg, features, boxes, class_ids, float(newh * neww))
+    if stage2 is None:
+        stage2 = TorchStage2(CenterMaskStage2(net))
+    probs, maskiou = mask_head_outputs(stage2, cfg, features, boxes, class_ids, float(newh * neww))
     if maskiou is not None and cfg.clamp_maskiou:
         maskiou = maskiou.clamp(0.0, 1.0)
     mask_scores = scores * maskiou if maskiou is not None else None

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from rtseg.postprocess.yolact import VARIANCES, box_iou, crop_masks
+from rtseg.families.yolact.postprocess import VARIANCES, box_iou, crop_masks
 
 #: ``-log`` of the clamped probability torch's ``binary_cross_entropy`` uses for p = 0 or 1
 _BCE_LOG_CLAMP = 100.0
@@ -75,7 +75,7 @@ def priors_to_xyxy(priors: torch.Tensor) -> torch.Tensor:
 
 
 def encode_boxes(boxes: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """SSD encoding, the inverse of :func:`rtseg.postprocess.yolact.decode_boxes`.
+    """SSD encoding, the inverse of :func:`rtseg.families.yolact.postprocess.decode_boxes`.
 
     ``boxes float32[P, 4]`` xyxy and ``priors float32[P, 4]`` (cx, cy, w, h), both relative
     -> ``float32[P, 4]`` offsets ``((c - c_p) / (0.1 w_p), log(w / w_p) / 0.2)``. Boxes must
@@ -187,7 +187,7 @@ def yolact_loss(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, to
     """The YOLACT training loss of one batch.
 
     Args:
-        outputs: training-mode outputs of :class:`rtseg.models.yolact.Yolact`: ``loc float32[B, P, 4]``,
+        outputs: training-mode outputs of :class:`rtseg.families.yolact.network.Yolact`: ``loc float32[B, P, 4]``,
             ``conf float32[B, P, C]`` logits, ``coef float32[B, P, k]``, ``proto float32[B, h, w, k]``,
             ``segm float32[B, C-1, hs, ws]``.
         targets: one dict per image (the ``CocoInstanceDataset`` interface): ``boxes float32[N, 4]``

@@ -23,7 +23,7 @@ which were read off the official code, see ``tests/fixtures/official/CENTERMASK.
 top-k choose, a data-dependent set. ``forward(x)`` is the dense, static part only: backbone,
 FPN and FCOS head, returning the flattened FCOS outputs plus the P3-P5 features the RoI heads
 pool from. Decoding, NMS, RoI level assignment, RoIAlign and the two RoI heads are applied by
-:func:`rtseg.postprocess.centermask.postprocess` (the ``net`` argument of the family's
+:func:`rtseg.families.centermask.postprocess.postprocess` (the ``net`` argument of the family's
 ``postprocess`` gives it ``net.roi_heads``). Why not a fixed top-k inside ``forward``: it would
 put NMS (ONNX ``NonMaxSuppression``, a TensorRT plugin) into the exported graph and run the
 mask head on ``POST_NMS_TOPK`` padded boxes even when the frame has three objects, which on a
@@ -32,7 +32,7 @@ static module (``[N, C, 14, 14]`` in, dynamic ``N`` only), so it exports as a se
 
 Input shape: as upstream, each frame size is resized to a shortest side (800 full / 600 Lite)
 capped by a longest side (1333 / 1000) and padded to a multiple of 32
-(:func:`rtseg.postprocess.centermask.input_geometry`), a different shape per aspect ratio; the
+(:func:`rtseg.families.centermask.preprocess.input_geometry`), a different shape per aspect ratio; the
 network takes any such shape. ``input_height`` / ``input_width`` (800 x 1344 full, 608 x 1024
 Lite) are the fixed canvas of rtseg's ``--canvas`` speed option and of training: there the
 resize is additionally capped to fit the canvas (portrait images get a smaller scale than
@@ -48,11 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtseg.data.coco_classes import COCO_CLASSES
 from rtseg.errors import CheckpointError, ConfigError
-from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.vovnet import VOVNET_SPECS, VoVNet, VoVNetSpec
-from rtseg.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES  # rtseg's synthetic shapes
 
 #: detectron2 ``config/defaults.py``: BGR order, std 1 (the VoVNet ImageNet weights absorb it)
 DETECTRON2_PIXEL_MEAN_BGR = (103.53, 116.28, 123.675)
@@ -331,7 +328,7 @@ class CenterMask(nn.Module):
     """CenterMask network, dense part in ``forward`` (see the module docstring).
 
     ``forward(x float32[B, 3, H, W])`` with ``H, W`` multiples of 32 (preprocessed, see
-    :func:`rtseg.postprocess.centermask.preprocess`) returns a dict, the same in train and
+    :func:`rtseg.families.centermask.preprocess.preprocess`) returns a dict, the same in train and
     eval mode (``P`` = locations over P3..P7, row-major per level, P3 first; ``K`` classes):
 
     - ``cls_logits``: ``float32[B, P, K]`` class logits (sigmoid classifiers)
@@ -400,41 +397,3 @@ class CenterMask(nn.Module):
                 raise CheckpointError(f"checkpoint {key} is {found}, model {self.cfg.name!r} normalises with "
                                       f"{list(expected)}: it was trained with another input normalisation")
         return cleaned
-
-
-# -- variants ------------------------------------------------------------------------------------
-
-_DROPBOX = "official checkpoint {file} (youngwanLEE/centermask2 README, Dropbox): pass --weights PATH"
-_LITE = dict(fpn_channels=128, fcos_num_convs=2, mask_num_conv=2, mask_conv_dim=128, maskiou_num_conv=2,
-             maskiou_conv_dim=128, input_height=608, input_width=1024, min_size_test=600, max_size_test=1000)
-
-#: rtseg's own small CPU model's backbone: VoVNet-19 (eSE) at a quarter of every width (V-19-slim,
-#: upstream's thinnest dense variant, is half of V-19's stage widths). 1.38 GMACs for the whole
-#: dense network at 384 x 384 against 3.65 for yolact_resnet18_half_384 (torch FlopCounterMode).
-RTSEG_SMALL_VOVNET = VoVNetSpec(stem=(16, 16, 32), stage_conv_ch=(32, 40, 48, 56), stage_out_ch=(64, 128, 192, 256),
-                                layer_per_block=3, block_per_stage=(1, 1, 1, 1))
-
-CENTERMASK_VARIANTS: tuple[CenterMaskConfig, ...] = (
-    CenterMaskConfig(name="centermask2_v39", class_names=COCO_CLASSES, vovnet=VOVNET_SPECS["V-39-eSE"],
-                     weights_source=_DROPBOX.format(file="centermask2-V-39-eSE-FPN-ms-3x.pth")),
-    CenterMaskConfig(name="centermask2_v57", class_names=COCO_CLASSES, vovnet=VOVNET_SPECS["V-57-eSE"],
-                     weights_source=_DROPBOX.format(file="centermask2-V-57-eSE-FPN-ms-3x.pth")),
-    CenterMaskConfig(name="centermask2_v99", class_names=COCO_CLASSES, vovnet=VOVNET_SPECS["V-99-eSE"],
-                     weights_source=_DROPBOX.format(file="centermask2-V-99-eSE-FPN-ms-3x.pth")),
-    CenterMaskConfig(name="centermask2_lite_v19", class_names=COCO_CLASSES, vovnet=VOVNET_SPECS["V-19-eSE"], **_LITE,
-                     weights_source=_DROPBOX.format(file="centermask2-lite-V-19-eSE-FPN-ms-4x.pth")),
-    CenterMaskConfig(name="centermask2_lite_v39", class_names=COCO_CLASSES, vovnet=VOVNET_SPECS["V-39-eSE"], **_LITE,
-                     weights_source=_DROPBOX.format(file="centermask2-lite-V-39-eSE-FPN-ms-4x.pth")),
-    CenterMaskConfig(name="centermask2_lite_v19_slim", class_names=COCO_CLASSES,
-                     vovnet=VOVNET_SPECS["V-19-slim-eSE"], **_LITE,
-                     weights_source=_DROPBOX.format(file="centermask-lite-V-19-eSE-slim-FPN-ms-4x.pth")),
-    CenterMaskConfig(name="centermask2_lite_v19_slim_dw", class_names=COCO_CLASSES,
-                     vovnet=VOVNET_SPECS["V-19-slim-dw-eSE"], **_LITE,
-                     weights_source=_DROPBOX.format(file="centermask-lite-V-19-eSE-slim-dw-FPN-ms-4x.pth")),
-    CenterMaskConfig(name="centermask_lite_vovnet19_quarter_384", class_names=SYNTHETIC_CLASSES,
-                     vovnet=RTSEG_SMALL_VOVNET, vovnet_norm="BN", fpn_channels=64, fcos_num_convs=2,
-                     mask_num_conv=2, mask_conv_dim=64, maskiou_num_conv=2, maskiou_conv_dim=64, maskiou_fc_dim=256,
-                     input_height=384, input_width=384, min_size_test=384, max_size_test=384, keep_ratio=False,
-                     pixel_std=IMAGENET_PIXEL_STD_BGR, train_mask_rois_per_image=16, clamp_maskiou=True,
-                     weights_source=BUILTIN_WEIGHTS_MISSING),
-)

@@ -23,7 +23,7 @@ variant listed here (light-448 R-18/34/50 and light-512 DCN included); the other
 are converted by :meth:`Solov2.load_official_state_dict`.
 
 The module returns named raw head outputs (fixed shapes, no data-dependent control flow, so
-it exports to ONNX); everything from the point NMS on lives in :mod:`rtseg.postprocess.solov2`.
+it exports to ONNX); everything from the point NMS on lives in :mod:`rtseg.families.solov2.postprocess`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtseg.errors import ConfigError
-from rtseg.models.checkpoint import BUILTIN_WEIGHTS_MISSING
 from rtseg.models.mmdet_resnet import DCN_TYPES, MMDetResNet, make_conv
 
 #: RGB mean / std of the torchvision ImageNet ResNets (WXinlong/SOLO ``img_norm_cfg``, ``to_rgb=True``)
@@ -67,7 +66,7 @@ class Solov2Config:
     #: ``(H, W)`` of the fixed training input, and the canvas of ``--canvas``-less fixed-shape
     #: exports. At inference official variants follow upstream instead: each frame size is
     #: resized by the official rule and padded to a multiple of 32 (``Pad(size_divisor=32)``);
-    #: see :func:`rtseg.postprocess.solov2.geometry`.
+    #: see :func:`rtseg.families.solov2.postprocess.geometry`.
     canvas: tuple[int, int] = (800, 1344)
     #: upstream ``img_scale`` (long edge, short edge) bound of the keep-ratio resize
     resize_max: tuple[int, int] = (1333, 800)
@@ -291,13 +290,13 @@ def _flatten_cells(per_level: list[torch.Tensor]) -> torch.Tensor:
 class Solov2(nn.Module):
     """SOLOv2 network.
 
-    ``forward(x: float32[B, 3, H, W])`` (preprocessed, see :func:`rtseg.postprocess.solov2.preprocess`;
+    ``forward(x: float32[B, 3, H, W])`` (preprocessed, see :func:`rtseg.families.solov2.preprocess.preprocess`;
     ``H, W`` multiples of 32) returns a dict, with ``G = cfg.num_cells`` grid cells (levels in
     order, each row-major), ``C`` classes and ``E = cfg.mask_channels``:
 
     - eval mode: ``cate``: ``float32[B, G, C]`` category scores after sigmoid. Upstream's
       "point NMS" (keep a score only where it is the max of its 2x2 window) follows in
-      post-processing (:func:`rtseg.postprocess.solov2.point_nms_cells`), not in the graph:
+      post-processing (:func:`rtseg.families.solov2.postprocess.point_nms_cells`), not in the graph:
       an equality test between neighbouring scores flips on the last-bit differences between
       backends (ONNX Runtime, TensorRT FP16), so it must run on one set of numbers.
     - training mode: ``cate_logits``: ``float32[B, G, C]`` raw logits (what the loss reads)
@@ -329,103 +328,8 @@ class Solov2(nn.Module):
 
     def load_official_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Convert a checkpoint of WXinlong/SOLO (identity), mmdetection 2.x/3.x or AdelaiDet
-        to this module's key layout (see :mod:`rtseg.models.solov2_checkpoints`); loading is
+        to this module's key layout (see :mod:`rtseg.families.solov2.checkpoints`); loading is
         the caller's."""
-        from rtseg.models.solov2_checkpoints import convert_state_dict
+        from rtseg.families.solov2.checkpoints import convert_state_dict
 
         return convert_state_dict(state_dict, self.cfg)
-
-
-# -- the variants ----------------------------------------------------------------------------
-# Official variants: WXinlong/SOLO configs/solov2/<config>.py (architecture, test_cfg,
-# img_scale); checkpoint names from its README (hosted at huggingface.co/xinlongwang/SOLO, cannot
-# be fetched at run time). Canvas = upstream img_scale padded up to a multiple of 32, landscape.
-def _wx(files: str) -> str:
-    return f"official checkpoint {files} (WXinlong/SOLO README): pass --weights PATH"
-
-
-_LIGHT_448 = dict(canvas=(448, 768), resize_max=(768, 448), head_convs=2, head_channels=256, mask_channels=128,
-                  scale_ranges=((1, 56), (28, 112), (56, 224), (112, 448), (224, 896)))
-
-
-def _official_variants() -> tuple[Solov2Config, ...]:
-    from rtseg.data.coco_classes import COCO_CLASSES as coco
-
-    return (
-        # solov2_r50_fpn_8gpu_{1x,3x}.py (same architecture); mmdetection solov2_r50_fpn_{1x,ms-3x}_coco
-        Solov2Config(name="solov2_r50_fpn", class_names=coco,
-                     weights_source=_wx("SOLOv2_R50_3x.pth or SOLOv2_R50_1x.pth") + "; mmdetection's "
-                     "solov2_r50_fpn_*_coco_*.pth load too"),
-        Solov2Config(name="solov2_r101_fpn", class_names=coco, backbone_depth=101,
-                     weights_source=_wx("SOLOv2_R101_3x.pth")),
-        # solov2_r101_dcn_fpn_8gpu_3x.py: DCNv2 in backbone stages 2-4, every tower conv and the
-        # whole mask-feature branch
-        Solov2Config(name="solov2_r101_dcn_fpn", class_names=coco, backbone_depth=101, backbone_dcn="DCNv2",
-                     head_dcn="DCNv2", mask_feat_dcn="DCNv2",
-                     weights_source=_wx("SOLOv2_R101_DCN_3x.pth") + "; mmdetection's solov2_r101_dcn_fpn_3x_coco_*.pth"
-                     " loads too"),
-        # solov2_light_448_r{18,34,50}_fpn_8gpu_3x.py: SOLOv2Head, 2 x 256 towers, E = 128
-        Solov2Config(name="solov2_light_448_r18", class_names=coco, backbone_depth=18, **_LIGHT_448,
-                     weights_source=_wx("SOLOv2_LIGHT_448_R18_3x.pth") + "; mmdetection's "
-                     "solov2_light_r18_fpn_3x_coco_*.pth loads too"),
-        Solov2Config(name="solov2_light_448_r34", class_names=coco, backbone_depth=34, **_LIGHT_448,
-                     weights_source=_wx("SOLOv2_LIGHT_448_R34_3x.pth")),
-        Solov2Config(name="solov2_light_448_r50", class_names=coco, backbone_depth=50, **_LIGHT_448,
-                     weights_source=_wx("SOLOv2_LIGHT_448_R50_3x.pth") + "; mmdetection's "
-                     "solov2_light_r50_fpn_3x_coco_*.pth loads too"),
-        # solov2_light_512_dcn_r50_fpn_8gpu_3x.py: DCN (v1) in backbone stages 2-4 and in the last of
-        # 3 tower convs (SOLOv2LightHead), other scale ranges; no non-DCN light-512 model is released
-        Solov2Config(name="solov2_light_512_dcn_r50", class_names=coco, canvas=(512, 864), resize_max=(852, 512),
-                     backbone_depth=50, backbone_dcn="DCN", head_convs=3, head_channels=256, head_dcn="DCN",
-                     head_dcn_last_only=True, mask_channels=128,
-                     scale_ranges=((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048)),
-                     weights_source=_wx("SOLOv2_LIGHT_512_DCN_R50_3x.pth")),
-        # mmdetection 3's solov2-light_r50-dcn_fpn_ms-3x_coco.py (no WXinlong twin: WXinlong's light-512 is
-        # DCN v1 at 512): DCNv2 (27-channel conv_offset) in backbone stages 2-4 and in the last of 3 tower
-        # convs (dcn_apply_to_all_conv=False), light-512's scale ranges, light-448's test scale (448, 768)
-        Solov2Config(name="solov2_light_448_dcn_r50", class_names=coco, canvas=(448, 768), resize_max=(768, 448),
-                     backbone_depth=50, backbone_dcn="DCNv2", head_convs=3, head_channels=256, head_dcn="DCNv2",
-                     head_dcn_last_only=True, mask_channels=128,
-                     scale_ranges=((1, 64), (32, 128), (64, 256), (128, 512), (256, 2048)),
-                     weights_source="mmdetection config solov2-light_r50-dcn_fpn_ms-3x_coco (no checkpoint in its "
-                     "metafile): pass --weights PATH"),
-        # AdelaiDet (detectron2) re-implementation, configs/SOLOv2/R{50,101}_3x.yaml: the same
-        # network on a caffe-style MSRA ResNet (stride in the 1x1 conv) with BGR input and std 1
-        Solov2Config(name="solov2_adet_r50_fpn", class_names=coco, backbone_style="caffe", pixel_norm="bgr_caffe",
-                     preprocess_style="detectron2",
-                     weights_source="official checkpoint SOLOv2_R50_3x.pth of aim-uofa/AdelaiDet "
-                     "(configs/SOLOv2/README.md): pass --weights PATH"),
-        Solov2Config(name="solov2_adet_r101_fpn", class_names=coco, backbone_depth=101, backbone_style="caffe",
-                     pixel_norm="bgr_caffe", preprocess_style="detectron2",
-                     weights_source="official checkpoint SOLOv2_R101_3x.pth of "
-                     "aim-uofa/AdelaiDet (configs/SOLOv2/README.md): pass --weights PATH"),
-    )
-
-
-def _rtseg_variants() -> tuple[Solov2Config, ...]:
-    # the synthetic shape classes (rtseg.synthetic does not import rtseg.models: no import cycle)
-    from rtseg.synthetic import CLASS_NAMES as synthetic
-
-    return (
-        # rtseg's own real-time CPU model, built in: trained here on the synthetic shapes, its backbone
-        # started from the built-in YOLACT's (no ImageNet weights can be fetched here; see
-        # docs/builtin-model.md): light-448's design scaled down to the budget of the built-in
-        # yolact_resnet18_half_384 (3.8 M parameters, 3.7 GMAC; trains at ~1.3 it/s, batch 8, on 2
-        # CPU cores per docs/builtin-model.md). This one: 3.8 M parameters, 3.3 GMAC at 384 x 384
-        # (torch FlopCounterMode): backbone 1.4, FPN 0.5, mask branch 0.7, towers 0.8.
-        # - square 384 stretched (keep_ratio=False), as the training data pipeline feeds square images
-        # - half-width R-18 (C2..C5: 32/64/128/256 ch), FPN 64 ch, mask branch 64 ch, E = 64
-        # - light-448's 2-conv towers at half width (128 ch)
-        # - scale ranges: light-448's scaled by 384/448; grids (24, 20, 16, 12, 8) instead of 40..12:
-        #   1440 cells instead of 3872 (the towers run per cell: 0.8 instead of 2 GMAC); level-0
-        #   cells are 16 px, the synthetic shapes' radii 13-61 px (rtseg/synthetic.py) at 384 px
-        Solov2Config(name="solov2_light_resnet18_half_384", class_names=synthetic, canvas=(384, 384),
-                     resize_max=(384, 384), keep_ratio=False, backbone_depth=18, backbone_width=0.5,
-                     fpn_channels=64, head_convs=2, head_channels=128, num_grids=(24, 20, 16, 12, 8),
-                     scale_ranges=((1, 48), (24, 96), (48, 192), (96, 384), (192, 768)),
-                     mask_feat_channels=64, mask_channels=64,
-                     weights_source=BUILTIN_WEIGHTS_MISSING),
-    )
-
-
-SOLOV2_VARIANTS: tuple[Solov2Config, ...] = _official_variants() + _rtseg_variants()

@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from rtseg.models.solov2 import Solov2Config
-from rtseg.postprocess.solov2 import MASK_STRIDE
+from rtseg.families.solov2.network import Solov2Config
+from rtseg.families.solov2.postprocess import MASK_STRIDE
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def solov2_loss(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, An
     """The loss of a batch.
 
     Args:
-        outputs: train-mode outputs of :class:`rtseg.models.solov2.Solov2`: ``cate_logits
+        outputs: train-mode outputs of :class:`rtseg.families.solov2.network.Solov2`: ``cate_logits
             float32[B, G, C]``, ``kernel float32[B, G, E]``, ``mask_feat float32[B, E, Hc/4, Wc/4]``.
         targets: one dict per image (:func:`rtseg.data.coco.collate`): ``boxes float32[N, 4]``
             relative xyxy in [0, 1], ``labels int64[N]``, ``masks uint8[N, Hc, Wc]``,

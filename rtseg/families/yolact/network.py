@@ -18,7 +18,7 @@ eval-mode forward computes up to (not including) ``Detect``:
 - ``semantic_seg_conv`` (1x1 on P3 to 80 classes) exists for training only, as upstream.
 
 The module returns named raw head outputs; decoding, NMS and mask assembly are pure
-functions in :mod:`rtseg.postprocess.yolact`.
+functions in :mod:`rtseg.families.yolact.postprocess`.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class FastMaskIoUNet(nn.Module):
 class Yolact(nn.Module):
     """YOLACT / YOLACT++ network.
 
-    ``forward(x: float32[B, 3, S, S])`` (preprocessed, see :func:`rtseg.postprocess.yolact.preprocess`)
+    ``forward(x: float32[B, 3, S, S])`` (preprocessed, see :func:`rtseg.families.yolact.preprocess.preprocess`)
     returns a dict:
 
     - ``loc``: ``float32[B, P, 4]`` box regressions relative to :func:`make_priors` anchors

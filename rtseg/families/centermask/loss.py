@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, roi_align, sigmoid_focal_loss
 
-from rtseg.models.centermask import CenterMaskConfig
-from rtseg.postprocess.centermask import (
+from rtseg.families.centermask.network import CenterMaskConfig
+from rtseg.families.centermask.postprocess import (
     ROI_LEVELS,
     assign_roi_levels,
     class_aware_nms,
@@ -256,7 +256,7 @@ def centermask_loss(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str
     """All CenterMask loss terms for a batch (see the module docstring).
 
     Args:
-        outputs: :class:`rtseg.models.centermask.CenterMask` outputs for ``B`` images.
+        outputs: :class:`rtseg.families.centermask.network.CenterMask` outputs for ``B`` images.
         targets: ``B`` dicts with ``boxes float32[N, 4]`` relative xyxy, ``labels int64[N]``,
             ``masks uint8[N, H, W]`` at the network input size, ``crowd bool[N]``.
         net: the network (``locations``, ``location_strides``, ``level_sizes``, ``roi_heads``).

@@ -4,7 +4,7 @@ Three codebases release SOLOv2 weights; all compute the same network but name it
 
 - **WXinlong/SOLO** (mmdetection v1.0, the authors' code): ``backbone.*``, ``neck.*``,
   ``mask_feat_head.*``, ``bbox_head.*`` (``mmdet/models/detectors/single_stage_ins.py``).
-  rtseg's :class:`~rtseg.models.solov2.Solov2` uses exactly these names: identity. Old mmdet
+  rtseg's :class:`~rtseg.families.solov2.network.Solov2` uses exactly these names: identity. Old mmdet
   DCN keys ``<conv>_offset.*`` are renamed to ``<conv>.conv_offset.*`` as upstream's
   ``DeformConvPack._load_from_state_dict`` does for checkpoints without version metadata.
 - **mmdetection 2.x / 3.x** (``mmdet/models/dense_heads/solov2_head.py``): same backbone and
@@ -137,7 +137,7 @@ def _adet_key(k: str) -> str:
 def convert_state_dict(state: Mapping[str, torch.Tensor], cfg) -> dict[str, torch.Tensor]:
     """An official SOLOv2 state_dict (any of :data:`LAYOUTS`) with rtseg's key names.
 
-    ``cfg`` (a :class:`~rtseg.models.solov2.Solov2Config`) is checked against the layout: an
+    ``cfg`` (a :class:`~rtseg.families.solov2.network.Solov2Config`) is checked against the layout: an
     AdelaiDet checkpoint into a model whose backbone is not caffe-style raises
     :class:`CheckpointError` (the keys would fit but the outputs would be wrong). A
     WXinlong-layout file is accepted by every variant (rtseg's own training checkpoints use it).
