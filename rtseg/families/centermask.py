@@ -33,7 +33,7 @@ def postprocess(outputs: dict[str, torch.Tensor], net: CenterMask, cfg: CenterMa
                 score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
     result = post.postprocess(outputs, net, cfg, image_size, score_threshold=score_threshold, ops=ops,
                               geometry=geometry)
-    return to_numpy_instances(result, image_size)
+    return to_numpy_instances(result, image_size, ops)
 
 
 def loss(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: CenterMask, cfg: CenterMaskConfig,

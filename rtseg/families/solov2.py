@@ -28,7 +28,7 @@ PRIOR_PROB = 0.01
 def postprocess(outputs: dict[str, torch.Tensor], net: Solov2, cfg: Solov2Config, image_size: tuple[int, int],
                 score_threshold: float, ops: PostprocessOps = TORCH_OPS, geometry: InputGeometry | None = None) -> Instances:
     result = post.postprocess(outputs, cfg, image_size, score_threshold=score_threshold, ops=ops, geometry=geometry)
-    return to_numpy_instances(result, image_size)
+    return to_numpy_instances(result, image_size, ops)
 
 
 def loss(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: Solov2, cfg: Solov2Config,

@@ -29,7 +29,7 @@ def postprocess(outputs: dict[str, torch.Tensor], net: Yolact, cfg: YolactConfig
     maskiou = getattr(net, "maskiou_net", None)
     result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold,
                               maskiou_fn=maskiou, ops=ops)  # geometry: always S x S
-    return to_numpy_instances(result, image_size)
+    return to_numpy_instances(result, image_size, ops)
 
 
 def loss(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: Yolact, cfg: YolactConfig,
