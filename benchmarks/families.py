@@ -30,7 +30,7 @@ from common import free_port, hardware, write_video
 from rtseg.families import FAMILIES
 from rtseg.models import MODELS
 from rtseg.pipeline import Pipeline
-from rtseg.publish import Publisher
+from rtseg.publisher import Publisher
 from rtseg.segmenter import Segmenter, builtin_weights_path, configure_threads
 from rtseg.sources import open_source
 

@@ -173,7 +173,7 @@ def encode_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch
         import numpy as np
 
         from rtseg.kernels.masks import encode_masks_cuda
-        from rtseg.publish import mask_windows
+        from rtseg.wire import mask_windows
 
         frame = FRAME_SIZES[frame_name]
         n = _instances(size)

@@ -39,7 +39,7 @@ from common import free_port, hardware
 
 from rtseg.models import DEFAULT_MODEL
 from rtseg.pipeline import Pipeline
-from rtseg.publish import Publisher
+from rtseg.publisher import Publisher
 from rtseg.render import render
 from rtseg.segmenter import Segmenter, configure_threads
 from rtseg.structures import Frame

@@ -32,7 +32,7 @@ import torch
 
 from rtseg.models import DEFAULT_MODEL
 from rtseg.pipeline import Pipeline
-from rtseg.publish import Publisher
+from rtseg.publisher import Publisher
 from rtseg.render import VideoRecorder, render
 from rtseg.segmenter import Segmenter, configure_threads
 from rtseg.sources import open_source

@@ -4,12 +4,12 @@ RLE vs raw bytes, on the publisher and on the subscriber.
 For each frame size and instance count, a frame with that many elliptical masks (objects
 of 2-10 % of the image, like the synthetic video's) is:
 
-* encoded: ``bitpacked``: :func:`rtseg.publish.encode_message` (the real message: JSON
+* encoded: ``bitpacked``: :func:`rtseg.wire.encode_message` (the real message: JSON
   header + one blob of per-instance bit-packed windows); ``rle``: the same header with
   COCO RLE strings (``Instances.to_rle``, pycocotools) instead of a blob; ``raw``: the header
   + ``bool[N, H, W]`` as bytes;
 * sent over a real ZeroMQ PUSH/PULL pair on 127.0.0.1 and received (transfer);
-* decoded back to ``bool[N, H, W]`` masks: :func:`rtseg.publish.decode_message` (with its
+* decoded back to ``bool[N, H, W]`` masks: :func:`rtseg.wire.decode_message` (with its
   checks), ``Instances.masks_from_rle``, ``np.frombuffer``.
 
 Median milliseconds of ``--repeats`` runs, message size in KiB. Every decode is checked to
@@ -33,7 +33,7 @@ import zmq
 
 from common import free_port, hardware
 
-from rtseg.publish import decode_message, encode_message
+from rtseg.wire import decode_message, encode_message
 from rtseg.structures import Frame, Instances
 
 CLASS_NAMES = [f"class{i}" for i in range(80)]

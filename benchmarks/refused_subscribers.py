@@ -2,7 +2,7 @@
 and handshakes it refused, while ``--clients`` ``rtseg subscribe`` processes with a key the
 publisher does not allow keep trying for ``--seconds``.
 
-The publisher is :class:`rtseg.publish.Publisher` with keys from ``rtseg keys generate``
+The publisher is :class:`rtseg.publisher.Publisher` with keys from ``rtseg keys generate``
 (its ZAP thread included: this process hosts nothing else); each client is a real
 ``python -m rtseg subscribe ENDPOINT --curve-keys STRANGER --timeout SECONDS`` process. Run
 it once with each tree on ``PYTHONPATH`` to compare, e.g.:
@@ -27,7 +27,7 @@ from common import hardware
 
 import rtseg
 from rtseg.keys import generate_keys
-from rtseg.publish import Publisher
+from rtseg.publisher import Publisher
 
 
 def cpu_seconds() -> float:

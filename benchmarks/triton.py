@@ -89,7 +89,7 @@ def statistics_of(port: int) -> dict:
 def _collect(endpoint: str, times: list, ready: threading.Event, count: int) -> None:
     """Arrival times of ``count`` messages; returns while the publisher is still up (its
     last frame), so the subscriber never has to handle its publisher going away."""
-    from rtseg.publish import subscribe
+    from rtseg.subscriber import subscribe
 
     gen = subscribe(endpoint, timeout=600)
     ready.set()

@@ -1,6 +1,6 @@
 // cuda/mask_encode.cu: bit-packed mask windows (wire format `bitpacked-window`) on the GPU.
 //
-// Torch / NumPy reference twin: rtseg/publish.py `mask_windows` and the packing in
+// Torch / NumPy reference twin: rtseg/wire.py `mask_windows` and the packing in
 // `encode_message` (docs/wire-format.md, section 4): per instance the tightest window
 // x0 <= x < x1, y0 <= y < y1 (an empty mask gets 0, 0, 0, 0), its pixels flattened row-major
 // and packed most significant bit first (numpy.packbits), zero padding in the last byte,

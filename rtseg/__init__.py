@@ -28,7 +28,7 @@ def __getattr__(name: str):  # lazy re-exports, so `import rtseg` does not impor
 
         return Segmenter
     if name == "subscribe":
-        from rtseg.publish import subscribe
+        from rtseg.subscriber import subscribe
 
         return subscribe
     raise AttributeError(f"module 'rtseg' has no attribute {name!r}")

@@ -516,7 +516,7 @@ def run_bench(plan: BenchPlan, *, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     from rtseg.models import MODELS
-    from rtseg.publish import Publisher
+    from rtseg.publisher import Publisher
     from rtseg.segmenter import configure_threads
 
     workers = plan.workers or (1 if plan.device.startswith("cuda") else min(2, os.cpu_count() or 1))

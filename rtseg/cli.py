@@ -538,7 +538,7 @@ def _check_run_options(args: argparse.Namespace) -> None:
     if args.curve_keys and not args.publish:
         raise ConfigError("--curve-keys is for --publish: expected --publish ENDPOINT with it, found none")
     if args.publish:
-        from rtseg.publish import check_endpoint
+        from rtseg.publisher import check_endpoint
 
         check_endpoint(args.publish, "--publish", bind=True, inproc=False)
     for option, path in (("--record", args.record), ("--summary-json", args.summary_json)):
@@ -629,7 +629,7 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
             segmenter.warmup()
             publisher = None
             if args.publish:
-                from rtseg.publish import Publisher
+                from rtseg.publisher import Publisher
 
                 publisher = Publisher(args.publish, segmenter.class_names, topic=args.topic.encode(),
                                       curve_keys=curve_keys)
@@ -705,7 +705,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from rtseg.publish import check_endpoint, run_subscriber
+    from rtseg.publisher import check_endpoint
+    from rtseg.subscriber import run_subscriber
 
     check_endpoint(args.endpoint, "subscribe", bind=False, inproc=False)  # one line, before any socket
     if args.save:  # before connecting and waiting for messages

@@ -29,7 +29,7 @@ Overflow policy
     * ``q_render`` and ``q_publish`` always block: a frame accepted by inference is never
       dropped. The publisher itself never blocks: ZeroMQ drops a message only for a
       subscriber whose queue is full, and that subscriber counts what it missed from the
-      gaps in the headers' ``publish_seq`` (``rtseg.publish.GapCounter``); the others
+      gaps in the headers' ``publish_seq`` (``rtseg.wire.GapCounter``); the others
       still get every frame.
 
 Shutdown: end of input, ``max_frames``, or :meth:`Pipeline.stop` (Ctrl-C, SIGTERM) makes
@@ -225,7 +225,7 @@ class Pipeline:
             and ``process_batch(images)`` where ``batch > 1``).
         names: the stream names, one per source (default "0", "1", ... by position); set as
             ``frame.stream`` on every frame (the publisher's topic and header use it).
-        publisher: a :class:`rtseg.publish.Publisher`, or None.
+        publisher: a :class:`rtseg.publisher.Publisher`, or None.
         recorder: a :class:`rtseg.render.VideoRecorder`, or None; with several streams a dict
             stream name -> recorder (streams without one are not recorded).
         window: a :class:`rtseg.render.Window`, or None; with several streams a dict name -> window.
@@ -554,7 +554,7 @@ class Pipeline:
                 stream = self._by_name[frame.stream]
                 if self.publisher is not None:
                     t0 = time.perf_counter()
-                    self.publisher.publish(frame)  # never blocks, never refused (see rtseg.publish)
+                    self.publisher.publish(frame)  # never blocks, never refused (see rtseg.publisher)
                     stream.frames_published += 1
                     frame.timings["publish"] = time.perf_counter() - t0
                 done = time.perf_counter()

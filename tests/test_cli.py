@@ -75,7 +75,7 @@ def test_publish_address_in_use_is_one_line(tmp_path):
 
 
 def _collect(endpoint: str, received: list, ready: threading.Event, timeout: float) -> None:
-    from rtseg.publish import subscribe
+    from rtseg.subscriber import subscribe
 
     gen = subscribe(endpoint, timeout=timeout)
     ready.set()

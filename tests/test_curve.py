@@ -18,8 +18,10 @@ import zmq.auth
 
 from rtseg.errors import ConfigError
 from rtseg.keys import generate_keys, load_client_keys, load_server_keys
-from rtseg.publish import Message, Publisher, subscribe
+from rtseg.publisher import Publisher
 from rtseg.structures import Frame, Instances
+from rtseg.subscriber import subscribe
+from rtseg.wire import Message
 
 NAMES = ["person", "dog"]
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -175,7 +177,7 @@ def test_only_the_allowed_key_receives_frames(keys, other_keys, caplog):
     plain: list = []
     errors: list[BaseException] = []
     sent: dict[int, Frame] = {}
-    caplog.set_level(logging.WARNING, logger="rtseg.publish")
+    caplog.set_level(logging.WARNING, logger="rtseg")
     with Publisher(LOOPBACK, NAMES, curve_keys=str(keys)) as publisher:
         assert publisher.curve
         endpoint = publisher.endpoint
@@ -215,7 +217,7 @@ def test_only_the_allowed_key_receives_frames(keys, other_keys, caplog):
 
 
 def test_curve_publisher_log_states_reach_and_encryption(keys, caplog):
-    caplog.set_level(logging.INFO, logger="rtseg.publish")
+    caplog.set_level(logging.INFO, logger="rtseg.publisher")
     with Publisher(LOOPBACK, NAMES, curve_keys=str(keys)):
         pass
     with Publisher(LOOPBACK, NAMES):
@@ -226,7 +228,7 @@ def test_curve_publisher_log_states_reach_and_encryption(keys, caplog):
 
 
 def test_all_interfaces_without_curve_is_a_warning_and_with_curve_is_not(keys, caplog):
-    caplog.set_level(logging.INFO, logger="rtseg.publish")
+    caplog.set_level(logging.INFO, logger="rtseg.publisher")
     with Publisher("tcp://*:*", NAMES):
         pass
     with Publisher("tcp://*:*", NAMES, curve_keys=str(keys)):

@@ -31,10 +31,12 @@ from hypothesis import strategies as st
 
 from rtseg.errors import PublishError, SourceError
 from rtseg.pipeline import Pipeline
-from rtseg.publish import GapCounter, Publisher, decode_message, encode_message, subscribe
+from rtseg.publisher import Publisher
 from rtseg.render import VideoRecorder
 from rtseg.sources import MAX_IMAGE_PIXELS, open_source
 from rtseg.structures import Frame, Instances
+from rtseg.subscriber import subscribe
+from rtseg.wire import GapCounter, decode_message, encode_message
 
 from rtsp_server import read_stamp
 from test_sources import decode_index, indexed_image, write_video

@@ -177,7 +177,7 @@ def test_run_publishes_the_official_detections_of_a_photo(files):
     import threading
 
     from cli_helpers import free_port, run_cli
-    from rtseg.publish import subscribe
+    from rtseg.subscriber import subscribe
 
     variant, name = "centermask2_lite_v19_slim_dw", "astronaut_portrait"
     endpoint = f"tcp://127.0.0.1:{free_port()}"

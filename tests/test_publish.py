@@ -1,4 +1,4 @@
-"""rtseg.publish: the wire format (encode / decode, checked against docs/wire-format.md),
+"""rtseg.wire, rtseg.publisher, rtseg.subscriber: the wire format (encode / decode, checked against docs/wire-format.md),
 the ZeroMQ publisher and subscriber over real sockets on 127.0.0.1."""
 
 from __future__ import annotations
@@ -22,21 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtseg.errors import ConfigError, PublishError
-from rtseg.publish import (
-    MAX_IMAGE_SIDE,
-    SCHEMA,
-    GapCounter,
-    Message,
-    Publisher,
-    binds_all_interfaces,
-    binds_loopback_only,
-    decode_message,
-    encode_message,
-    mask_windows,
-    run_subscriber,
-    subscribe,
-)
+from rtseg.publisher import Publisher, binds_all_interfaces, binds_loopback_only
 from rtseg.structures import Frame, Instances
+from rtseg.subscriber import run_subscriber, subscribe
+from rtseg.wire import MAX_IMAGE_SIDE, SCHEMA, GapCounter, Message, decode_message, encode_message, mask_windows
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"
 NAMES = ["person", "bicycle", "traffic light", "dog"]
@@ -96,7 +85,7 @@ def doc_blocks(language: str) -> list[str]:
 
 def decode_from_doc_prose(parts: list[bytes]) -> tuple[dict, np.ndarray]:
     """An independent decoder written from docs/wire-format.md, section 4, bit by bit
-    (no rtseg.publish, no numpy.unpackbits)."""
+    (no rtseg.wire, no numpy.unpackbits)."""
     topic, header_bytes, blob = parts
     header = json.loads(header_bytes.decode("utf-8"))
     assert header["schema"].startswith("rtseg.instances/1.")
@@ -615,7 +604,7 @@ def test_subscribe_skips_malformed_messages_with_a_warning(zmq_context, caplog):
             return
 
     thread = threading.Thread(target=collect_first, daemon=True)
-    with caplog.at_level(logging.WARNING, logger="rtseg.publish"):
+    with caplog.at_level(logging.WARNING, logger="rtseg.subscriber"):
         thread.start()
         for _ in range(500):  # handshake: until a good message has come through
             if received:
@@ -790,7 +779,7 @@ def test_a_tiny_message_declaring_huge_empty_masks_is_received_and_saved_in_memo
 
 SLOW_SUBSCRIBER = r"""
 import sys, time
-from rtseg.publish import subscribe
+from rtseg.subscriber import subscribe
 
 def rss(field):
     with open("/proc/self/status") as f:
@@ -900,7 +889,7 @@ def test_subscribe_keeps_at_most_three_parts_of_a_message(zmq_context, caplog):
     sender = threading.Thread(target=send, daemon=True)
     tracemalloc.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="rtseg.publish"):
+        with caplog.at_level(logging.WARNING, logger="rtseg.subscriber"):
             sender.start()
             received.append(next(messages))
             while not any("found 50 parts" in r.getMessage() for r in caplog.records):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rtseg.errors import PublishError
-from rtseg.publish import SCHEMA, decode_message, encode_message
+from rtseg.wire import SCHEMA, decode_message, encode_message
 from rtseg.structures import Frame, Instances
 
 

@@ -241,7 +241,7 @@ def test_serve_port_in_use_is_one_line(server):
 def _collect(endpoint: str, received: list, ready: threading.Event, stop: threading.Event) -> None:
     """Messages with their arrival time until ``stop``; the test sets it while the publisher is
     still up, so this subscriber never sees its publisher go away."""
-    from rtseg.publish import subscribe
+    from rtseg.subscriber import subscribe
 
     ready.set()
     while not stop.is_set():

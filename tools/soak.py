@@ -90,7 +90,7 @@ def _free_port() -> int:
 def run(seconds: float, interval: float, model: str, source_spec: str) -> dict:
     from rtseg.cli import default_workers
     from rtseg.pipeline import Pipeline
-    from rtseg.publish import Publisher
+    from rtseg.publisher import Publisher
     from rtseg.segmenter import Segmenter, configure_threads
     from rtseg.sources import open_source
 
@@ -112,7 +112,7 @@ def run(seconds: float, interval: float, model: str, source_spec: str) -> dict:
     # imports torch), printing one line per message
     # prints "<seq> <missed>": missed counts the publisher's messages it did not receive
     # just before this one (gaps in publish_seq)
-    listen = ("import sys; from rtseg.publish import subscribe\n"
+    listen = ("import sys; from rtseg.subscriber import subscribe\n"
               "for m in subscribe(sys.argv[1], timeout=60): print(m.seq, m.missed, flush=True)")
     subscriber = subprocess.Popen([sys.executable, "-c", listen, endpoint], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True, cwd=ROOT)

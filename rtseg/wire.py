@@ -1,0 +1,624 @@
+"""The rtseg wire format: one ZeroMQ multipart message per frame (encode and decode).
+
+The wire format is specified in ``docs/wire-format.md``; that document is normative and
+this module follows it. In short, one ZeroMQ multipart message per frame:
+
+1. the topic (bytes, for ZeroMQ prefix filtering),
+2. a JSON header (ASCII, hence valid UTF-8) with the frame's metadata and one entry per
+   instance,
+3. one binary blob holding every mask: per instance, the smallest integer window that
+   contains all its pixels, bit-packed row-major, most significant bit first.
+
+Each header carries the publisher's own message counter (``publish_seq``) and a random id
+per publisher (``publisher_id``), so a subscriber counts exactly what it missed
+(:class:`GapCounter`, ``Message.missed``).
+
+Decoding trusts nothing: every size is checked against the caps below and against the
+blob before anything is allocated, and every problem raises :class:`PublishError` with
+one line saying what was expected and what was found.
+
+This module needs no ZeroMQ: the sockets are in :mod:`rtseg.publisher` (the PUB side) and
+:mod:`rtseg.subscriber` (the SUB side).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rtseg.errors import PublishError
+from rtseg.structures import Frame, Instances
+
+#: header ``schema`` written by this module; a consumer accepts any ``1.x``
+#: (1.1 added the optional ``publisher_id`` and ``publish_seq``; 1.2 the optional per-instance
+#: ``mask_score``)
+SCHEMA = "rtseg.instances/1.2"
+SCHEMA_NAME = "rtseg.instances"
+SCHEMA_MAJOR = 1
+#: header ``mask_encoding``: integer window per instance, bit-packed row-major, MSB first
+MASK_ENCODING = "bitpacked-window"
+
+#: Wire limits (docs/wire-format.md, "Limits"). 16384 is the largest side any camera or
+#: file rtseg reads is expected to have (8K UHD is 7680 x 4320); 10000 instances is two
+#: orders of magnitude above the per-image detection caps of the models (100-300).
+MAX_IMAGE_SIDE = 16384
+MAX_INSTANCES = 10000
+#: longest ``publisher_id`` a decoder accepts; rtseg writes 16 hex digits (64 random bits)
+MAX_PUBLISHER_ID_CHARS = 64
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
+#: Decoder-side cap on the JSON header (part 1): parsed JSON takes up to ~25 times its text
+#: in Python objects, so the header is capped apart from the message. rtseg writes about
+#: 230 bytes per instance: 2.3 MB at MAX_INSTANCES.
+DEFAULT_MAX_HEADER_BYTES = 8 * 2**20
+#: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks
+#: ``Message.instances.masks`` would allocate (the blob alone does not bound it: empty
+#: masks cost no blob bytes). Decoding itself keeps the masks packed and allocates in
+#: proportion to the message's size.
+#: 1 GiB fits e.g. 500 instances at 1920 x 1080 or 120 at 3840 x 2160.
+DEFAULT_MAX_MASK_PIXELS = 2**30
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64_MAX = 2**63 - 1
+
+
+# ---------------------------------------------------------------------------------------
+# encoding
+# ---------------------------------------------------------------------------------------
+def mask_windows(masks: np.ndarray) -> np.ndarray:
+    """Tight integer windows of ``bool[N, H, W]`` masks as ``int64[N, 4]`` ``x0, y0, x1, y1``.
+
+    ``x0 = floor(min x)`` of the mask's pixels, ``x1 = max x + 1`` (exclusive end), same for
+    ``y``. An empty mask gets the zero-size window ``0, 0, 0, 0``.
+    """
+    n, h, w = masks.shape
+    rows = masks.any(axis=2)  # (N, H)
+    cols = masks.any(axis=1)  # (N, W)
+    nonempty = rows.any(axis=1)
+    windows = np.stack(
+        [
+            cols.argmax(axis=1),
+            rows.argmax(axis=1),
+            w - cols[:, ::-1].argmax(axis=1),
+            h - rows[:, ::-1].argmax(axis=1),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    windows[~nonempty] = 0
+    return windows
+
+
+def _check_finite(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise PublishError(f"cannot publish: {name} must be finite numbers, found {values[~np.isfinite(values)][:3].tolist()}")
+
+
+def encode_message(
+    frame: Frame,
+    class_names: Sequence[str],
+    *,
+    topic: bytes = b"rtseg",
+    publish_time: float | None = None,
+    publisher_id: str | None = None,
+    publish_seq: int | None = None,
+) -> list[bytes]:
+    """One frame as the three parts of a wire message: ``[topic, header, masks]``.
+
+    ``frame.instances`` (``None`` or empty publishes no instances and an empty blob);
+    ``class_names[class_id]`` names each instance; ``publish_time`` is wall-clock seconds
+    (``time.time()`` when not given). Scores and boxes are written as JSON numbers that
+    give back the exact ``float32`` values. ``publisher_id`` and ``publish_seq`` (the
+    publisher's id and message counter, written by :class:`Publisher`) go into the header
+    when given.
+    """
+    if not isinstance(topic, bytes):
+        raise TypeError(f"topic must be bytes, got {type(topic).__name__}")
+    if publisher_id is not None and not (isinstance(publisher_id, str) and 0 < len(publisher_id) <= MAX_PUBLISHER_ID_CHARS):
+        raise TypeError(f"publisher_id must be a string of 1 to {MAX_PUBLISHER_ID_CHARS} characters, got {_short(publisher_id)}")
+    if publish_seq is not None and (isinstance(publish_seq, bool) or not isinstance(publish_seq, int) or not 0 <= publish_seq <= _INT64_MAX):
+        raise TypeError(f"publish_seq must be an integer in [0, 2**63 - 1], got {_short(publish_seq)}")
+    instances = frame.instances
+    h, w = instances.image_size if instances is not None else frame.image_size
+    if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
+        raise PublishError(f"cannot publish: image_size must be at most {MAX_IMAGE_SIDE} x {MAX_IMAGE_SIDE}, found {h} x {w}")
+    n = 0 if instances is None else len(instances)
+    if n > MAX_INSTANCES:
+        raise PublishError(f"cannot publish: at most {MAX_INSTANCES} instances per frame, found {n}")
+
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+    if n:
+        assert instances is not None
+        _check_finite("boxes", instances.boxes)
+        _check_finite("scores", instances.scores)
+        mask_scores = None
+        if instances.mask_scores is not None:
+            _check_finite("mask_scores", instances.mask_scores)
+            mask_scores = instances.mask_scores.tolist()
+        windows = mask_windows(instances.masks).tolist()
+        boxes = instances.boxes.tolist()  # float32 -> Python float: exact
+        scores = instances.scores.tolist()
+        class_ids = instances.class_ids.tolist()
+        for i in range(n):
+            class_id = class_ids[i]
+            if not 0 <= class_id < len(class_names):
+                raise PublishError(
+                    f"cannot publish: class id must be in [0, {len(class_names)}) to have a name, found {class_id}"
+                )
+            x0, y0, x1, y1 = windows[i]
+            packed = np.packbits(instances.masks[i, y0:y1, x0:x1]).tobytes()  # flattened, MSB first
+            entries.append(
+                {
+                    "class_id": class_id,
+                    "class_name": str(class_names[class_id]),
+                    "score": scores[i],
+                    "box": boxes[i],
+                    "mask_window": [x0, y0, x1, y1],
+                    "mask_offset": offset,
+                    "mask_length": len(packed),
+                }
+            )
+            if mask_scores is not None:
+                entries[-1]["mask_score"] = mask_scores[i]
+            chunks.append(packed)
+            offset += len(packed)
+    blob = b"".join(chunks)
+    header = {
+        "schema": SCHEMA,
+        "seq": int(frame.seq),
+        "source": str(frame.source_id),
+        "capture_time": float(frame.capture_time),
+        "publish_time": float(time.time() if publish_time is None else publish_time),
+        "image_size": [int(h), int(w)],
+        "mask_encoding": MASK_ENCODING,
+        "masks_bytes": len(blob),
+        "instances": entries,
+    }
+    if publisher_id is not None:
+        header["publisher_id"] = publisher_id
+    if publish_seq is not None:
+        header["publish_seq"] = publish_seq
+    # ensure_ascii: the header is plain ASCII, so any UTF-8 JSON parser reads it, even
+    # for source ids that carry undecodable file-name bytes (lone surrogates).
+    text = json.dumps(header, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+    return [topic, text.encode("ascii"), blob]
+
+
+# ---------------------------------------------------------------------------------------
+# decoding
+# ---------------------------------------------------------------------------------------
+class PackedInstances:
+    """The instances of one decoded message, masks kept as the wire's bit-packed windows.
+
+    What :func:`decode_message` returns in ``Message.instances``: holding it costs about
+    what the message cost on the wire, whatever ``image_size`` says (an empty mask costs
+    nothing), so a hostile header that declares large empty masks costs nothing either.
+    It reads like :class:`rtseg.structures.Instances` (``len()``, ``boxes``, ``scores``,
+    ``class_ids``, ``image_size``, ``to_rle()``, ``mask_areas()``, indexing, ``==``), and
+    the full-size masks are made only when asked for:
+
+    - :attr:`masks` / :meth:`to_instances`: ``bool[N, H, W]``, ``N * H * W`` bytes each
+      call (bounded by ``max_mask_pixels`` at decode);
+    - :meth:`window_mask`: one mask's window and its pixels, the compact form;
+    - :meth:`to_rle`: COCO compressed RLEs computed from the windows directly, in time and
+      memory proportional to the windows' pixels, never to ``H * W``.
+    """
+
+    __slots__ = ("boxes", "scores", "class_ids", "image_size", "windows", "mask_scores", "_offsets", "_blob")
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, image_size: tuple[int, int],
+                 windows: np.ndarray, offsets: np.ndarray, blob: bytes, *,
+                 mask_scores: np.ndarray | None = None) -> None:
+        n = boxes.shape[0]
+        assert boxes.shape == (n, 4) and scores.shape == (n,) and class_ids.shape == (n,)
+        assert windows.shape == (n, 4) and offsets.shape == (n,)
+        assert mask_scores is None or mask_scores.shape == (n,)
+        self.boxes = boxes  #: ``float32[N, 4]``
+        self.scores = scores  #: ``float32[N]``
+        self.class_ids = class_ids  #: ``int64[N]``
+        self.image_size = (int(image_size[0]), int(image_size[1]))  #: ``(H, W)``
+        self.windows = windows  #: ``int64[N, 4]``: each mask's ``x0, y0, x1, y1`` (``mask_window``)
+        self.mask_scores = mask_scores  #: ``float32[N]`` or ``None`` (wire format 1.2 ``mask_score``)
+        self._offsets = offsets
+        self._blob = blob
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __repr__(self) -> str:
+        return f"PackedInstances(n={len(self)}, image_size={self.image_size})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getitem__(self, item: Any) -> "PackedInstances":
+        index = np.arange(len(self))[item]
+        index = np.atleast_1d(index)
+        return PackedInstances(self.boxes[index], self.scores[index], self.class_ids[index], self.image_size,
+                               self.windows[index], self._offsets[index], self._blob,
+                               mask_scores=None if self.mask_scores is None else self.mask_scores[index])
+
+    def window_mask(self, i: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        """Mask ``i`` in its window: ``((x0, y0, x1, y1), bool[y1 - y0, x1 - x0])``; false outside it."""
+        x0, y0, x1, y1 = (int(v) for v in self.windows[i])
+        h, w = y1 - y0, x1 - x0
+        if h * w == 0:
+            return (x0, y0, x1, y1), np.zeros((h, w), np.bool_)
+        packed = np.frombuffer(self._blob, dtype=np.uint8, count=(h * w + 7) // 8, offset=int(self._offsets[i]))
+        bits = np.unpackbits(packed, count=h * w)  # MSB first, padding ignored
+        return (x0, y0, x1, y1), bits.reshape(h, w).view(np.bool_)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """Full-size ``bool[N, H, W]`` masks, made on each call (``N * H * W`` bytes)."""
+        h, w = self.image_size
+        masks = np.zeros((len(self), h, w), np.bool_)
+        for i in range(len(self)):
+            (x0, y0, x1, y1), window = self.window_mask(i)
+            masks[i, y0:y1, x0:x1] = window
+        return masks
+
+    def to_instances(self) -> Instances:
+        """The same instances as :class:`rtseg.structures.Instances` (full-size masks)."""
+        return Instances(boxes=self.boxes, scores=self.scores, class_ids=self.class_ids, masks=self.masks,
+                         image_size=self.image_size, mask_scores=self.mask_scores)
+
+    def mask_areas(self) -> np.ndarray:
+        """``int64[N]``: number of mask pixels per instance (counted in the windows)."""
+        return np.array([int(np.count_nonzero(self.window_mask(i)[1])) for i in range(len(self))], np.int64)
+
+    def to_rle(self) -> list[dict]:
+        """Masks as COCO compressed RLEs, ``{"size": [H, W], "counts": str}`` each: exactly
+        what ``Instances.to_rle()`` (``pycocotools.mask.encode``) gives for the full-size
+        masks, computed from the windows without making them."""
+        from pycocotools import mask as mask_utils
+
+        h, w = self.image_size
+        out = []
+        for i in range(len(self)):
+            counts = _rle_counts(*self.window_mask(i), h, w)
+            rle = mask_utils.frPyObjects({"counts": counts, "size": [h, w]}, h, w)
+            text = rle["counts"]
+            out.append({"size": [h, w], "counts": text.decode("ascii") if isinstance(text, bytes) else text})
+        return out
+
+    def _tight(self, i: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+        (x0, y0, _, _), window = self.window_mask(i)
+        rows, cols = np.flatnonzero(window.any(axis=1)), np.flatnonzero(window.any(axis=0))
+        if rows.size == 0:
+            return (0, 0, 0, 0), window[:0, :0]
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        return (x0 + c0, y0 + r0, x0 + c1, y0 + r1), window[r0:r1, c0:c1]
+
+    def __eq__(self, other: object) -> bool:
+        """Value equality with another :class:`PackedInstances` or an ``Instances``."""
+        if not isinstance(other, (PackedInstances, Instances)):
+            return NotImplemented
+        if not (self.image_size == other.image_size and np.array_equal(self.boxes, other.boxes)
+                and np.array_equal(self.scores, other.scores) and np.array_equal(self.class_ids, other.class_ids)):
+            return False
+        if (self.mask_scores is None) != (other.mask_scores is None) or (
+                self.mask_scores is not None and not np.array_equal(self.mask_scores, other.mask_scores)):
+            return False
+        if isinstance(other, Instances):
+            for i in range(len(self)):
+                (x0, y0, x1, y1), window = self.window_mask(i)
+                dense = other.masks[i]
+                if not np.array_equal(dense[y0:y1, x0:x1], window) or int(np.count_nonzero(dense)) != int(np.count_nonzero(window)):
+                    return False
+            return True
+        return all(self._tight(i)[0] == other._tight(i)[0] and np.array_equal(self._tight(i)[1], other._tight(i)[1])
+                   for i in range(len(self)))
+
+
+def _rle_counts(window: tuple[int, int, int, int], bits: np.ndarray, h: int, w: int) -> list[int]:
+    """COCO RLE counts (column-major runs, zeros first) of an ``h x w`` mask that is
+    ``bits`` inside ``window`` and false elsewhere; cost proportional to the window."""
+    x0, y0, x1, y1 = window
+    if not bits.any():
+        return [h * w]
+    wh, ww = bits.shape
+    padded = np.zeros((ww, wh + 2), np.int8)  # one zero above and below each window column
+    padded[:, 1:-1] = bits.T
+    flat = padded.ravel()
+    k = np.flatnonzero(np.diff(flat)) + 1  # first index of each new run, in padded coordinates
+    column, row = np.divmod(k, wh + 2)
+    position = (x0 + column) * h + y0 + row - 1  # the run's first pixel, column-major in the image
+    starts, ends = position[0::2], position[1::2]
+    # a window as tall as the image: a run that ends at the bottom of one column and one that
+    # starts at the top of the next are one run
+    joined = np.flatnonzero(starts[1:] == ends[:-1])
+    starts, ends = np.delete(starts, joined + 1), np.delete(ends, joined)
+    edges = np.empty(2 * starts.size + 2, np.int64)
+    edges[0], edges[-1] = 0, h * w
+    edges[1:-1:2], edges[2:-1:2] = starts, ends
+    counts = np.diff(edges).tolist()
+    return counts[:-1] if counts[-1] == 0 else counts  # no empty trailing run (as pycocotools)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded wire message.
+
+    ``header`` is the JSON header as received (a dict); the other fields are its checked,
+    typed view: ``capture_time`` and ``publish_time`` in wall-clock seconds,
+    ``image_size`` ``(H, W)``, ``class_names`` one name per instance, and ``instances``
+    (a :class:`PackedInstances`: the masks stay the wire's bit-packed windows, so a message
+    costs in memory about its size on the wire; ``instances.masks`` makes the full-size
+    ``bool[N, H, W]`` masks, ``instances.to_rle()`` COCO RLEs, when asked for).
+
+    ``publisher_id`` and ``publish_seq`` are the publisher's id and message counter
+    (``None`` in messages from publishers before schema 1.1). ``missed`` is set by
+    :func:`subscribe`: how many messages of the same publisher this subscriber did not
+    receive between the previous message it received and this one (0 for the first, and
+    after a publisher restart; see :class:`GapCounter`). :func:`decode_message` alone,
+    which sees one message, sets it to 0.
+    """
+
+    topic: bytes
+    header: dict = field(repr=False)
+    seq: int
+    source: str
+    capture_time: float
+    publish_time: float
+    image_size: tuple[int, int]
+    class_names: list[str]
+    instances: PackedInstances
+    publisher_id: str | None = None
+    publish_seq: int | None = None
+    missed: int = 0
+
+    __hash__ = None  # type: ignore[assignment]  # dict / numpy payload
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _malformed(what: str, expected: str, found: Any) -> PublishError:
+    return PublishError(f"malformed rtseg message: {what} must be {expected}, found {found}")
+
+
+def _get(obj: dict, key: str, where: str) -> Any:
+    if key not in obj:
+        raise PublishError(f"malformed rtseg message: {where} must have field {key!r}, found it missing")
+    return obj[key]
+
+
+def _int(obj: dict, key: str, where: str, lo: int, hi: int) -> int:
+    value = _get(obj, key, where)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _malformed(f"{where} field {key!r}", f"an integer in [{lo}, {hi}]", _short(value))
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= _FLOAT32_MAX:
+        raise _malformed(what, "a finite number", _short(value))  # also rejects NaN / inf
+    return float(value)
+
+
+def _str(obj: dict, key: str, where: str) -> str:
+    value = _get(obj, key, where)
+    if not isinstance(value, str):
+        raise _malformed(f"{where} field {key!r}", "a string", _short(value))
+    return value
+
+
+def _int_list(value: Any, what: str, length: int) -> list[int]:
+    if not isinstance(value, list) or len(value) != length or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise _malformed(what, f"a list of {length} integers", _short(value))
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _as_bytes_view(part: Any, index: int) -> memoryview:
+    try:
+        view = memoryview(part)
+    except TypeError:
+        raise _malformed(f"part {index}", "bytes", type(part).__name__) from None
+    if not view.c_contiguous:
+        raise _malformed(f"part {index}", "a contiguous bytes buffer", "a strided buffer")
+    return view.cast("B")
+
+
+def decode_message(
+    parts: Sequence[bytes],
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_mask_pixels: int = DEFAULT_MAX_MASK_PIXELS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+) -> Message:
+    """Check and decode the parts of one wire message (see ``docs/wire-format.md``).
+
+    ``parts``: the three frames as bytes-like objects. Raises :class:`PublishError` for
+    anything malformed, including messages above ``max_message_bytes`` in total and
+    messages whose full-size masks would need more than ``max_mask_pixels`` bytes
+    (``N * H * W``, what ``instances.masks`` would allocate) and headers above
+    ``max_header_bytes``. Decoding allocates in
+    proportion to the message's size: the masks stay bit-packed in their windows
+    (:class:`PackedInstances`), and ``image_size`` alone costs nothing.
+    """
+    if isinstance(parts, (bytes, bytearray, memoryview, str)) or not isinstance(parts, Sequence):
+        raise _malformed("the message", "a sequence of 3 parts", type(parts).__name__)
+    if len(parts) != 3:
+        raise _malformed("the message", "3 parts (topic, header, masks)", f"{len(parts)} parts")
+    topic_view, header_view, blob = (_as_bytes_view(p, i) for i, p in enumerate(parts))
+    total = topic_view.nbytes + header_view.nbytes + blob.nbytes
+    if total > max_message_bytes:
+        raise _malformed("the message", f"at most {max_message_bytes} bytes", f"{total} bytes")
+    if header_view.nbytes > max_header_bytes:
+        raise _malformed("the header (part 1)", f"at most {max_header_bytes} bytes", f"{header_view.nbytes} bytes")
+
+    try:
+        header = json.loads(bytes(header_view).decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise _malformed("the header (part 1)", "UTF-8 text", f"an invalid byte at offset {exc.start}") from None
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _malformed("the header (part 1)", "a JSON object", f"invalid JSON ({reason})") from None
+    if not isinstance(header, dict):
+        raise _malformed("the header (part 1)", "a JSON object", type(header).__name__)
+
+    schema = _str(header, "schema", "header")
+    name, _, version = schema.partition("/")
+    major = version.split(".", 1)[0]
+    if name != SCHEMA_NAME or not major.isdigit():
+        raise _malformed("header field 'schema'", f"'{SCHEMA_NAME}/<major>.<minor>'", _short(schema))
+    if int(major) != SCHEMA_MAJOR:
+        raise PublishError(
+            f"unsupported rtseg message: schema major version must be {SCHEMA_MAJOR} ({SCHEMA}), found {_short(schema)}"
+        )
+    encoding = _str(header, "mask_encoding", "header")
+    if encoding != MASK_ENCODING:
+        raise _malformed("header field 'mask_encoding'", repr(MASK_ENCODING), _short(encoding))
+
+    seq = _int(header, "seq", "header", 0, _INT64_MAX)
+    publish_seq = _int(header, "publish_seq", "header", 0, _INT64_MAX) if "publish_seq" in header else None
+    publisher_id = None
+    if "publisher_id" in header:
+        publisher_id = _str(header, "publisher_id", "header")
+        if not 0 < len(publisher_id) <= MAX_PUBLISHER_ID_CHARS:
+            raise _malformed("header field 'publisher_id'", f"a string of 1 to {MAX_PUBLISHER_ID_CHARS} characters",
+                             f"{len(publisher_id)} characters")
+    source = _str(header, "source", "header")
+    capture_time = _number(_get(header, "capture_time", "header"), "header field 'capture_time'")
+    publish_time = _number(_get(header, "publish_time", "header"), "header field 'publish_time'")
+    h, w = _int_list(_get(header, "image_size", "header"), "header field 'image_size'", 2)
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise _malformed("header field 'image_size'", f"[H, W] with 1 <= H, W <= {MAX_IMAGE_SIDE}", [h, w])
+    masks_bytes = _int(header, "masks_bytes", "header", 0, _INT64_MAX)
+    if masks_bytes != blob.nbytes:
+        raise _malformed("header field 'masks_bytes'", f"the masks part's length {blob.nbytes}", masks_bytes)
+    entries = _get(header, "instances", "header")
+    if not isinstance(entries, list) or len(entries) > MAX_INSTANCES:
+        found = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
+        raise _malformed("header field 'instances'", f"a list of at most {MAX_INSTANCES} entries", found)
+    n = len(entries)
+    if n * h * w > max_mask_pixels:
+        raise _malformed("the message", f"at most {max_mask_pixels} mask pixels (N * H * W)", f"{n} x {h} x {w}")
+
+    boxes = np.zeros((n, 4), np.float32)
+    scores = np.zeros((n,), np.float32)
+    mask_scores: np.ndarray | None = None  # schema 1.2: optional, on every entry or on none
+    class_ids = np.zeros((n,), np.int64)
+    names: list[str] = []
+    spans: list[tuple[int, int, int]] = []  # (offset, length, instance index)
+    windows: list[tuple[int, int, int, int]] = []
+    for i, entry in enumerate(entries):
+        where = f"instances[{i}]"
+        if not isinstance(entry, dict):
+            raise _malformed(where, "a JSON object", type(entry).__name__)
+        class_ids[i] = _int(entry, "class_id", where, 0, _INT64_MAX)
+        names.append(_str(entry, "class_name", where))
+        scores[i] = _number(_get(entry, "score", where), f"{where} field 'score'")
+        if i == 0 and "mask_score" in entry:
+            mask_scores = np.zeros((n,), np.float32)
+        if ("mask_score" in entry) != (mask_scores is not None):
+            raise _malformed(f"{where} field 'mask_score'", "present on every instance or on none",
+                             "present" if "mask_score" in entry else "absent")
+        if mask_scores is not None:
+            mask_scores[i] = _number(entry["mask_score"], f"{where} field 'mask_score'")
+        box = _get(entry, "box", where)
+        if not isinstance(box, list) or len(box) != 4:
+            raise _malformed(f"{where} field 'box'", "a list of 4 numbers", _short(box))
+        boxes[i] = [_number(v, f"{where} field 'box'") for v in box]
+        x0, y0, x1, y1 = _int_list(_get(entry, "mask_window", where), f"{where} field 'mask_window'", 4)
+        if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
+            raise _malformed(
+                f"{where} field 'mask_window'", f"[x0, y0, x1, y1] with 0 <= x0 <= x1 <= {w}, 0 <= y0 <= y1 <= {h}", [x0, y0, x1, y1]
+            )
+        offset = _int(entry, "mask_offset", where, 0, _INT64_MAX)
+        length = _int(entry, "mask_length", where, 0, _INT64_MAX)
+        expected_length = ((x1 - x0) * (y1 - y0) + 7) // 8
+        if length != expected_length:
+            raise _malformed(f"{where} field 'mask_length'", f"{expected_length} (window bits / 8, rounded up)", length)
+        if offset + length > blob.nbytes:
+            raise _malformed(f"{where} mask bytes", f"inside the {blob.nbytes}-byte masks part", f"[{offset}, {offset + length})")
+        windows.append((x0, y0, x1, y1))
+        spans.append((offset, length, i))
+
+    spans.sort()
+    end = 0
+    for offset, length, i in spans:
+        if length == 0:
+            continue
+        if offset < end:
+            raise _malformed(f"instances[{i}] mask bytes", f"not overlapping another mask (start >= {end})", f"start {offset}")
+        end = offset + length
+
+    # masks stay packed: what the message holds is what it cost on the wire
+    blob_bytes = parts[2] if isinstance(parts[2], bytes) else bytes(blob)
+    offsets = np.zeros((n,), np.int64)
+    for offset, _, i in spans:
+        offsets[i] = offset
+    instances = PackedInstances(boxes, scores, class_ids, (h, w), np.array(windows, np.int64).reshape(n, 4), offsets,
+                                blob_bytes, mask_scores=mask_scores)
+    return Message(
+        topic=bytes(topic_view),
+        header=header,
+        seq=seq,
+        source=source,
+        capture_time=capture_time,
+        publish_time=publish_time,
+        image_size=(h, w),
+        class_names=names,
+        instances=instances,
+        publisher_id=publisher_id,
+        publish_seq=publish_seq,
+    )
+
+
+class GapCounter:
+    """Counts the messages a subscriber missed, from the counters in the headers it receives.
+
+    Feed it every decoded :class:`Message` in the order received; :meth:`update` returns
+    how many messages were missed between the previous one and this one. ZeroMQ delivers
+    one publisher's messages in order, so a gap in its counter is exactly the messages
+    dropped for this subscriber (its queue was full) or lost while it was disconnected:
+
+    * the counter is ``publish_seq`` (consecutive over everything one :class:`Publisher`
+      sends), within one ``publisher_id``;
+    * a message from a publisher before schema 1.1 has neither; the frame ``seq`` of its
+      ``source`` stands in, whose gaps also count frames the publisher never sent (a live
+      source keeps only its newest frame);
+    * a new ``publisher_id`` (or source), or a counter that does not go forward, is a
+      restarted publisher: counted in :attr:`restarts`, and that message has missed 0
+      (what a new publisher sent before this subscriber reached it is not known), as does
+      the first message.
+
+    Totals: :attr:`received`, :attr:`missed`, :attr:`restarts`.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.missed = 0
+        self.restarts = 0
+        self._stream: tuple[str, str] | None = None
+        self._last = -1
+
+    def update(self, message: Message) -> int:
+        """Take the next received message; returns the messages missed just before it."""
+        if message.publish_seq is not None:
+            stream, counter = ("publisher", message.publisher_id or ""), message.publish_seq
+        else:
+            stream, counter = ("source", message.source), message.seq
+        missed = 0
+        if self._stream is not None:
+            if stream == self._stream and counter > self._last:
+                missed = counter - self._last - 1
+            else:
+                self.restarts += 1
+        self._stream, self._last = stream, counter
+        self.received += 1
+        self.missed += missed
+        return missed
+
