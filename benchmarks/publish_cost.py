@@ -86,7 +86,7 @@ def encoders():
 
 def decoders():
     def bitpacked(parts):
-        return decode_message(parts).instances.masks
+        return decode_message(parts).instances.masks_dense()
 
     def rle(parts):
         head = json.loads(parts[1])

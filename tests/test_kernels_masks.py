@@ -29,7 +29,7 @@ from rtseg.models.yolact import YolactConfig
 from rtseg.postprocess import centermask as cm_post
 from rtseg.postprocess import solov2 as solo_post
 from rtseg.postprocess import yolact as yolact_post
-from rtseg.wire import mask_windows
+from rtseg.structures import dense_windows
 
 RANDOM_CASES = 1000
 #: a pixel whose reference value is closer than this to the threshold may legitimately differ
@@ -529,8 +529,8 @@ def host_encode(lib, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def reference_encode(masks: np.ndarray) -> tuple[np.ndarray, bytes, list[int]]:
-    """wire.py's own steps: mask_windows, then packbits of each window, back to back."""
-    windows = mask_windows(masks)
+    """CompactMasks.from_dense's own steps: dense_windows, then packbits of each window, back to back."""
+    windows = dense_windows(masks)
     chunks = [np.packbits(masks[i, y0:y1, x0:x1]).tobytes() for i, (x0, y0, x1, y1) in enumerate(windows.tolist())]
     return windows, b"".join(chunks), [len(c) for c in chunks]
 

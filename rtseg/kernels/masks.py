@@ -11,8 +11,8 @@ argument), are:
   :func:`rtseg.postprocess.yolact.masks_to_image`;
 - :func:`paste_masks_cuda`: :func:`rtseg.postprocess.centermask.paste_masks`;
 - :func:`preprocess_cuda`: each family's ``preprocess`` (parameters from :func:`preprocess_params`);
-- :func:`encode_masks_cuda`: :func:`rtseg.wire.mask_windows` and the bit packing of
-  :func:`rtseg.wire.encode_message`.
+- :func:`encode_masks_cuda`: :meth:`rtseg.structures.CompactMasks.from_dense` (:func:`rtseg.structures.dense_windows`
+  and the bit packing), what ``to_numpy_instances`` uses under ``--postprocess cuda``.
 
 :func:`preprocess_params` is plain Python (no GPU) so the host-built kernels in the tests use the
 very parameters the GPU path does.
