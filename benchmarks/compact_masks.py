@@ -100,9 +100,9 @@ def before_render(image: np.ndarray, dense: SimpleNamespace) -> np.ndarray:
     return out
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     return (time.perf_counter() - t0) * 1000.0, out
 
 

@@ -133,8 +133,9 @@ def _blend_masks(out: np.ndarray, instances: Instances) -> None:
 
     Each instance paints its palette index into an index map inside its window only, in
     ascending score order, so the last to paint a pixel is its highest-scoring owner; then
-    every covered pixel is blended once. Cost: the windows' area plus one pass over the
-    covered pixels, never ``N * H * W``."""
+    the rectangle around all windows is blended at once and copied back where covered
+    (faster than gathering the covered pixels: at 1080p with 100 objects most are). Cost: the
+    windows' area plus that rectangle, never ``N * H * W``."""
     masks = instances.masks
     h, w = instances.image_size
     uncovered = len(PALETTE_BGR)  # an index no class colour has
@@ -145,11 +146,21 @@ def _blend_masks(out: np.ndarray, instances: Instances) -> None:
         x0, y0, x1, y1 = (int(v) for v in masks.windows[i])
         if x1 > x0 and y1 > y0:
             owner[y0:y1, x0:x1][masks.window(i)] = palette_index[i]
-    covered = owner != uncovered
+    windows = masks.windows[(masks.windows[:, 2] > masks.windows[:, 0]) & (masks.windows[:, 3] > masks.windows[:, 1])]
+    if not windows.size:
+        return
+    x0, y0 = int(windows[:, 0].min()), int(windows[:, 1].min())
+    x1, y1 = int(windows[:, 2].max()), int(windows[:, 3].max())
+    region, region_owner = out[y0:y1, x0:x1], owner[y0:y1, x0:x1]
+    covered = region_owner != uncovered
     if covered.any():
-        blend = PALETTE_BGR[owner[covered]].astype(np.float32)
-        base = out[covered].astype(np.float32)
-        out[covered] = (base * (1 - MASK_ALPHA) + blend * MASK_ALPHA).astype(np.uint8)
+        colors = _BLEND_COLORS[region_owner]  # float32, the sentinel's row unused
+        blended = (region.astype(np.float32) * (1 - MASK_ALPHA) + colors * MASK_ALPHA).astype(np.uint8)
+        np.copyto(region, blended, where=covered[..., None])
+
+
+#: the palette as float32 with one more row for "no mask" (:func:`_blend_masks` blends it too, then drops it)
+_BLEND_COLORS = np.vstack([PALETTE_BGR, np.zeros((1, 3), np.uint8)]).astype(np.float32)
 
 
 def render(image: np.ndarray, instances: Instances, class_names: Sequence[str], *,
