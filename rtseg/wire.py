@@ -56,7 +56,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 #: 230 bytes per instance: 2.3 MB at MAX_INSTANCES.
 DEFAULT_MAX_HEADER_BYTES = 8 * 2**20
 #: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks
-#: ``Message.instances.masks`` would allocate (the blob alone does not bound it: empty
+#: ``Message.instances.masks_dense()`` would allocate (the blob alone does not bound it: empty
 #: masks cost no blob bytes). Decoding itself keeps the masks packed and allocates in
 #: proportion to the message's size.
 #: 1 GiB fits e.g. 500 instances at 1920 x 1080 or 120 at 3840 x 2160.

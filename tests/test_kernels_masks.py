@@ -593,6 +593,26 @@ def test_mask_encode_crafted(encode_lib, shape):
         check_encode_case(encode_lib, np.full(shape, fill), f"{shape} fill {fill}")
 
 
+def test_mask_encode_output_is_the_compact_masks_instances_hold(encode_lib):
+    """What ``to_numpy_instances`` makes of the kernel's output under --postprocess cuda
+    (``compact_from_encoded``) is ``CompactMasks.from_dense`` of the same masks, byte for byte."""
+    from rtseg.kernels.masks import EncodedMasks
+    from rtseg.postprocess import compact_from_encoded
+    from rtseg.structures import CompactMasks
+
+    rng = np.random.default_rng(6303)
+    for case in range(50):
+        n = int(rng.integers(1, 6))
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        masks = random_masks(rng, n, h, w)
+        windows, offsets, lengths, blob = host_encode(encode_lib, masks)
+        encoded = EncodedMasks(torch.from_numpy(windows.astype(np.int64)), torch.from_numpy(offsets),
+                               torch.from_numpy(lengths), torch.from_numpy(np.frombuffer(blob, np.uint8).copy()))
+        compact, reference = compact_from_encoded(encoded, (h, w)), CompactMasks.from_dense(masks)
+        assert np.array_equal(compact.windows, reference.windows) and np.array_equal(compact.offsets, reference.offsets)
+        assert compact.blob.tobytes() == reference.blob.tobytes() and compact.is_contiguous, f"case {case}"
+
+
 def test_wrappers_refuse_what_they_cannot_launch():
     """Without a GPU the wrappers still check their inputs: CPU tensors and non-tensors are refused
     with what was expected, before anything is compiled."""
