@@ -361,6 +361,9 @@ class Instances:
         n = boxes.shape[0]
         _check_array("scores", self.scores, np.float32, 1, "(N,)")
         _check_array("class_ids", self.class_ids, np.int64, 1, "(N,)")
+        for name, arr in (("scores", self.scores), ("class_ids", self.class_ids)):
+            if arr.shape[0] != n:
+                raise ValueError(f"{name} must have {n} entries to match boxes, got {arr.shape[0]}")
         if not isinstance(self.masks, CompactMasks):
             if not isinstance(self.masks, np.ndarray):
                 raise TypeError(f"masks must be a CompactMasks or a numpy.ndarray of shape (N, H, W), "
@@ -369,9 +372,6 @@ class Instances:
             if self.masks.shape != (n, h, w):
                 raise ValueError(f"masks must have shape {(n, h, w)} (N, H, W), got {tuple(self.masks.shape)}")
             object.__setattr__(self, "masks", CompactMasks.from_dense(self.masks))
-        for name, arr in (("scores", self.scores), ("class_ids", self.class_ids)):
-            if arr.shape[0] != n:
-                raise ValueError(f"{name} must have {n} entries to match boxes, got {arr.shape[0]}")
         if self.masks.shape != (n, h, w):
             raise ValueError(f"masks must be {n} masks of an image of size {(h, w)}, got {len(self.masks)} of "
                              f"{self.masks.image_size}")
