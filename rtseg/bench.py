@@ -8,9 +8,13 @@ handed to ZeroMQ), one frame (or one batch) at a time:
     decode -> preprocess -> inference -> postprocess -> render -> publish
 
 ``--warmup`` frames first (not timed: kernel selection, allocator growth, lazy exports), then
-``--frames`` timed frames. Every clock read on a CUDA device follows a
-``torch.cuda.synchronize``, so a stage's time is the time its GPU work took, not the time
-to queue it. Reported per stage and end to end: mean, p50, p95, p99 milliseconds; FPS is
+``--frames`` timed frames. Pre-processing, inference and post-processing are one
+``Segmenter.process_batch`` call, the one ``rtseg run`` makes (``--batch``, ``fp16`` =
+``rtseg run --half``), and their times are the ones it reports: on a CUDA device CUDA events
+on the worker's stream, read once the results are on the host (:mod:`rtseg.device`), so a
+stage's time is the time its GPU work took, not the time to queue it, and nothing
+synchronises the device to measure. Decode, render and publish are host work, timed by the
+host clock. Reported per stage and end to end: mean, p50, p95, p99 milliseconds; FPS is
 frames / the summed end-to-end time. With ``--batch`` above 1, each stage's per-frame time is
 the batch's time / batch size and the end-to-end latency is the batch's time (what each
 frame in it waits, not counting the wait for the batch to fill).
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -262,7 +266,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--backends", default="torch", help="comma-separated: torch, onnxruntime, tensorrt (default torch)")
     p.add_argument("--sizes", default="480x640", help="video frame sizes HxW, comma-separated (default 480x640)")
     p.add_argument("--precisions", default="fp32",
-                   help="fp32 and/or fp16 (fp16: CUDA only; torch autocast, a float16 ONNX graph) (default fp32)")
+                   help="fp32 and/or fp16 (fp16: CUDA only, as 'rtseg run --half': torch autocast, a float16 ONNX "
+                        "graph, an fp16 engine) (default fp32)")
     p.add_argument("--batch", default="1", help="batch sizes, comma-separated (default 1; onnxruntime exports one "
                                                 "graph per batch size; tensorrt uses the engine's)")
     p.add_argument("--frames", default="100", help="timed frames per combination (default 100)")
@@ -321,17 +326,6 @@ class _DiscardWindow:
         return True
 
 
-def _clock(device: Any) -> Callable[[], float]:
-    import torch
-
-    if device.type == "cuda":
-        def now() -> float:
-            torch.cuda.synchronize(device)  # GPU work queued so far is done before the clock is read
-            return time.perf_counter()
-        return now
-    return time.perf_counter
-
-
 def _skip_reason(plan: BenchPlan, backend: str, precision: str, batch: int) -> str | None:
     cuda = plan.device.startswith("cuda")
     if precision == "fp16" and not cuda:
@@ -364,38 +358,31 @@ def make_segmenter(plan: BenchPlan, model: str, backend: str, precision: str, ba
     from rtseg.segmenter import Segmenter
 
     common = dict(weights=plan.weights.get(model), device=plan.device, score_threshold=plan.score_threshold)
+    half = precision == "fp16"  # rtseg run --half
     if backend == "torch":
-        return Segmenter(model, **common)
+        return Segmenter(model, half=half, **common)
     if backend == "tensorrt":
         if model not in plan.engines:
             raise ConfigError(f"--backends tensorrt needs --engine {model}=PATH (build one with "
                               f"'rtseg export --model {model} --format engine --precision {precision}')")
-        return Segmenter(model, backend="tensorrt", engine=plan.engines[model], **common)
+        return Segmenter(model, backend="tensorrt", engine=plan.engines[model], half=half, **common)
     engine = plan.engines.get(model)
     if engine is None:
         torch_seg = Segmenter(model, **common)
-        engine = _onnx_path(torch_seg, cache_dir, batch, precision == "fp16")
-    return Segmenter(model, backend="onnxruntime", engine=engine, **common)
+        engine = _onnx_path(torch_seg, cache_dir, batch, half)
+    return Segmenter(model, backend="onnxruntime", engine=engine, half=half, **common)
 
 
-def _infer(seg: Any, batch: Any, precision: str) -> dict:
-    import torch
-
-    if precision == "fp16" and seg.backend.name == "torch":
-        with torch.autocast(device_type="cuda", dtype=torch.float16):
-            out = seg.infer(batch)
-        return {k: v.float() for k, v in out.items()}
-    return seg.infer(batch)
-
-
-def _process_group(seg: Any, source: Any, batch: int, precision: str, publisher: Any, now: Callable[[], float],
+def _process_group(seg: Any, source: Any, batch: int, publisher: Any,
                    class_names: Any) -> tuple[list[float], int, int] | None:
-    """One batch through every stage; returns (seconds per stage, frames, instances) or None at the end."""
-    import torch
+    """One batch through every stage; returns (seconds per stage, frames, instances) or None at the end.
 
+    The segmenter's three stages are one :meth:`Segmenter.process_batch` call, exactly what
+    ``rtseg run`` runs, with its own stage times (each frame's share, summed back to the
+    batch's); decode, render and publish are timed here on the host clock."""
     from rtseg.render import render
 
-    t0 = now()
+    t0 = time.perf_counter()
     frames = []
     for _ in range(batch):
         frame = source.read()
@@ -404,23 +391,22 @@ def _process_group(seg: Any, source: Any, batch: int, precision: str, publisher:
         frames.append(frame)
     if not frames:
         return None
-    t1 = now()
-    x = torch.cat([seg.preprocess(f.image) for f in frames]) if len(frames) > 1 else seg.preprocess(frames[0].image)
-    t2 = now()
-    outputs = _infer(seg, x, precision)
-    t3 = now()
-    for i, f in enumerate(frames):
-        out_i = outputs if len(frames) == 1 else {k: v[i:i + 1] for k, v in outputs.items()}
-        f.instances = seg.postprocess(out_i, f.image_size)
-    t4 = now()
+    t1 = time.perf_counter()
+    results = seg.process_batch([f.image for f in frames])
+    stages = [0.0, 0.0, 0.0]
+    for f, (instances, times) in zip(frames, results):
+        f.instances = instances
+        stages[0] += times.preprocess
+        stages[1] += times.inference
+        stages[2] += times.postprocess
+    t4 = time.perf_counter()
     for f in frames:
         f.rendered = render(f.image, f.instances, class_names)
-    t5 = now()
+    t5 = time.perf_counter()
     for f in frames:
         publisher.publish(f)
-    t6 = now()
-    marks = [t0, t1, t2, t3, t4, t5, t6]
-    return [b - a for a, b in zip(marks, marks[1:])], len(frames), sum(len(f.instances) for f in frames)
+    t6 = time.perf_counter()
+    return [t1 - t0, *stages, t5 - t4, t6 - t5], len(frames), sum(len(f.instances) for f in frames)
 
 
 def write_video(path: str, size: tuple[int, int], frames: int) -> None:
@@ -441,7 +427,6 @@ def measure_case(plan: BenchPlan, result: CaseResult, seg: Any, video: str, publ
     """Warm-up, then the timed one-at-a-time run of one combination; fills ``result``."""
     from rtseg.sources import open_source
 
-    now = _clock(seg.device)
     for count, timed in ((plan.warmup, False), (plan.frames, True)):
         if count == 0:
             continue
@@ -449,8 +434,7 @@ def measure_case(plan: BenchPlan, result: CaseResult, seg: Any, video: str, publ
         per_stage: list[list[float]] = [[] for _ in STAGES]
         totals, done, found = [], 0, 0
         try:
-            while (step := _process_group(seg, source, result.batch, result.precision, publisher, now,
-                                          seg.class_names)) is not None:
+            while (step := _process_group(seg, source, result.batch, publisher, seg.class_names)) is not None:
                 seconds, n, inst = step
                 done += n
                 found += inst
@@ -493,16 +477,19 @@ def bench_streams(plan: BenchPlan, n: int) -> int:
     if n < 1:
         raise ConfigError(f"--streams must be >= 1, got {n}")
     model, backend = plan.models[0], plan.backends[0]
+    reason = _skip_reason(plan, backend, plan.precisions[0], 1)
+    if reason:
+        raise ConfigError(f"--streams {n} with --backends {backend} --precisions {plan.precisions[0]}: {reason}")
     h, w = plan.sizes[0]
     workers = plan.workers or default_workers(plan.device)
     configure_threads(None, workers)
-    seg = make_segmenter(plan, model, backend, "fp32", 1)
+    seg = make_segmenter(plan, model, backend, plan.precisions[0], 1)  # fp16: as rtseg run --half
     seg.warmup()
     sources = [open_source(f"synthetic:{i}:{w}x{h}") for i in range(n)]
     pipeline = Pipeline(sources, seg, window=_DiscardWindow() if n == 1 else {str(i): _DiscardWindow() for i in range(n)},
                         max_frames=plan.frames, workers=workers, batch=-(-n // workers))
     s = pipeline.run()
-    print(f"{model} {backend} {h}x{w}, {n} stream(s), {workers} worker(s), batch {-(-n // workers)}: "
+    print(f"{model} {backend} {h}x{w} {plan.precisions[0]}, {n} stream(s), {workers} worker(s), batch {-(-n // workers)}: "
           f"{s.fps:.2f} FPS total, {s.mean_batch:.2f} frames per model call")
     rows = s.streams or {"0": {"fps": s.fps, "latency_ms": s.stages_ms["end to end"]}}
     for name, p in rows.items():

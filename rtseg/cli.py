@@ -50,7 +50,9 @@ examples:
   rtseg subscribe tcp://127.0.0.1:5555
       print one line per frame as it arrives (Ctrl-C to stop)
   rtseg subscribe tcp://127.0.0.1:5555 --count 100 --save out/
-      save 100 messages as JSON (COCO RLE masks) in out/
+      save 100 messages as JSON (COCO RLE masks) in out/<stream>/
+  rtseg subscribe tcp://127.0.0.1:5555 --stream cam1
+      only the stream named cam1 of a multi-stream run (topic rtseg/cam1, not rtseg/cam10)
 """
 
 
@@ -145,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="publish results on a ZeroMQ PUB socket (alone: tcp://127.0.0.1:5555, this machine only)")
     run.add_argument("--curve-keys", metavar="DIR",
                      help="with --publish: encrypt and admit only the subscribers in DIR/allowed_clients ('rtseg keys generate')")
-    run.add_argument("--topic", default="rtseg", help="ZeroMQ topic of published messages (default rtseg)")
+    run.add_argument("--topic", default="rtseg",
+                     help="base ZeroMQ topic: each stream's messages go out on TOPIC/STREAM (default rtseg)")
     run.add_argument("--record", metavar="FILE",
                      help="write the rendered video to FILE: .mp4 / .m4v (fragmented MP4, readable after a crash), "
                           ".avi or .mkv")
@@ -160,13 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reconnect-timeout", type=_positive_float, default=60.0,
                      help="seconds a lost camera or stream is retried before the run ends (exit 3; default 60)")
     run.add_argument("--summary-json", metavar="FILE", help="also write the end-of-run summary as JSON")
+    # -- tracking and saved results (rtseg/track.py, rtseg/results.py) --
+    run.add_argument("--track", nargs="?", const="bytetrack", metavar="{bytetrack,ocsort,sort}",
+                     help="persistent object ids per stream (alone: bytetrack; needs the 'trackers' package)")
+    run.add_argument("--save-json", metavar="OUT.jsonl",
+                     help="write one JSON line per frame: stream, seq, times, instances (box, score, class, "
+                          "track_id, COCO RLE mask)")
+    run.add_argument("--save-coco", metavar="OUT.json",
+                     help="write COCO results (image_id = seq; category_id = class index + 1); several streams: "
+                          "OUT.<stream>.json each")
+    run.add_argument("--classes", metavar="NAME,NAME",
+                     help="keep only these classes, e.g. person,car (names as the model has them)")
     _add_backend_args(run)
+    run.add_argument("--half", action="store_true",
+                     help="float16 network on CUDA: torch autocast, an fp16 TensorRT engine, or (onnxruntime) a float16 "
+                          "graph from 'rtseg export --half'; post-processing stays float32 (what 'rtseg bench "
+                          "--precisions fp16' measures)")
     _add_geometry_args(run)
 
     subp = sub.add_parser("subscribe", help="receive and print (or save) published results",
                           epilog=SUBSCRIBE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     subp.add_argument("endpoint", help="ZeroMQ endpoint to connect to, e.g. tcp://127.0.0.1:5555")
     subp.add_argument("--topic", default="rtseg", help="topic prefix to subscribe to (default rtseg)")
+    subp.add_argument("--stream", metavar="NAME",
+                      help="receive only this stream of a multi-stream run (topic TOPIC/NAME exactly; default every stream)")
     subp.add_argument("--count", type=_positive_int, help="exit after this many messages")
     subp.add_argument("--timeout", type=_positive_float, help="exit when no message arrives for this many seconds")
     subp.add_argument("--save", metavar="DIR", help="write each message as JSON (COCO RLE masks) into DIR")
@@ -219,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--max-images", type=_positive_int)
     ev.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ev.add_argument("--save-predictions", metavar="FILE",
+                    help="also write the predictions as COCO results JSON (the dataset's image and category ids)")
     ev.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: all cores)")
     ev.add_argument("--class-agnostic", action="store_true",
                     help="score with every class merged into one: whether errors lie in the masks or in the classes")
@@ -324,6 +346,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.save_predictions:  # one line before torch's import and the model load
+        from rtseg.preflight import check_output_file
+
+        check_output_file("--save-predictions", args.save_predictions)
     from rtseg.evaluate import evaluate, write_eval
     from rtseg.segmenter import configure_threads
 
@@ -331,7 +357,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.model, weights=args.weights, data=args.data, device=args.device,
                       max_images=args.max_images, backend=args.backend, engine=args.engine,
                       postprocess=args.postprocess, class_agnostic=args.class_agnostic, canvas=args.canvas,
-                      rank_by=args.rank_by)
+                      rank_by=args.rank_by, save_predictions=args.save_predictions)
     print(result.format_table())
     if args.json:
         write_eval(result, args.json)
@@ -520,11 +546,13 @@ class _RunSignals:
 
 def _check_run_options(args: argparse.Namespace) -> None:
     """Every problem visible from the options alone, as one line, before torch is imported."""
-    from rtseg.preflight import (check_device_spelling, check_engine_file, check_model_name, check_output_file,
-                                 check_weights_file)
+    from rtseg.preflight import (check_device_spelling, check_engine_file, check_half, check_model_name,
+                                 check_output_file, check_weights_file)
 
     check_model_name(args.model)
     check_device_spelling(args.device)
+    if getattr(args, "half", False):
+        check_half(args.device, args.backend, args.engine)
     if not 0.0 <= args.score_threshold < 1.0:
         raise ConfigError(f"score threshold must be in [0, 1), got {args.score_threshold}")
     if args.engine is not None and args.backend == "torch":
@@ -541,7 +569,8 @@ def _check_run_options(args: argparse.Namespace) -> None:
         from rtseg.publisher import check_endpoint
 
         check_endpoint(args.publish, "--publish", bind=True, inproc=False)
-    for option, path in (("--record", args.record), ("--summary-json", args.summary_json)):
+    for option, path in (("--record", args.record), ("--summary-json", args.summary_json),
+                         ("--save-json", args.save_json), ("--save-coco", args.save_coco)):
         if path:
             check_output_file(option, path)
     if args.sources and args.source:
@@ -554,6 +583,22 @@ def _check_run_options(args: argparse.Namespace) -> None:
                            else [(spec, None) for spec in (args.source or ["synthetic"])])
     args.stream_names = stream_names(args.source_entries)
     args.source = args.source_entries[0][0]
+    _check_track_and_save_options(args)
+
+
+def _check_track_and_save_options(args: argparse.Namespace) -> None:
+    """--track, --classes, --save-coco with several streams: one line, before the model loads."""
+    from rtseg.preflight import check_output_file, model_class_names, parse_classes, per_stream_path
+
+    if args.track is not None:
+        from rtseg.track import check_tracker
+
+        check_tracker(args.track)
+    args.class_ids = (None if args.classes is None
+                      else parse_classes(args.classes, model_class_names(args.model), args.model))
+    if args.save_coco and len(args.stream_names) > 1:
+        for name in args.stream_names:
+            check_output_file("--save-coco", per_stream_path(args.save_coco, name))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -575,6 +620,7 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
 
     recorder = None
     recorders: dict = {}
+    saved: list = []  # --save-json / --save-coco writers
     summary = None
     failure: BaseException | None = None
     first = (args.source if isinstance(args.source, str) else (args.source or [args.sources or "synthetic"])[0])
@@ -623,7 +669,7 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
             segmenter = Segmenter(args.model, weights=args.weights, device=args.device,
                                   score_threshold=args.score_threshold, backend=args.backend, engine=args.engine,
                                   postprocess=args.postprocess, cuda_graph=args.cuda_graph, canvas=args.canvas,
-                                  rank_by=args.rank_by)
+                                  rank_by=args.rank_by, half=args.half)
             log.info("model %s (%s) on %s, input %dx%d, %d inference worker(s) x %d torch thread(s)", args.model,
                      segmenter.weights_origin, segmenter.device, *segmenter.input_size, workers, threads)
             segmenter.warmup()
@@ -660,10 +706,26 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
                     name = os.path.basename(args.source)
                     print(describe_detections(name, frame.instances, segmenter.class_names), flush=True)
 
+            saving = _open_result_writers(args, segmenter.class_names, cleanup)
+            saved.extend({id(w): w for ws in saving.values() for w in ws}.values())
+
+            def on_frame_and_save(frame) -> None:
+                on_frame(frame)
+                for writer in saving.get(frame.stream, ()):
+                    writer.write(frame)
+
+            tracker = None
+            if args.track is not None:
+                from rtseg.track import InstanceTracker
+
+                fps_of = {name: getattr(each, "fps", None) for name, each in zip(args.stream_names, sources)}
+                tracker = lambda name: InstanceTracker(args.track, frame_rate=float(fps_of[name] or 30.0))  # noqa: E731
+
             batch = args.batch or -(-len(sources) // workers)
             pipeline = Pipeline(sources, segmenter, names=args.stream_names, publisher=publisher,
                                 recorder=recorders or None, window=windows or None, max_frames=args.max_frames,
-                                workers=workers, on_frame=on_frame, batch=batch, batch_wait_ms=args.batch_wait_ms)
+                                workers=workers, on_frame=on_frame_and_save, batch=batch,
+                                batch_wait_ms=args.batch_wait_ms, classes=args.class_ids, tracker=tracker)
             signals.phase = "running"
             signals.pipeline = pipeline
             try:
@@ -681,6 +743,8 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
         for each in recorders.values():
             if each.frames_written:
                 print(f"wrote {each.frames_written} frames to {each.path}")
+        for each in saved:
+            print(f"wrote {each.frames_written} frames to {each.path}")
         if args.summary_json:
             from dataclasses import asdict
 
@@ -693,6 +757,27 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
         raise failure
     stopped_by = signals.first or summary.stopped_by
     return EXIT_INTERRUPTED if stopped_by.startswith("interrupted") else 0
+
+
+def _open_result_writers(args: argparse.Namespace, class_names, cleanup) -> dict:
+    """--save-json (one file, every stream) and --save-coco (one file per stream when there are
+    several): stream name -> its writers, closed by ``cleanup``."""
+    from rtseg.preflight import per_stream_path
+    from rtseg.results import CocoResultsWriter, JsonLinesWriter
+
+    saving: dict = {name: [] for name in args.stream_names}
+    if args.save_json:
+        writer = JsonLinesWriter(args.save_json, class_names)
+        cleanup.callback(writer.close)
+        for name in args.stream_names:
+            saving[name].append(writer)
+    if args.save_coco:
+        multi = len(args.stream_names) > 1
+        for name in args.stream_names:
+            writer = CocoResultsWriter(per_stream_path(args.save_coco, name) if multi else args.save_coco, class_names)
+            cleanup.callback(writer.close)
+            saving[name].append(writer)
+    return saving
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -714,7 +799,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
         check_output_dir("--save", args.save)
     return run_subscriber(args.endpoint, topic=args.topic.encode(), count=args.count, timeout=args.timeout,
-                          save_dir=args.save, curve_keys=args.curve_keys)
+                          save_dir=args.save, curve_keys=args.curve_keys, stream=args.stream)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

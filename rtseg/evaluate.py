@@ -89,6 +89,25 @@ def evaluate_predictions(gt: Any, predictions: list[dict], *, image_ids: list[in
     "bbox": {...}}``: fractions in ``[0, 1]``, ``nan`` where there is no ground truth.
     No predictions gives 0 wherever there is ground truth.
     """
+    return _score(gt, predictions, image_ids=image_ids)[0]
+
+
+def _per_class_ap(ev, coco_gt) -> dict[str, float]:
+    """Category name -> AP (IoU 0.50:0.95, all areas, 100 detections) from an accumulated
+    COCOeval: its ``eval["precision"]`` is ``[T, R, K, A, M]`` (pycocotools ``cocoeval.py``
+    ``accumulate``), -1 where a category has no ground truth (-> nan)."""
+    precision = ev.eval["precision"]
+    out = {}
+    for k, cat in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out[str(coco_gt.cats[cat]["name"])] = float(p.mean()) if p.size else math.nan
+    return out
+
+
+def _score(gt: Any, predictions: list[dict], *, image_ids: list[int] | None = None
+           ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """:func:`evaluate_predictions`, and per-class AP: ``{"segm": {name: AP}, "bbox": {...}}``."""
     from pycocotools.cocoeval import COCOeval
 
     coco_gt = _load_gt(gt)
@@ -100,6 +119,7 @@ def evaluate_predictions(gt: Any, predictions: list[dict], *, image_ids: list[in
     if unknown:
         raise ValueError(f"predictions refer to image ids not in the ground truth: {unknown[:5]}")
     out: dict[str, dict[str, float]] = {}
+    per_class: dict[str, dict[str, float]] = {}
     for iou_type in _IOU_TYPES:
         drop = "bbox" if iou_type == "segm" else "segmentation"
         results = [{k: v for k, v in p.items() if k not in (drop, "mask_score")} for p in predictions]
@@ -114,7 +134,8 @@ def evaluate_predictions(gt: Any, predictions: list[dict], *, image_ids: list[in
             ev.accumulate()
             ev.summarize()
         out[iou_type] = {name: (float(v) if v >= 0 else math.nan) for name, v in zip(METRICS, ev.stats[:6])}
-    return out
+        per_class[iou_type] = _per_class_ap(ev, coco_gt)
+    return out, per_class
 
 
 def merge_classes(dataset: dict, predictions: list[dict]) -> tuple[Any, list[dict]]:
@@ -161,6 +182,8 @@ class EvalResult:
     images_per_s: float
     stage_ms: dict[str, float] = field(default_factory=dict)
     class_agnostic: bool = False  #: scored with every class merged into one (:func:`merge_classes`)
+    #: per-class AP (IoU 0.50:0.95): ``{"segm": {class name: AP}, "bbox": {...}}``, nan without ground truth
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (nan -> None)."""
@@ -179,6 +202,7 @@ class EvalResult:
             "images_per_s": round(self.images_per_s, 3),
             "stage_ms": {k: round(v, 3) for k, v in self.stage_ms.items()},
             "class_agnostic": self.class_agnostic,
+            "per_class": {k: clean(v) for k, v in self.per_class.items()},
         }
 
     def format_table(self) -> str:
@@ -193,6 +217,13 @@ class EvalResult:
             "| mask | " + " | ".join(cell(self.segm[m]) for m in METRICS) + " |",
             "| box | " + " | ".join(cell(self.bbox[m]) for m in METRICS) + " |",
             "",
+        ]
+        if self.per_class.get("segm"):
+            lines += ["| class | mask AP | box AP |", "|---|---:|---:|"]
+            lines += [f"| {name} | {cell(ap)} | {cell(self.per_class.get('bbox', {}).get(name, math.nan))} |"
+                      for name, ap in self.per_class["segm"].items()]
+            lines.append("")
+        lines += [
             f"{self.images} images on {self.device}: {self.images_per_s:.2f} images/s "
             f"(preprocess {self.stage_ms.get('preprocess', math.nan):.1f} ms, "
             f"inference {self.stage_ms.get('inference', math.nan):.1f} ms, "
@@ -248,7 +279,7 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
              max_images: int | None = None, progress: bool = True, ann_file: str | None = None,
              images_dir: str | None = None, backend: str = "torch", engine: str | None = None,
              postprocess: str = "torch", class_agnostic: bool = False, canvas: tuple[int, int] | None = None,
-             rank_by: str = "score") -> EvalResult:
+             rank_by: str = "score", save_predictions: str | None = None) -> EvalResult:
     """COCO AP and speed of ``model`` on the COCO-format folder ``data``.
 
     Args:
@@ -266,6 +297,9 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         backend, engine: as for :class:`rtseg.segmenter.Segmenter`.
         class_agnostic: score with every class merged into one (:func:`merge_classes`).
         canvas, rank_by: as for :class:`rtseg.segmenter.Segmenter`.
+        save_predictions: also write the predictions scored, COCO results format (a JSON list
+            of ``image_id``, ``category_id`` (the dataset's), ``score``, ``bbox``,
+            ``segmentation`` RLE, ``mask_score`` where the family has one), to this path.
     """
     from rtseg.data.coco import load_coco_folder, read_image
     from rtseg.segmenter import Segmenter
@@ -294,7 +328,9 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
     if progress:
         print("scoring with COCOeval (segm, bbox)", file=sys.stderr, flush=True)
     gt, predictions = merge_classes(folder.dataset, predictions) if class_agnostic else (folder.to_coco(), predictions)
-    metrics = evaluate_predictions(gt, predictions, image_ids=[int(e["id"]) for e in images])
+    if save_predictions:
+        write_predictions(predictions, save_predictions)
+    metrics, per_class = _score(gt, predictions, image_ids=[int(e["id"]) for e in images])
     total = float(stage_totals.sum())
     return EvalResult(
         model=model,
@@ -308,4 +344,16 @@ def evaluate(model: str, *, weights: str | None, data: str, device: str = "cpu",
         images_per_s=len(images) / total if total > 0 else math.nan,
         stage_ms={name: 1000.0 * float(t) / len(images) for name, t in zip(("preprocess", "inference", "postprocess"), stage_totals)},
         class_agnostic=class_agnostic,
+        per_class=per_class,
     )
+
+
+def write_predictions(predictions: list[dict], path: str) -> str:
+    """COCO results (``rtseg eval --save-predictions``) as one JSON list; returns the path."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(predictions, f)
+            f.write("\n")
+    except OSError as exc:
+        raise ConfigError(f"--save-predictions {path}: cannot write it: {exc.strerror}") from None
+    return path

@@ -19,6 +19,11 @@ one ``segmenter.process_batch`` call; a stream with nothing ready is not waited 
 that. The render stage restores each stream's order (not a global one), so a slow stream
 never holds back the others.
 
+On a CUDA device each inference worker runs on a CUDA stream of its own
+(:func:`rtseg.device.on_worker_stream`): stages are timed with events on it and nothing on
+the path synchronises the device; the one wait per call is for the results' copy to the
+host (:func:`rtseg.device.to_host`; the full list is in :mod:`rtseg.device`).
+
 Overflow policy
     * ``q_infer`` for a **live** source (webcam, RTSP) holds one frame and a new frame
       replaces an unprocessed one (counted as ``dropped_stale``): results are always about
@@ -29,7 +34,7 @@ Overflow policy
     * ``q_render`` and ``q_publish`` always block: a frame accepted by inference is never
       dropped. The publisher itself never blocks: ZeroMQ drops a message only for a
       subscriber whose queue is full, and that subscriber counts what it missed from the
-      gaps in the headers' ``publish_seq`` (``rtseg.wire.GapCounter``); the others
+      gaps in the headers' ``stream_seq`` (``rtseg.wire.GapCounter``); the others
       still get every frame.
 
 Shutdown: end of input, ``max_frames``, or :meth:`Pipeline.stop` (Ctrl-C, SIGTERM) makes
@@ -238,12 +243,17 @@ class Pipeline:
         batch: most frames in one model call, at most one per stream (1: one frame per call).
         batch_wait_ms: how long a worker that has fewer ready streams than ``batch`` waits for
             more to become ready before it runs what it has.
+        classes: keep only the instances of these class ids (``rtseg run --classes``); None keeps all.
+        tracker: a factory ``(stream name) -> tracker`` (e.g. :class:`rtseg.track.InstanceTracker`):
+            one tracker per stream, updated by the render stage in the stream's order (after
+            the class filter), which sets ``instances.track_ids``; None: no tracking.
     """
 
     def __init__(self, source: FrameSource | list[FrameSource], segmenter: Any, *, names: list[str] | None = None,
                  publisher: Any = None, recorder: Any = None, window: Any = None, max_frames: int | None = None,
                  on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4, workers: int = 1,
-                 batch: int = 1, batch_wait_ms: float = 2.0) -> None:
+                 batch: int = 1, batch_wait_ms: float = 2.0, classes: Any = None,
+                 tracker: Callable[[str], Any] | None = None) -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
         if workers < 1:
@@ -279,6 +289,8 @@ class Pipeline:
         self.max_frames = max_frames
         self.on_frame = on_frame
         self.q_render: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.classes = None if classes is None else np.asarray(sorted(set(int(c) for c in classes)), np.int64)
+        self.trackers = {} if tracker is None else {n: tracker(n) for n in names}  #: stream name -> tracker
         self.q_publish: queue.Queue = queue.Queue(maxsize=queue_size)
         self._live = any(s.live for s in self.streams)
         self._stop = threading.Event()
@@ -290,7 +302,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self.batch_sizes: deque = deque(maxlen=MAX_SAMPLES)  # frames per model call
         self.stages = {name: StageStats() for name in
-                       ("capture", "queue wait", "preprocess", "inference", "postprocess", "render", "publish", "end to end")}
+                       ("capture", "queue wait", "preprocess", "inference", "postprocess", "track", "render", "publish",
+                        "end to end")}
         self._t_run = 0.0  # when run() started
         self._t_first: float | None = None
         self._t_last: float | None = None
@@ -455,38 +468,51 @@ class Pipeline:
         return self.segmenter.process_batch(images)
 
     def _inference(self) -> None:
+        from contextlib import ExitStack
+
         try:
-            while True:
-                taken = self._take_batch()
-                if taken is None:
-                    break
-                now = time.perf_counter()
-                for _, _, frame in taken:
-                    if frame.capture_monotonic:
-                        self.stages["queue wait"].add(now - frame.capture_monotonic)
-                try:
-                    results = self._segment([frame.image for _, _, frame in taken])
-                except FrameDropped as exc:  # a remote backend gave up on them: counted, the streams go on
-                    with self._lock:
-                        for s, _, _ in taken:
-                            s.dropped_backend += 1
-                    log.debug("%d frame(s) dropped by the backend: %s", len(taken), exc)
-                    for s, order, _ in taken:
-                        self._put(self.q_render, (s.name, order, None))  # keeps the order of the frames after it
-                    continue
-                with self._lock:
-                    self.batch_sizes.append(len(taken))
-                for (s, order, frame), (instances, times) in zip(taken, results):
-                    frame.instances = instances
-                    frame.timings.update(preprocess=times.preprocess, inference=times.inference,
-                                         postprocess=times.postprocess)
-                    with self._lock:
-                        s.frames_processed += 1
-                    self._put(self.q_render, (s.name, order, frame))
+            with ExitStack() as on_stream:
+                device = getattr(self.segmenter, "device", None)
+                if device is not None:
+                    from rtseg.device import on_worker_stream
+
+                    # CUDA: this worker's own stream for all it does (rtseg.device), so workers
+                    # overlap on the GPU instead of queueing on the default stream
+                    on_stream.enter_context(on_worker_stream(device))
+                self._inference_loop()
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
         finally:
             self._put_end(self.q_render)
+
+    def _inference_loop(self) -> None:
+        while True:
+            taken = self._take_batch()
+            if taken is None:
+                break
+            now = time.perf_counter()
+            for _, _, frame in taken:
+                if frame.capture_monotonic:
+                    self.stages["queue wait"].add(now - frame.capture_monotonic)
+            try:
+                results = self._segment([frame.image for _, _, frame in taken])
+            except FrameDropped as exc:  # a remote backend gave up on them: counted, the streams go on
+                with self._lock:
+                    for s, _, _ in taken:
+                        s.dropped_backend += 1
+                log.debug("%d frame(s) dropped by the backend: %s", len(taken), exc)
+                for s, order, _ in taken:
+                    self._put(self.q_render, (s.name, order, None))  # keeps the order of the frames after it
+                continue
+            with self._lock:
+                self.batch_sizes.append(len(taken))
+            for (s, order, frame), (instances, times) in zip(taken, results):
+                frame.instances = instances
+                frame.timings.update(preprocess=times.preprocess, inference=times.inference,
+                                     postprocess=times.postprocess)
+                with self._lock:
+                    s.frames_processed += 1
+                self._put(self.q_render, (s.name, order, frame))
 
     def _put_end(self, q: queue.Queue) -> None:
         try:
@@ -520,6 +546,7 @@ class Pipeline:
             for stream, frame in self._in_order():
                 if frame is None:  # dropped by the backend
                     continue
+                self._filter_and_track(stream, frame)
                 recorder = self.recorders.get(stream.name)
                 window = self.windows.get(stream.name)
                 if recorder is not None or window is not None:
@@ -536,6 +563,21 @@ class Pipeline:
             self._fail(exc)
         finally:
             self._put_end(self.q_publish)
+
+    def _filter_and_track(self, stream: _Stream, frame: Frame) -> None:
+        """``--classes`` and ``--track``: here, because frames reach the render stage in their
+        stream's order (``_in_order``) and a tracker must see a stream's frames in order."""
+        if frame.instances is None:
+            return
+        if self.classes is not None:
+            frame.instances = frame.instances[np.isin(frame.instances.class_ids, self.classes)]
+        tracker = self.trackers.get(stream.name)
+        if tracker is not None:
+            t0 = time.perf_counter()
+            # a live stream drops frames: the tracker predicts over the real gap between captures
+            stamp = frame.capture_monotonic if (stream.live and frame.capture_monotonic) else None
+            frame.instances = tracker.update(frame.instances, timestamp=stamp)
+            frame.timings["track"] = time.perf_counter() - t0
 
     @staticmethod
     def _update_fps(stream: _Stream, now: float) -> None:
@@ -559,7 +601,7 @@ class Pipeline:
                     frame.timings["publish"] = time.perf_counter() - t0
                 done = time.perf_counter()
                 self._t_last = stream.t_last = done
-                for name in ("capture", "preprocess", "inference", "postprocess", "render", "publish"):
+                for name in ("capture", "preprocess", "inference", "postprocess", "track", "render", "publish"):
                     if name in frame.timings:
                         self.stages[name].add(frame.timings[name])
                 if frame.capture_monotonic:

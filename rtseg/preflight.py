@@ -33,6 +33,34 @@ MODEL_NAMES = (
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
+#: the variants trained on rtseg's synthetic shapes (:data:`rtseg.synthetic.CLASS_NAMES`); every
+#: other variant has the 80 COCO classes. ``tests/test_cli.py`` keeps this equal to the registry.
+SYNTHETIC_CLASS_MODELS = ("yolact_resnet18_384", "yolact_resnet18_half_384", "centermask_lite_vovnet19_quarter_384",
+                          "solov2_light_resnet18_half_384")
+
+
+def model_class_names(name: str) -> tuple[str, ...]:
+    """A variant's class names without importing torch (what ``--classes`` is checked against)."""
+    if name in SYNTHETIC_CLASS_MODELS:
+        from rtseg.synthetic import CLASS_NAMES
+
+        return tuple(CLASS_NAMES)
+    from rtseg.data.coco_classes import COCO_CLASSES
+
+    return tuple(COCO_CLASSES)
+
+
+def parse_classes(text: str, class_names: tuple[str, ...], model: str) -> list[int]:
+    """``--classes person,car`` -> class ids; ``ConfigError`` naming the valid names otherwise."""
+    wanted = [t.strip() for t in text.split(",") if t.strip()]
+    if not wanted:
+        raise ConfigError(f"--classes: expected class names separated by commas, got '{text}'")
+    unknown = [t for t in wanted if t not in class_names]
+    if unknown:
+        raise ConfigError(f"--classes: unknown class name(s) {', '.join(repr(u) for u in unknown)} for model {model}; "
+                          f"valid names: {', '.join(class_names)}")
+    return sorted({class_names.index(t) for t in wanted})
+
 
 def check_model_name(name: str) -> None:
     """``ConfigError`` for a name ``rtseg models`` does not list (with the closest names)."""
@@ -48,6 +76,19 @@ def check_device_spelling(device: str) -> None:
     GPU exists is for torch to say, later)."""
     if not _DEVICE.fullmatch(device):
         raise ConfigError(f"unknown device '{device}', expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_half(device: str, backend: str, engine: str | None = None) -> None:
+    """``--half`` (a float16 network) needs a CUDA device and a local backend: ``ConfigError``
+    otherwise. ``rtseg run`` calls it before the model loads; ``Segmenter(half=True)`` too."""
+    if not str(device).startswith("cuda"):
+        raise ConfigError(f"--half runs the network in float16 on a CUDA GPU: it needs --device cuda[:N], got '{device}'")
+    if str(backend).startswith("triton://"):
+        raise ConfigError("--half is for --backend torch, onnxruntime or tensorrt: a Triton server's model has "
+                          "its own precision")
+    if backend == "onnxruntime" and engine is None:
+        raise ConfigError("--half with --backend onnxruntime needs a float16 graph: rtseg export --half, then "
+                          "--engine PATH")
 
 
 def check_weights_file(path: str) -> None:

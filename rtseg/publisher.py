@@ -109,6 +109,10 @@ class Publisher:
     subscriber; ``linger_ms`` how long :meth:`close` may wait to flush them (so the last
     frames of a run still reach subscribers that keep up).
 
+    ``topic`` is the base topic: each frame goes out on ``<topic>/<frame.stream>``
+    (``rtseg/0`` for a single source; :func:`rtseg.wire.stream_topic`), so a subscriber of
+    ``topic`` receives every stream and one of ``<topic>/<stream>`` that stream.
+
     ``curve_keys``: a key folder (``rtseg keys generate DIR``, see :mod:`rtseg.keys`) or
     loaded :class:`rtseg.keys.ServerKeys`. The socket is then a CURVE server: traffic is
     encrypted and only subscribers holding the secret key of one of the folder's
@@ -163,6 +167,7 @@ class Publisher:
         self._class_names = list(class_names)
         self._topic = topic
         self._sent = self._bytes_sent = 0
+        self._stream_sent: dict[str, int] = {}  # stream -> messages sent on it (the next stream_seq)
         #: 64 random bits: a subscriber tells a restarted publisher (new id) from a gap
         self._publisher_id = os.urandom(8).hex()
         self._context = zmq.Context()
@@ -237,13 +242,15 @@ class Publisher:
         return self._socket is None
 
     def publish(self, frame: Frame) -> None:
-        """Send ``frame``'s instances without blocking, as message ``publish_seq`` =
-        :attr:`stats` ``.sent``. Every subscriber whose queue has room gets it; the others
-        miss it (and see the gap in ``publish_seq``)."""
+        """Send ``frame``'s instances without blocking, on topic ``<topic>/<frame.stream>``,
+        as message ``publish_seq`` = :attr:`stats` ``.sent`` and ``stream_seq`` = the
+        messages sent on ``frame.stream`` before. Every subscriber whose queue has room gets
+        it; the others miss it (and see the gap in ``stream_seq``)."""
         if self._socket is None:
             raise PublishError(f"cannot publish on {self._endpoint}: expected an open Publisher, found it closed")
+        stream_seq = self._stream_sent.get(frame.stream, 0)
         parts = encode_message(frame, self._class_names, topic=self._topic,
-                               publisher_id=self._publisher_id, publish_seq=self._sent)
+                               publisher_id=self._publisher_id, publish_seq=self._sent, stream_seq=stream_seq)
         zmq = self._zmq
         try:
             # A PUB socket without XPUB_NODROP never refuses a message (it drops per
@@ -252,6 +259,7 @@ class Publisher:
         except zmq.ZMQError as exc:
             raise PublishError(f"cannot send on {self._endpoint}: {exc.strerror}") from None
         self._sent += 1
+        self._stream_sent[frame.stream] = stream_seq + 1
         self._bytes_sent += sum(len(p) for p in parts)
 
     def close(self) -> None:
@@ -335,11 +343,12 @@ def check_endpoint(endpoint: Any, what: str, *, bind: bool, inproc: bool = True)
 
 
 class _ThrottledWarnings:
-    """Warnings logged at most once per ``interval`` seconds per kind; the next one logged
-    says how many were left out."""
+    """Warnings logged (on ``log``, by default this module's logger) at most once per
+    ``interval`` seconds per kind; the next one logged says how many were left out."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, log: logging.Logger | None = None) -> None:
         self.interval = interval
+        self._log = logger if log is None else log
         self._next: dict[str, float] = {}
         self._left_out: dict[str, int] = {}
 
@@ -352,5 +361,5 @@ class _ThrottledWarnings:
         if left_out:
             text += f" ({left_out} more like this in the last {self.interval:.0f} s not logged)"
         self._next[kind] = now + self.interval
-        logger.warning("%s", text)
+        self._log.warning("%s", text)
 

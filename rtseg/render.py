@@ -105,6 +105,8 @@ def label_boxes(instances: Instances, class_names: Sequence[str], *,
         cid = int(instances.class_ids[i])
         name = class_names[cid] if 0 <= cid < len(class_names) else str(cid)
         text = f"{name} {float(instances.scores[i]):.2f}"
+        if instances.track_ids is not None and instances.track_ids[i] >= 0:  # rtseg run --track
+            text = f"#{int(instances.track_ids[i])} {text}"
         (tw, th), base = cv2.getTextSize(text, _FONT, _LABEL_SCALE, 1)
         lw, lh = min(tw + 2, w), min(th + base, h)  # +2: the last glyph's anti-aliasing
         x1, y1, x2, y2 = (int(round(float(v))) for v in instances.boxes[i])

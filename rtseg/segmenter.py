@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 import torch
 
+from rtseg import device as devices
 from rtseg.backends import BACKENDS, TRITON_SCHEME, Backend, TorchBackend
 from rtseg.defaults import DEFAULT_SCORE_THRESHOLD
 from rtseg.errors import ConfigError
@@ -23,6 +23,7 @@ from rtseg.families.base import InputGeometry, ModelConfig, check_canvas
 from rtseg.models import DEFAULT_MODEL, get_config
 from rtseg.models.checkpoint import load_weights
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, cuda_ops
+from rtseg.postprocess.resize import host_twin
 from rtseg.structures import Instances
 
 log = logging.getLogger("rtseg.segmenter")
@@ -52,7 +53,10 @@ def parse_device(device: str) -> torch.device:
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Seconds spent per stage for one call (host clock; CUDA synchronised before reading it)."""
+    """Seconds spent per stage for one call, from :func:`rtseg.device.stage_clock`: the host
+    clock on a CPU; on CUDA, events on the worker's stream read after the results reached the
+    host (nothing synchronises the device to take a time). The three add up to the call's
+    wall time."""
 
     preprocess: float
     inference: float
@@ -87,6 +91,11 @@ class Segmenter:
             the threshold applies to it; ``"mask_score"``: where the family has a mask score
             (YOLACT++, CenterMask) rank and threshold by it and publish it as the score, as
             YOLACT++'s official demo displays (:meth:`Instances.ranked_by_mask_score`).
+        half: run the network in float16 on a CUDA device: torch under ``torch.autocast``
+            (float16 where autocast deems it safe), TensorRT with an fp16 engine, ONNX Runtime
+            with a float16 graph (``rtseg export --half``, passed as ``engine``). Post-processing
+            stays float32. Refused on a CPU (its kernels would emulate float16) and for Triton
+            (the server's model decides its precision).
 
     The torch network is built in every case: post-processing reads its parameters
     (anchors, YOLACT++'s mask re-scoring head), and it is what gets exported.
@@ -95,7 +104,8 @@ class Segmenter:
     def __init__(self, model: str = DEFAULT_MODEL, *, weights: str | None = None, device: str = "cpu",
                  score_threshold: float = DEFAULT_SCORE_THRESHOLD, backend: str = "torch",
                  engine: str | None = None, cache_dir: str | None = None, postprocess: str = "torch",
-                 cuda_graph: bool = False, canvas: tuple[int, int] | None = None, rank_by: str = "score") -> None:
+                 cuda_graph: bool = False, canvas: tuple[int, int] | None = None, rank_by: str = "score",
+                 half: bool = False) -> None:
         remote = isinstance(backend, str) and backend.startswith(TRITON_SCHEME)
         if backend not in BACKENDS and not remote:
             raise ConfigError(f"unknown backend '{backend}', expected one of {', '.join(BACKENDS)} "
@@ -115,6 +125,11 @@ class Segmenter:
             raise ConfigError(str(exc)) from None
         self.config: ModelConfig = get_config(model)
         self.device = parse_device(device)
+        self.half = bool(half)
+        if self.half:
+            from rtseg.preflight import check_half
+
+            check_half(str(self.device), backend, engine)
         self.ops = self._postprocess_ops(postprocess, self.device)
         self.family = family_of(self.config)
         self._geometries: dict[tuple[int, int], InputGeometry] = {}
@@ -160,7 +175,7 @@ class Segmenter:
 
     def _make_backend(self, backend: str, engine: str | None, cache_dir: str | None) -> Backend:
         if backend == "torch":
-            return TorchBackend(self.net)
+            return TorchBackend(self.net, half=self.half)
         if backend.startswith(TRITON_SCHEME):
             from rtseg.backends.triton_backend import TritonBackend, parse_triton_url
 
@@ -180,13 +195,17 @@ class Segmenter:
             path = engine or cached_onnx(self.net, self.config, self.weights_path, cache_dir, dynamic_hw=dynamic_hw)
             backend_ = OnnxRuntimeBackend(path, model=self.model_name, device=self.device)
             self._check_graph_shape(path, backend_.input_shape)
+            if self.half and backend_.manifest["input"].get("dtype") != "float16":
+                raise ConfigError(f"--half with --backend onnxruntime needs a float16 graph, '{path}' is float32: "
+                                  f"rtseg export --model {self.model_name} --half, then --engine PATH")
             return backend_
         from rtseg.backends.tensorrt_backend import TensorRTBackend
 
         if engine is None:
             raise ConfigError(f"--backend tensorrt needs an engine file: rtseg export --model {self.model_name} "
                               "--format engine, then pass --engine PATH")
-        return TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph)
+        return TensorRTBackend(engine, model=self.model_name, device=self.device, cuda_graph=self.cuda_graph,
+                               half=self.half)
 
     def _check_graph_shape(self, path: str, shape: list) -> None:
         """A graph with a fixed height and width serves only that input: say so now, not per frame."""
@@ -235,23 +254,27 @@ class Segmenter:
             self._geometries[key] = found
         return found
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     # -- the three stages, separately callable for timing and for other backends --------------
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``uint8[H, W, 3]`` BGR -> ``float32[1, 3, *geometry(image size).padded]`` on the model's device."""
+        """``uint8[H, W, 3]`` BGR -> ``float32[1, 3, *geometry(image size).padded]`` on the model's device.
+
+        On CUDA the frame goes up through a pinned staging buffer (:func:`rtseg.device.upload`,
+        an asynchronous copy on the current stream), and a family that resamples on the host
+        (the official uint8 resize, :func:`rtseg.postprocess.resize.resize_uint8`) reads the
+        frame it came from instead of copying the upload back (:func:`host_twin`). The frame is
+        uploaded either way (the family decides what it reads); that copy is asynchronous and
+        waits for nothing."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             found = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")
         geometry = self.geometry(image.shape[:2])
-        batch = torch.from_numpy(image).to(self.device, non_blocking=True)[None]
-        return self.family.preprocess(batch, self.config, geometry, self.ops)
+        batch = devices.upload(image, self.device)[None]
+        with host_twin(batch, image[None]):
+            return self.family.preprocess(batch, self.config, geometry, self.ops)
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named raw head outputs from the backend (see the family's network, e.g.
-        :class:`rtseg.models.yolact.Yolact`)."""
+        :class:`rtseg.models.yolact.Yolact`); float32 whatever precision the network ran in."""
         return self.backend(batch)
 
     @torch.inference_mode()
@@ -265,17 +288,8 @@ class Segmenter:
         return instances
 
     def process(self, image: np.ndarray) -> tuple[Instances, StageTimes]:
-        """Segment one image and report the time of each stage."""
-        t0 = time.perf_counter()
-        batch = self.preprocess(image)
-        self._sync()
-        t1 = time.perf_counter()
-        outputs = self.infer(batch)
-        self._sync()
-        t2 = time.perf_counter()
-        instances = self.postprocess(outputs, (image.shape[0], image.shape[1]))
-        t3 = time.perf_counter()
-        return instances, StageTimes(t1 - t0, t2 - t1, t3 - t2)
+        """Segment one image and report the time of each stage: ``process_batch([image])[0]``."""
+        return self.process_batch([image])[0]
 
     def process_batch(self, images: "list[np.ndarray]") -> list[tuple[Instances, StageTimes]]:
         """Segment several images (e.g. the newest frame of several streams) with as few
@@ -284,7 +298,13 @@ class Segmenter:
         batch and run in one call; the outputs are split back per image and post-processed
         one by one. Returns ``(instances, times)`` per image, in the order given; a stage's
         time is its group's time divided by the group's size (each image's share), so the
-        per-frame figures add up to the batch's wall time."""
+        per-frame figures add up to the batch's wall time.
+
+        On CUDA everything runs on the calling thread's own stream
+        (:func:`rtseg.device.on_worker_stream`) and is timed by events on it
+        (:func:`rtseg.device.stage_clock`); the only waits are the results' copy to the host
+        (and what ``rtseg.device`` lists). ``rtseg run`` (one frame or a batch per call) and
+        ``rtseg bench`` both run this method."""
         if not images:
             return []
         groups: dict[tuple[int, int], list[int]] = {}
@@ -294,24 +314,25 @@ class Segmenter:
                 raise ValueError(f"image must be uint8 (H, W, 3) BGR, got {found}")
             groups.setdefault(self.geometry(image.shape[:2]).padded, []).append(i)
         results: list[tuple[Instances, StageTimes] | None] = [None] * len(images)
-        for members in groups.values():
-            t0 = time.perf_counter()
-            parts = [self.preprocess(images[i]) for i in members]
-            batch = parts[0] if len(parts) == 1 else torch.cat(parts)
-            self._sync()
-            t1 = time.perf_counter()
-            outputs = self.infer(batch)
-            self._sync()
-            t2 = time.perf_counter()
-            found = []
-            for j, i in enumerate(members):
-                one = outputs if len(members) == 1 else {k: v[j:j + 1] for k, v in outputs.items()}
-                found.append(self.postprocess(one, (images[i].shape[0], images[i].shape[1])))
-            t3 = time.perf_counter()
-            n = len(members)
-            times = StageTimes((t1 - t0) / n, (t2 - t1) / n, (t3 - t2) / n)
-            for i, inst in zip(members, found):
-                results[i] = (inst, times)
+        with devices.on_worker_stream(self.device):
+            for members in groups.values():
+                clock = devices.stage_clock(self.device)
+                clock.mark("start")
+                parts = [self.preprocess(images[i]) for i in members]
+                batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+                clock.mark("preprocess")
+                outputs = self.infer(batch)
+                clock.mark("inference")
+                found = []
+                for j, i in enumerate(members):
+                    one = outputs if len(members) == 1 else {k: v[j:j + 1] for k, v in outputs.items()}
+                    found.append(self.postprocess(one, (images[i].shape[0], images[i].shape[1])))
+                clock.mark("postprocess")  # the results are on the host: the events are read without waiting
+                seconds = clock.seconds()
+                n = len(members)
+                times = StageTimes(seconds["preprocess"] / n, seconds["inference"] / n, seconds["postprocess"] / n)
+                for i, inst in zip(members, found):
+                    results[i] = (inst, times)
         return results  # type: ignore[return-value]
 
     def warmup(self, runs: int = 2, image_size: tuple[int, int] | None = None) -> None:
@@ -321,6 +342,11 @@ class Segmenter:
         blank = np.zeros((*(image_size or self.input_size), 3), np.uint8)
         for _ in range(runs):
             self.process(blank)
+        stream = devices.worker_stream(self.device)
+        if stream is not None:
+            # not the hot path: whatever the warm-up created lazily on this thread's stream is
+            # complete before other threads' streams read it
+            stream.synchronize()
 
     def __call__(self, image: np.ndarray) -> Instances:
         return self.process(image)[0]

@@ -334,6 +334,9 @@ class Instances:
       and a mask score (CenterMask: ``scores * maskiou``; YOLACT++: ``scores * maskiou``, the
       score upstream's mask AP ranks by). ``scores`` is then the box score. ``None`` otherwise.
       Not bounded to ``[0, 1]``: CenterMask's regressed maskiou is not clamped upstream.
+    - ``track_ids``: optional ``int64[N]``, the persistent object id of each instance within
+      its stream, set by a tracker (``rtseg run --track``, :mod:`rtseg.track`); ``-1`` for a
+      detection not (yet) part of a confirmed track. ``None`` when tracking is off.
 
     Indexing with an int, a slice, an index array or a boolean array filters every field
     at once and returns a new :class:`Instances`; no method modifies its inputs.
@@ -345,6 +348,7 @@ class Instances:
     masks: CompactMasks
     image_size: tuple[int, int]
     mask_scores: np.ndarray | None = None
+    track_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -379,6 +383,10 @@ class Instances:
             _check_array("mask_scores", self.mask_scores, np.float32, 1, "(N,)")
             if self.mask_scores.shape[0] != n:
                 raise ValueError(f"mask_scores must have {n} entries to match boxes, got {self.mask_scores.shape[0]}")
+        if self.track_ids is not None:
+            _check_array("track_ids", self.track_ids, np.int64, 1, "(N,)")
+            if self.track_ids.shape[0] != n:
+                raise ValueError(f"track_ids must have {n} entries to match boxes, got {self.track_ids.shape[0]}")
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -404,8 +412,12 @@ class Instances:
         with_mask_scores = {p.mask_scores is not None for p in parts}
         if len(with_mask_scores) != 1:
             raise ValueError("all parts must either have mask_scores or not, got a mix")
+        with_track_ids = {p.track_ids is not None for p in parts}
+        if len(with_track_ids) != 1:
+            raise ValueError("all parts must either have track_ids or not, got a mix")
         return cls(
             mask_scores=np.concatenate([p.mask_scores for p in parts]) if with_mask_scores == {True} else None,
+            track_ids=np.concatenate([p.track_ids for p in parts]) if with_track_ids == {True} else None,
             boxes=np.concatenate([p.boxes for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
             class_ids=np.concatenate([p.class_ids for p in parts]),
@@ -430,6 +442,7 @@ class Instances:
             masks=self.masks[item],
             image_size=self.image_size,
             mask_scores=None if self.mask_scores is None else self.mask_scores[item],
+            track_ids=None if self.track_ids is None else self.track_ids[item],
         )
 
     def __eq__(self, other: object) -> bool:  # value equality, for tests and round trips
@@ -443,6 +456,8 @@ class Instances:
             and self.masks == other.masks
             and (self.mask_scores is None) == (other.mask_scores is None)
             and (self.mask_scores is None or np.array_equal(self.mask_scores, other.mask_scores))
+            and (self.track_ids is None) == (other.track_ids is None)
+            and (self.track_ids is None or np.array_equal(self.track_ids, other.track_ids))
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable numpy payload: not hashable
@@ -461,7 +476,7 @@ class Instances:
         order = order[self.mask_scores[order] > threshold]
         picked = self[order]
         return Instances(boxes=picked.boxes, scores=picked.mask_scores.copy(), class_ids=picked.class_ids,
-                         masks=picked.masks, image_size=picked.image_size)
+                         masks=picked.masks, image_size=picked.image_size, track_ids=picked.track_ids)
 
     # -- derived quantities ----------------------------------------------------------------
     def masks_dense(self) -> np.ndarray:

@@ -32,7 +32,18 @@ from rtseg.publisher import (
     _ThrottledWarnings,
     check_endpoint,
 )
-from rtseg.wire import DEFAULT_MAX_MESSAGE_BYTES, GapCounter, Message, _malformed, decode_message
+from rtseg.wire import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_STREAM_CHARS,
+    STREAM_CHARACTERS,
+    GapCounter,
+    Message,
+    _malformed,
+    _short,
+    decode_message,
+    is_stream_name,
+    stream_topic,
+)
 
 if TYPE_CHECKING:
     from rtseg.keys import ClientKeys
@@ -82,8 +93,16 @@ def subscribe(
     rcvhwm: int | None = None,
     gaps: GapCounter | None = None,
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+    stream: str | None = None,
 ) -> Iterator[Message]:
     """Connect a SUB socket to ``endpoint`` and yield each decoded :class:`Message`.
+
+    ``topic`` is a prefix: every message whose topic starts with it (all the streams of an
+    rtseg publisher with that base topic, whose topics are ``<topic>/<stream>``). With
+    ``stream``, only that stream's messages: the subscription is ``<topic>/<stream>``, and
+    since ZeroMQ matches prefixes (``rtseg/cam1`` also gets ``rtseg/cam10``) a message
+    whose topic is not exactly that is dropped unread, as is one whose header names
+    another stream (counted as malformed).
 
     Each message's ``missed`` is the number of the publisher's messages this subscriber
     did not receive just before it (its queue was full, or it was disconnected), counted
@@ -124,6 +143,8 @@ def subscribe(
     check_endpoint(endpoint, "cannot connect ZeroMQ SUB socket to", bind=False)
     if not isinstance(topic, bytes):
         raise ConfigError(f"topic must be bytes, got {type(topic).__name__}")
+    check_stream(stream)
+    subscription = topic if stream is None else stream_topic(topic, stream)
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
         raise ConfigError(f"timeout must be seconds >= 0 or None, got {timeout!r}")
     if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) or max_message_bytes < 1:
@@ -148,7 +169,7 @@ def subscribe(
         from rtseg.keys import ClientKeys, load_client_keys
 
         keys = curve_keys if isinstance(curve_keys, ClientKeys) else load_client_keys(curve_keys)
-    warnings = _ThrottledWarnings(WARNING_INTERVAL_S)
+    warnings = _ThrottledWarnings(WARNING_INTERVAL_S, logger)  # the subscriber's warnings on its own logger
     context = zmq.Context()
 
     def open_socket() -> tuple[Any, Any]:
@@ -171,7 +192,7 @@ def subscribe(
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
             sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
             sock.setsockopt(zmq.RCVHWM, rcvhwm)
-            sock.setsockopt(zmq.SUBSCRIBE, topic)
+            sock.setsockopt(zmq.SUBSCRIBE, subscription)
             try:
                 sock.connect(endpoint)
             except zmq.ZMQError as exc:
@@ -246,10 +267,16 @@ def subscribe(
                     return
                 continue
             parts, extra = _receive_parts(socket, zmq)
+            if stream is not None and parts[0] != subscription:  # another stream, e.g. cam10 for cam1
+                del parts
+                continue
             try:
                 if extra:  # dropped while receiving: one message never holds more than 3 parts here
                     raise _malformed("the message", "3 parts (topic, header, masks)", f"{3 + extra} parts")
                 message = decode_message(parts, max_message_bytes=max_message_bytes)
+                if stream is not None and message.stream != stream:
+                    raise _malformed("header field 'stream'", f"{stream!r}, the stream of its topic {subscription!r}",
+                                     _short(message.stream))
             except PublishError as exc:
                 malformed += 1
                 warnings.warning("malformed", f"skipping a malformed message from {endpoint} ({malformed} so far): {exc}")
@@ -271,6 +298,13 @@ def subscribe(
         context.term()
 
 
+def check_stream(stream: str | None, what: str = "stream") -> None:
+    """``ConfigError`` unless ``stream`` is None or a usable stream name (:func:`rtseg.wire.is_stream_name`)."""
+    if stream is not None and not is_stream_name(stream):
+        raise ConfigError(f"{what} must be a stream name of 1-{MAX_STREAM_CHARS} {STREAM_CHARACTERS} (not '.' or '..'), "
+                          f"found {_short(stream)}")
+
+
 def _receive_parts(socket: Any, zmq: Any) -> tuple[list[bytes], int]:
     """The parts of the next message, at most 3 kept: ``(parts, how many more were dropped)``."""
     parts = [socket.recv()]
@@ -290,7 +324,7 @@ def _format_line(message: Message, received_time: float) -> str:
     found = ", ".join(f"{name} {score:.2f}" for name, score in zip(message.class_names, message.instances.scores.tolist()))
     missed = f" missed={message.missed}" if message.missed else ""
     return (
-        f"seq={message.seq} source={message.source!r} latency={latency_ms:.1f}ms "
+        f"seq={message.seq} stream={message.stream} source={message.source!r} latency={latency_ms:.1f}ms "
         f"instances={len(message.instances)} [{found}]{missed}"
     )
 
@@ -301,7 +335,9 @@ def _save(message: Message, received_time: float, save_dir: str) -> str:
         "received_time": received_time,
         "mask_rle": message.instances.to_rle(),  # COCO compressed RLE, one per instance
     }
-    path = os.path.join(save_dir, f"{message.seq:010d}.json")
+    folder = os.path.join(save_dir, message.stream)  # a checked stream name: no separators, not '.' or '..'
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{message.seq:010d}.json")
     temporary = path + ".part"
     with open(temporary, "w", encoding="utf-8") as f:
         json.dump(document, f, allow_nan=False)
@@ -320,17 +356,21 @@ def run_subscriber(
     curve_keys: str | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     err: TextIO | None = None,
+    stream: str | None = None,
 ) -> int:
-    """``rtseg subscribe ENDPOINT [--topic T] [--count N] [--timeout S] [--save DIR] [--curve-keys DIR]``; returns the exit code.
+    """``rtseg subscribe ENDPOINT [--topic T] [--stream NAME] [--count N] [--timeout S] [--save DIR] [--curve-keys DIR]``;
+    returns the exit code.
 
-    Prints one line per message to ``out`` (default ``sys.stdout``): seq, source,
+    ``stream``: receive only that stream of a multi-stream run (topic ``<topic>/<stream>``);
+    every stream by default. Prints one line per message to ``out`` (default
+    ``sys.stdout``): seq, stream, source,
     publish-to-receive latency in ms (wall clocks: across machines it includes their
     clock offset), number of instances and each class name and score, and ``missed=N``
     when N messages of the publisher did not reach this subscriber just before this one
     (its queue was full or it was disconnected; see :class:`GapCounter`). At the end, one
     line to ``err`` (default ``sys.stderr``): messages received, missed, and publisher
     restarts seen. With ``save_dir``,
-    writes ``<seq>.json`` per message: the header, the receive time and the masks as
+    writes ``<stream>/<seq>.json`` per message: the header, the receive time and the masks as
     COCO RLEs (``Instances.to_rle()``). Stops after ``count`` messages, or after
     ``timeout`` seconds without one. ``curve_keys``: a key folder for a CURVE publisher
     (``--curve-keys DIR``); ``max_message_bytes``: larger messages are not accepted.
@@ -338,6 +378,7 @@ def run_subscriber(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     check_endpoint(endpoint, "cannot connect ZeroMQ SUB socket to", bind=False)  # before --save makes a folder
+    check_stream(stream, "--stream")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise ConfigError(f"--count must be an integer >= 1, got {count!r}")
     if save_dir is not None:
@@ -348,7 +389,7 @@ def run_subscriber(
     received = 0
     gaps = GapCounter()
     messages = subscribe(endpoint, topic=topic, timeout=timeout, curve_keys=curve_keys, max_message_bytes=max_message_bytes,
-                         gaps=gaps)
+                         gaps=gaps, stream=stream)
     try:
         for message in messages:
             received_time = time.time()

@@ -23,8 +23,11 @@ This module needs no ZeroMQ: the sockets are in :mod:`rtseg.publisher` (the PUB 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,8 +39,9 @@ from rtseg.structures import CompactMasks, Frame, Instances
 
 #: header ``schema`` written by this module; a consumer accepts any ``1.x``
 #: (1.1 added the optional ``publisher_id`` and ``publish_seq``; 1.2 the optional per-instance
-#: ``mask_score``)
-SCHEMA = "rtseg.instances/1.2"
+#: ``mask_score``; 1.3 the optional ``stream`` and ``stream_seq`` and per-instance ``track_id``,
+#: and the topic ``<base>/<stream>``)
+SCHEMA = "rtseg.instances/1.3"
 SCHEMA_NAME = "rtseg.instances"
 SCHEMA_MAJOR = 1
 #: header ``mask_encoding``: integer window per instance, bit-packed row-major, MSB first
@@ -50,6 +54,18 @@ MAX_IMAGE_SIDE = 16384
 MAX_INSTANCES = 10000
 #: longest ``publisher_id`` a decoder accepts; rtseg writes 16 hex digits (64 random bits)
 MAX_PUBLISHER_ID_CHARS = 64
+#: A stream name (header ``stream``, the topic's last part): 1-64 of these characters, not
+#: ``.`` or ``..``: the rule ``rtseg run`` applies to the names it is given
+#: (``rtseg.preflight.check_stream_name``), since a name becomes a topic and a file-name part
+#: (``rtseg subscribe --save DIR`` writes ``DIR/<stream>/``).
+MAX_STREAM_CHARS = 64
+STREAM_CHARACTERS = "letters, digits, '_', '.' or '-'"
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % MAX_STREAM_CHARS)
+#: the stream of a message without ``stream`` (before schema 1.3: a single-source run)
+DEFAULT_STREAM = "0"
+#: streams a :class:`GapCounter` keeps a counter for at once (a hostile publisher could
+#: name a new stream in every message); beyond it the least recently seen is forgotten
+MAX_COUNTED_STREAMS = 1024
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 #: Decoder-side cap on the JSON header (part 1): parsed JSON takes up to ~25 times its text
 #: in Python objects, so the header is capped apart from the message. rtseg writes about
@@ -64,6 +80,20 @@ DEFAULT_MAX_MASK_PIXELS = 2**30
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT64_MAX = 2**63 - 1
+
+
+def is_stream_name(name: Any) -> bool:
+    """True for a usable stream name: 1-64 letters, digits, ``_ . -``, not ``.`` or ``..``."""
+    return isinstance(name, str) and _STREAM_NAME.fullmatch(name) is not None and name not in (".", "..")
+
+
+def stream_topic(topic: bytes, stream: str) -> bytes:
+    """The topic (part 0) of ``stream``'s messages: ``<topic>/<stream>``, e.g. ``b"rtseg/cam1"``.
+
+    ZeroMQ's subscription is a prefix match, so a subscriber of this topic also receives
+    ``<topic>/<stream>10``; one that wants ``stream`` alone also compares part 0 to this
+    exactly (:func:`rtseg.subscriber.subscribe` with ``stream=``)."""
+    return topic + b"/" + stream.encode("ascii")
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,15 +112,20 @@ def encode_message(
     publish_time: float | None = None,
     publisher_id: str | None = None,
     publish_seq: int | None = None,
+    stream_seq: int | None = None,
 ) -> list[bytes]:
     """One frame as the three parts of a wire message: ``[topic, header, masks]``.
 
     ``frame.instances`` (``None`` or empty publishes no instances and an empty blob);
     ``class_names[class_id]`` names each instance; ``publish_time`` is wall-clock seconds
     (``time.time()`` when not given). Scores and boxes are written as JSON numbers that
-    give back the exact ``float32`` values. ``publisher_id`` and ``publish_seq`` (the
-    publisher's id and message counter, written by :class:`Publisher`) go into the header
-    when given.
+    give back the exact ``float32`` values. ``frame.stream`` is the header's ``stream``
+    and part 0 is ``<topic>/<stream>`` (:func:`stream_topic`). A track id ``>= 0`` in
+    ``instances.track_ids`` (when the instances have that field and it is not ``None``:
+    tracking on) is the instance's ``track_id``; ``-1`` (no confirmed track) writes none.
+    ``publisher_id``, ``publish_seq`` and ``stream_seq`` (the publisher's id, its message
+    counter and its counter within ``frame.stream``, written by
+    :class:`rtseg.publisher.Publisher`) go into the header when given.
     """
     if not isinstance(topic, bytes):
         raise TypeError(f"topic must be bytes, got {type(topic).__name__}")
@@ -98,6 +133,12 @@ def encode_message(
         raise TypeError(f"publisher_id must be a string of 1 to {MAX_PUBLISHER_ID_CHARS} characters, got {_short(publisher_id)}")
     if publish_seq is not None and (isinstance(publish_seq, bool) or not isinstance(publish_seq, int) or not 0 <= publish_seq <= _INT64_MAX):
         raise TypeError(f"publish_seq must be an integer in [0, 2**63 - 1], got {_short(publish_seq)}")
+    if stream_seq is not None and (isinstance(stream_seq, bool) or not isinstance(stream_seq, int) or not 0 <= stream_seq <= _INT64_MAX):
+        raise TypeError(f"stream_seq must be an integer in [0, 2**63 - 1], got {_short(stream_seq)}")
+    stream = frame.stream
+    if not is_stream_name(stream):
+        raise PublishError(f"cannot publish: the frame's stream must be 1-{MAX_STREAM_CHARS} {STREAM_CHARACTERS} "
+                           f"(not '.' or '..'), found {_short(stream)}")
     instances = frame.instances
     h, w = instances.image_size if instances is not None else frame.image_size
     if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
@@ -116,6 +157,9 @@ def encode_message(
         if instances.mask_scores is not None:
             _check_finite("mask_scores", instances.mask_scores)
             mask_scores = instances.mask_scores.tolist()
+        # rtseg.structures.Instances.track_ids (int64[N], -1 = no confirmed track), where it exists
+        track_ids = getattr(instances, "track_ids", None)
+        track_ids = None if track_ids is None else np.asarray(track_ids).tolist()
         # the masks as post-processing packed them (rtseg.structures.CompactMasks): their
         # windows, offsets and bits are part 2 as it is, no re-encoding (a decoded message's,
         # when re-published out of order or with gaps, is laid out afresh first)
@@ -145,9 +189,14 @@ def encode_message(
             )
             if mask_scores is not None:
                 entries[-1]["mask_score"] = mask_scores[i]
+            if track_ids is not None and track_ids[i] >= 0:
+                if not track_ids[i] <= _INT64_MAX:
+                    raise PublishError(f"cannot publish: a track id must be in [0, 2**63 - 1], found {track_ids[i]}")
+                entries[-1]["track_id"] = int(track_ids[i])
         blob = masks.blob.tobytes()
     header = {
         "schema": SCHEMA,
+        "stream": stream,
         "seq": int(frame.seq),
         "source": str(frame.source_id),
         "capture_time": float(frame.capture_time),
@@ -161,10 +210,12 @@ def encode_message(
         header["publisher_id"] = publisher_id
     if publish_seq is not None:
         header["publish_seq"] = publish_seq
+    if stream_seq is not None:
+        header["stream_seq"] = stream_seq
     # ensure_ascii: the header is plain ASCII, so any UTF-8 JSON parser reads it, even
     # for source ids that carry undecodable file-name bytes (lone surrogates).
     text = json.dumps(header, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
-    return [topic, text.encode("ascii"), blob]
+    return [stream_topic(topic, stream), text.encode("ascii"), blob]
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,7 +234,9 @@ class Message:
     ``bool[N, H, W]`` masks, ``instances.to_rle()`` COCO RLEs, when asked for).
 
     ``publisher_id`` and ``publish_seq`` are the publisher's id and message counter
-    (``None`` in messages from publishers before schema 1.1). ``missed`` is set by
+    (``None`` in messages from publishers before schema 1.1). ``stream`` is the stream the
+    frame belongs to (``"0"`` before schema 1.3) and ``stream_seq`` the publisher's counter
+    within that stream (``None`` before 1.3). ``missed`` is set by
     :func:`subscribe`: how many messages of the same publisher this subscriber did not
     receive between the previous message it received and this one (0 for the first, and
     after a publisher restart; see :class:`GapCounter`). :func:`decode_message` alone,
@@ -201,6 +254,8 @@ class Message:
     instances: Instances
     publisher_id: str | None = None
     publish_seq: int | None = None
+    stream: str = DEFAULT_STREAM
+    stream_seq: int | None = None
     missed: int = 0
 
     __hash__ = None  # type: ignore[assignment]  # dict / numpy payload
@@ -321,6 +376,13 @@ def decode_message(
         if not 0 < len(publisher_id) <= MAX_PUBLISHER_ID_CHARS:
             raise _malformed("header field 'publisher_id'", f"a string of 1 to {MAX_PUBLISHER_ID_CHARS} characters",
                              f"{len(publisher_id)} characters")
+    stream = DEFAULT_STREAM
+    if "stream" in header:
+        stream = _str(header, "stream", "header")
+        if not is_stream_name(stream):
+            raise _malformed("header field 'stream'", f"1-{MAX_STREAM_CHARS} {STREAM_CHARACTERS} (not '.' or '..')",
+                             _short(stream))
+    stream_seq = _int(header, "stream_seq", "header", 0, _INT64_MAX) if "stream_seq" in header else None
     source = _str(header, "source", "header")
     capture_time = _number(_get(header, "capture_time", "header"), "header field 'capture_time'")
     publish_time = _number(_get(header, "publish_time", "header"), "header field 'publish_time'")
@@ -341,6 +403,7 @@ def decode_message(
     boxes = np.zeros((n, 4), np.float32)
     scores = np.zeros((n,), np.float32)
     mask_scores: np.ndarray | None = None  # schema 1.2: optional, on every entry or on none
+    track_ids: np.ndarray | None = None  # schema 1.3: optional per entry; -1 where absent
     class_ids = np.zeros((n,), np.int64)
     names: list[str] = []
     spans: list[tuple[int, int, int]] = []  # (offset, length, instance index)
@@ -359,6 +422,10 @@ def decode_message(
                              "present" if "mask_score" in entry else "absent")
         if mask_scores is not None:
             mask_scores[i] = _number(entry["mask_score"], f"{where} field 'mask_score'")
+        if "track_id" in entry:
+            if track_ids is None:
+                track_ids = np.full((n,), -1, np.int64)
+            track_ids[i] = _int(entry, "track_id", where, 0, _INT64_MAX)
         box = _get(entry, "box", where)
         if not isinstance(box, list) or len(box) != 4:
             raise _malformed(f"{where} field 'box'", "a list of 4 numbers", _short(box))
@@ -394,7 +461,7 @@ def decode_message(
         offsets[i] = offset
     masks = CompactMasks(np.array(windows, np.int32).reshape(n, 4), offsets, np.frombuffer(blob_bytes, np.uint8), (h, w))
     instances = Instances(boxes=boxes, scores=scores, class_ids=class_ids, masks=masks, image_size=(h, w),
-                          mask_scores=mask_scores)
+                          mask_scores=mask_scores, track_ids=track_ids)
     return Message(
         topic=bytes(topic_view),
         header=header,
@@ -407,6 +474,8 @@ def decode_message(
         instances=instances,
         publisher_id=publisher_id,
         publish_seq=publish_seq,
+        stream=stream,
+        stream_seq=stream_seq,
     )
 
 
@@ -416,42 +485,60 @@ class GapCounter:
     Feed it every decoded :class:`Message` in the order received; :meth:`update` returns
     how many messages were missed between the previous one and this one. ZeroMQ delivers
     one publisher's messages in order, so a gap in its counter is exactly the messages
-    dropped for this subscriber (its queue was full) or lost while it was disconnected:
+    dropped for this subscriber (its queue was full) or lost while it was disconnected.
+    Gaps are counted per (publisher, stream), so a subscriber of one stream of a
+    multi-stream run (``subscribe(..., stream=)``) counts the messages of that stream it
+    missed, not the other streams' messages:
 
-    * the counter is ``publish_seq`` (consecutive over everything one :class:`Publisher`
-      sends), within one ``publisher_id``;
-    * a message from a publisher before schema 1.1 has neither; the frame ``seq`` of its
-      ``source`` stands in, whose gaps also count frames the publisher never sent (a live
-      source keeps only its newest frame);
-    * a new ``publisher_id`` (or source), or a counter that does not go forward, is a
-      restarted publisher: counted in :attr:`restarts`, and that message has missed 0
-      (what a new publisher sent before this subscriber reached it is not known), as does
-      the first message.
+    * the counter is ``stream_seq`` (consecutive over everything one
+      :class:`rtseg.publisher.Publisher` sends on that ``stream``), within one
+      ``publisher_id``;
+    * before schema 1.3 there is no ``stream_seq`` (and one stream, ``"0"``):
+      ``publish_seq`` (consecutive over everything one publisher sends) stands in;
+    * before schema 1.1 there is neither; the frame ``seq`` of its ``source`` stands in,
+      whose gaps also count frames the publisher never sent (a live source keeps only its
+      newest frame);
+    * a new ``publisher_id`` (or source, before 1.1), or a counter that does not go
+      forward, is a restarted publisher: counted in :attr:`restarts`, and that message has
+      missed 0 (what a new publisher sent before this subscriber reached it is not known),
+      as do the first message and the first message of each stream.
 
-    Totals: :attr:`received`, :attr:`missed`, :attr:`restarts`.
+    Totals: :attr:`received`, :attr:`missed`, :attr:`restarts`. At most
+    ``MAX_COUNTED_STREAMS`` streams are followed at once (the least recently seen is
+    forgotten: its next message counts as its first).
     """
 
     def __init__(self) -> None:
         self.received = 0
         self.missed = 0
         self.restarts = 0
-        self._stream: tuple[str, str] | None = None
-        self._last = -1
+        self._publisher: tuple[str, str] | None = None
+        self._last: OrderedDict[str, int] = OrderedDict()  # stream -> its last counter
 
     def update(self, message: Message) -> int:
         """Take the next received message; returns the messages missed just before it."""
         if message.publish_seq is not None:
-            stream, counter = ("publisher", message.publisher_id or ""), message.publish_seq
+            publisher = ("publisher", message.publisher_id or "")
+            counter = message.stream_seq if message.stream_seq is not None else message.publish_seq
         else:
-            stream, counter = ("source", message.source), message.seq
+            publisher, counter = ("source", message.source), message.seq
+        stream = message.stream
         missed = 0
-        if self._stream is not None:
-            if stream == self._stream and counter > self._last:
-                missed = counter - self._last - 1
+        if self._publisher is not None and publisher != self._publisher:
+            self.restarts += 1
+            self._last.clear()
+        last = self._last.get(stream)
+        if last is not None:
+            if counter > last:
+                missed = counter - last - 1
             else:
                 self.restarts += 1
-        self._stream, self._last = stream, counter
+                self._last.clear()
+        self._publisher = publisher
+        self._last[stream] = counter
+        self._last.move_to_end(stream)
+        if len(self._last) > MAX_COUNTED_STREAMS:
+            self._last.popitem(last=False)
         self.received += 1
         self.missed += missed
         return missed
-

@@ -141,3 +141,40 @@ def test_bad_settings_are_one_line_errors_with_exit_code_2(args, fragments, caps
     code = bench_main([*TINY, *args])  # in-process: the same entry point as python -m rtseg.bench
     captured = capsys.readouterr()
     assert_one_line_error(subprocess.CompletedProcess(args, code, captured.out, captured.err), 2, *fragments)
+
+
+def test_bench_times_the_segmenters_process_batch_what_rtseg_run_runs(tmp_path):
+    """The per-case loop calls ``Segmenter.process_batch`` (one call per batch: warm-up and timed
+    frames) and nothing else of the segmenter's stages; its stage times are that call's."""
+    from tqdm import tqdm
+
+    from rtseg.bench import BenchPlan, CaseResult, measure_case, write_video
+    from rtseg.publish import Publisher
+    from rtseg.segmenter import Segmenter
+
+    class Counting(Segmenter):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.batches, self.infers = [], 0
+
+        def process_batch(self, images):
+            self.batches.append(len(images))
+            return super().process_batch(images)
+
+        def infer(self, batch):
+            self.infers += 1
+            return super().infer(batch)
+
+    video = str(tmp_path / "v.avi")
+    write_video(video, (64, 96), 5)
+    plan = BenchPlan(models=[DEFAULT_MODEL], backends=["torch"], sizes=[(64, 96)], precisions=["fp32"], batches=[2],
+                     frames=5, warmup=2, device="cpu", threads=None, workers=None, pipeline=False)
+    seg = Counting(DEFAULT_MODEL)
+    result = CaseResult(model=DEFAULT_MODEL, family=MODELS[DEFAULT_MODEL].family, backend="torch",
+                        frame_size=(64, 96), input_size=MODELS[DEFAULT_MODEL].input_size, precision="fp32", batch=2)
+    with Publisher("tcp://127.0.0.1:*", seg.class_names) as publisher:
+        measure_case(plan, result, seg, video, publisher, tqdm(disable=True))
+    assert seg.batches == [2, 2, 2, 1]  # warm-up: 2 frames in one batch; timed: 5 frames as 2 + 2 + 1
+    assert seg.infers == len(seg.batches)  # no model call outside process_batch
+    assert result.frames == 5 and result.fps > 0
+    assert set(result.stages_ms) == set(STAGES) and result.stages_ms["inference"]["mean"] > 0

@@ -238,6 +238,16 @@ def _run_probing_torch(tmp_path, *args: str) -> tuple[subprocess.CompletedProces
         (["bench", "--csv", "{tmp}/nodir/b.csv"], 2, ["--csv", "does not exist"]),
         (["bench", "--plot", "{tmp}/nodir/b.png"], 2, ["--plot", "does not exist"]),
         (["bench", "--models", "yolact_resnet5"], 2, ["unknown model 'yolact_resnet5'"]),
+        # issue 20: tracking, saved results, the class filter
+        (["run", "--track", "deepsort"], 2, ["unknown tracker 'deepsort'", "bytetrack, ocsort, sort"]),
+        (["run", "--classes", "circle,dog"], 2, ["--classes", "'dog'", "valid names: circle, square, triangle"]),
+        (["run", "--model", "yolact_resnet50", "--classes", "person,shape"], 2, ["'shape'", "person, bicycle"]),
+        (["run", "--save-json", "{tmp}/nodir/out.jsonl"], 2, ["--save-json", "does not exist"]),
+        (["run", "--save-coco", "{tmp}"], 2, ["--save-coco", "expected a file name, found a directory"]),
+        (["run", "--source", "synthetic", "--source", "synthetic:1", "--save-coco", "{tmp}/nodir/o.json"], 2,
+         ["--save-coco", "nodir", "does not exist"]),
+        (["eval", "--data", "{tmp}", "--save-predictions", "{tmp}/nodir/p.json"], 2,
+         ["--save-predictions", "does not exist"]),
     ],
 )
 def test_user_errors_are_reported_before_torch_is_imported(args, code, fragments, tmp_path):
@@ -253,6 +263,16 @@ def test_user_errors_are_reported_before_torch_is_imported(args, code, fragments
     assert not torch_imported, proc.stderr
 
 
+@pytest.mark.parametrize("extra", [[], ["--batch", "2", "--source", "synthetic", "--source", "synthetic"]],
+                         ids=["half", "half-batch-2"])
+def test_half_on_a_cpu_is_one_line_before_torch_and_the_model_load(extra, tmp_path):
+    """``rtseg run --half`` (with or without ``--batch``) on a CPU: one line, exit 2, torch never imported."""
+    proc, torch_imported = _run_probing_torch(tmp_path, "run", "--half", "--max-frames", "2", *extra)
+    assert_one_line_error(proc, 2, "--half runs the network in float16 on a CUDA GPU: it needs --device cuda[:N], "
+                                   "got 'cpu'")
+    assert not torch_imported and "loading model" not in proc.stderr
+
+
 def test_a_malformed_option_is_refused_before_torch_is_imported(tmp_path):
     proc, torch_imported = _run_probing_torch(tmp_path, "run", "--max-frames", "abc")
     assert proc.returncode == 2 and "--max-frames: expected a positive integer, got 'abc'" in proc.stderr
@@ -264,6 +284,14 @@ def test_preflight_model_names_are_the_registry():
     from rtseg.preflight import MODEL_NAMES
 
     assert sorted(MODEL_NAMES) == sorted(MODELS)
+
+
+def test_preflight_class_names_are_the_registry():
+    from rtseg.models import MODELS
+    from rtseg.preflight import model_class_names
+
+    for name, config in MODELS.items():
+        assert model_class_names(name) == tuple(config.class_names), name
 
 
 def _numbered_video(path, frames: int) -> None:

@@ -14,8 +14,8 @@ from pycocotools import mask as mask_utils
 from rtseg.data.coco import load_coco_folder
 from rtseg.data.synthetic_coco import generate_dataset
 from rtseg.errors import ConfigError
-from rtseg.evaluate import (METRICS, EvalResult, category_mapping, evaluate, evaluate_predictions, merge_classes,
-                            write_eval)
+from rtseg.evaluate import (METRICS, EvalResult, _score, category_mapping, evaluate, evaluate_predictions,
+                            merge_classes, write_eval)
 from rtseg.synthetic import CLASS_NAMES
 
 SIZE = (96, 128)
@@ -78,6 +78,23 @@ def test_evaluate_predictions_restricted_to_some_images(synth_dir):
         evaluate_predictions(synth_dir, [{"image_id": 0}])
 
 
+def test_per_class_ap_is_one_per_found_class_and_zero_for_a_missed_one(synth_dir):
+    folder = load_coco_folder(synth_dir)
+    names = {int(c["id"]): c["name"] for c in folder.categories}
+    preds = _ground_truth_as_predictions(synth_dir)
+    present = sorted({p["category_id"] for p in preds})
+    missed = present[0]
+    metrics, per_class = _score(synth_dir, [p for p in preds if p["category_id"] != missed])
+    for iou_type in ("segm", "bbox"):
+        assert set(per_class[iou_type]) == set(names.values())
+        assert per_class[iou_type][names[missed]] == pytest.approx(0.0)
+        for cid in present[1:]:
+            assert per_class[iou_type][names[cid]] == pytest.approx(1.0)
+        # COCO's AP is the mean of the per-class APs over the classes with ground truth
+        with_gt = [v for v in per_class[iou_type].values() if not math.isnan(v)]
+        assert metrics[iou_type]["AP"] == pytest.approx(float(np.mean(with_gt)))
+
+
 def test_category_mapping_by_name():
     cats = ({"id": 4, "name": "ring"}, {"id": 9, "name": "circle"})
     assert category_mapping(CLASS_NAMES, cats) == {0: 9, 4: 4}
@@ -88,8 +105,15 @@ def test_category_mapping_by_name():
 
 
 def test_evaluate_end_to_end_with_a_random_model(synth_dir, tmp_path):
-    result = evaluate("yolact_resnet18_half_384", weights=None, data=synth_dir, max_images=2, progress=False)
+    preds_path = tmp_path / "preds.json"
+    result = evaluate("yolact_resnet18_half_384", weights=None, data=synth_dir, max_images=2, progress=False,
+                      save_predictions=str(preds_path))
     assert isinstance(result, EvalResult) and result.images == 2
+    saved_preds = json.loads(preds_path.read_text())  # the predictions scored, COCO results format
+    assert len(saved_preds) == result.detections
+    assert evaluate_predictions(synth_dir, saved_preds, image_ids=[0, 1])["segm"] == pytest.approx(result.segm,
+                                                                                                  nan_ok=True)
+    assert set(result.per_class["segm"]) == set(CLASS_NAMES)
     for metrics in (result.segm, result.bbox):
         assert set(metrics) == set(METRICS)
         for name in ("AP", "AP50", "AP75"):
@@ -98,6 +122,7 @@ def test_evaluate_end_to_end_with_a_random_model(synth_dir, tmp_path):
     assert result.images_per_s > 0 and set(result.stage_ms) == {"preprocess", "inference", "postprocess"}
     table = result.format_table()
     assert "| mask |" in table and "| box |" in table and "images/s" in table
+    assert "| class | mask AP | box AP |" in table and "| circle |" in table
     path = write_eval(result, str(tmp_path / "out" / "eval.json"))
     saved = json.loads(open(path).read())
     assert saved["model"] == "yolact_resnet18_half_384" and saved["images"] == 2

@@ -64,3 +64,56 @@ def test_the_report_renders_rows_errors_and_the_verdict(tmp_path):
     assert "| m | torch CUDA | 1 | fp32 | 1.0 | 5.0 | 2.0 | 125.0 |" in text
     assert "| m | tensorrt | 8 | fp16 |  | 3.2 |  | 2500.0 | 1.5e-03 |" in text and "EngineError: no · TensorRT-RTX itself: validity INVALID UNSUPPORTED_CC, deserialized False, ran False" in text
     assert (tmp_path / "gpu_check.json").exists()
+
+
+def test_the_sync_counter_counts_every_thread_and_puts_torch_back():
+    import threading
+
+    import torch
+
+    device_sync, stream_sync = torch.cuda.synchronize, torch.cuda.Stream.synchronize
+    with gpu_check.SyncCounter() as count:
+        assert torch.cuda.synchronize is not device_sync
+
+        def call():
+            try:
+                torch.cuda.synchronize()  # counted, then torch's own (which needs a GPU here)
+            except Exception:
+                pass
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert count.device == 3 and count.stream == 0
+    assert torch.cuda.synchronize is device_sync and torch.cuda.Stream.synchronize is stream_sync
+
+
+def test_the_report_renders_the_no_serialisation_checks(tmp_path):
+    report = gpu_check.Report(tmp_path, 1)
+    report.data["steps"] = {
+        "hot-path syncs": {"result": {"ok": True, "rows": [
+            {"model": "m", "postprocess": "cuda", "frames": 60, "device_syncs": 0, "stream_syncs": 60,
+             "stream_syncs_per_frame": 1.0, "sync_debug_per_frame": 3.0, "fps": 210.5}]}},
+        "process_batch vs process": {"result": {"ok": True, "rows": [
+            {"model": "m", "postprocess": "torch", "batch_of_one_equal": True, "batch_of_three_same": True,
+             "batch_of_three_max_box_err_px": 0.01}]}},
+        "half": {"result": {"rows": [{"model": "m", "instances_fp32": 5, "instances_fp16": 5, "same_classes": True,
+                                      "max_box_err_px": 0.4,
+                                      "fp32": {"preprocess_ms": 1.0, "inference_ms": 4.0, "postprocess_ms": 2.0},
+                                      "fp16": {"preprocess_ms": 1.0, "inference_ms": 2.5, "postprocess_ms": 2.0}}],
+                            "cli": {"command": "rtseg run --half --batch 2", "returncode": 0}}},
+        "multistream": {"result": {"returncode": 0, "table": "streams batched FPS\n      4   120.00"}},
+    }
+    gpu_check.markdown(report, H200)
+    text = "\n".join(report.lines)
+    assert "| m | cuda | 60 | 0 | 1.0 | 3.0 | 210.5 |" in text
+    assert "| m | torch | True | True | 0.01 |" in text
+    assert "| m | 5 / 5 | True | 0.4 | 1.0/4.0/2.0 | 1.0/2.5/2.0 |" in text
+    assert "`rtseg run --half --batch 2`: exit 0" in text and "      4   120.00" in text
+
+
+def test_the_check_fits_its_device_time():
+    assert gpu_check.parse_args([]).minutes == 6.0
+    assert "timeout 420 " in (ROOT / "tools" / "gpu_check.sh").read_text()

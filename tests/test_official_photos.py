@@ -200,5 +200,5 @@ def test_run_publishes_the_official_detections_of_a_photo(files):
     assert received, "the subscriber got no message"
     ref = load_reference(variant, name)
     for message in received:
-        assert message.header["schema"] == "rtseg.instances/1.2"
+        assert message.header["schema"] == "rtseg.instances/1.3"
         assert_matches(message.instances, ref)

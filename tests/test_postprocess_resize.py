@@ -82,3 +82,20 @@ def test_yolact_is_always_its_square_and_refuses_another_canvas():
     assert yolact_post.input_geometry(cfg, (480, 288)).padded == (550, 550)
     with pytest.raises(ValueError, match="550x550.*--canvas 448x768"):
         yolact_post.input_geometry(cfg, (480, 288), (448, 768))
+
+
+def test_a_registered_host_twin_is_resampled_instead_of_the_tensor():
+    """The segmenter's upload registers the frame it came from: resize_uint8 reads that (on CUDA:
+    no copy back to the host); any other tensor is resampled from its own pixels."""
+    from rtseg.postprocess.resize import host_twin
+
+    rng = np.random.default_rng(5)
+    frame = rng.integers(0, 256, (1, 40, 30, 3), dtype=np.uint8)
+    other = rng.integers(0, 256, (1, 40, 30, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(other.copy())
+    with host_twin(tensor, frame):
+        twin = resize_uint8(tensor, (21, 17), "cv2").numpy()
+        derived = resize_uint8(tensor.clone(), (21, 17), "cv2").numpy()  # not the registered tensor
+    after = resize_uint8(tensor, (21, 17), "cv2").numpy()  # outside the block: the tensor's own pixels
+    assert np.array_equal(twin, resize_uint8(torch.from_numpy(frame), (21, 17), "cv2").numpy())
+    assert np.array_equal(derived, after) and not np.array_equal(twin, after)

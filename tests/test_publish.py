@@ -126,7 +126,7 @@ def test_round_trip_gives_identical_instances(n, h, w, seed):
     assert isinstance(message, Message)
     assert message.instances == instances  # masks, boxes, scores (float32-exact), class ids
     assert message.instances.scores.dtype == np.float32 and message.instances.class_ids.dtype == np.int64
-    assert message.topic == b"rtseg.cam0"
+    assert message.topic == b"rtseg.cam0/0" and message.stream == "0"  # <topic>/<stream> (1.3)
     assert (message.seq, message.source, message.image_size) == (42, "cam:0 ü", (h, w))
     assert (message.capture_time, message.publish_time) == (frame.capture_time, 1700000002.5)
     assert message.class_names == [NAMES[c] for c in instances.class_ids]
@@ -147,7 +147,7 @@ def test_header_has_every_documented_field_and_tight_windows():
     instances = random_instances(np.random.default_rng(7), 6, 20, 30)
     before = time.time()
     header = json.loads(encode_message(make_frame(instances, seq=5, source="file.mp4"), NAMES)[1])
-    assert set(header) == {"schema", "seq", "source", "capture_time", "publish_time", "image_size",
+    assert set(header) == {"schema", "stream", "seq", "source", "capture_time", "publish_time", "image_size",
                            "mask_encoding", "masks_bytes", "instances"}
     assert header["publish_time"] >= before and isinstance(header["publish_time"], float)
     offset = 0
@@ -279,7 +279,8 @@ def test_python_subscriber_in_the_doc_decodes_messages(n, h, w, seed):
 def test_worked_example_in_the_doc_decodes_to_its_picture():
     (header_text,) = doc_blocks("json")
     blob = bytes.fromhex(re.search(r"part 2 \(hex\): `([0-9a-f]+)`", DOC.read_text()).group(1))
-    parts = [b"rtseg", header_text.encode(), blob]
+    topic = re.search(r"- part 0: `([^`]+)`", DOC.read_text()).group(1).encode()
+    parts = [topic, header_text.encode(), blob]
     expected = np.zeros((2, 4, 7), np.bool_)
     expected[0, 1:4, 2:7] = [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0]]
     message = decode_message(parts)
@@ -287,6 +288,7 @@ def test_worked_example_in_the_doc_decodes_to_its_picture():
     assert np.array_equal(decode_from_doc_prose(parts)[1], expected)
     assert np.array_equal(_doc_snippet_decode()(parts)[1], expected)
     assert message.class_names == ["person", "dog"] and message.instances.scores[0] == np.float32(0.9)
+    assert (message.topic, message.stream, message.stream_seq, message.publish_seq) == (b"rtseg/0", "0", 12, 17)
     # and rtseg's encoder writes exactly the documented bytes for that mask
     reencoded = encode_message(make_frame(message.instances, seq=3, source="cam0"), NAMES)
     assert reencoded[2].hex() == "77d4" and json.loads(reencoded[1])["instances"][0]["mask_window"] == [2, 1, 7, 4]
@@ -386,7 +388,7 @@ def test_size_limits_are_checked_before_allocating():
 
 def test_newer_minor_version_with_unknown_fields_is_accepted():
     parts = with_header(parts_of(2), lambda h: h.update(schema="rtseg.instances/1.7", future={"x": 1}))
-    parts = with_header(parts, lambda h: h["instances"][0].update(track_id=12))
+    parts = with_header(parts, lambda h: h["instances"][0].update(colour="red"))
     assert decode_message(parts).instances == decode_message(parts_of(2)).instances
 
 
@@ -681,15 +683,15 @@ def test_run_subscriber_prints_lines_and_saves_decodable_json(tmp_path):
         thread.join(timeout=20)
     assert result == [0]
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and all(re.match(r"seq=\d+ source='cam0' latency=-?\d+\.\dms instances=\d+ \[", line) for line in lines)
+    assert len(lines) == 3 and all(re.match(r"seq=\d+ stream=0 source='cam0' latency=-?\d+\.\dms instances=\d+ \[", line) for line in lines)
     missed = sum(int(m.group(1)) for m in re.finditer(r" missed=(\d+)$", out.getvalue(), flags=re.M))
     assert err.getvalue() == f"received 3 message(s), missed {missed}, publisher restarts 0\n"
-    files = sorted(save_dir.glob("*.json"))
+    files = sorted(save_dir.glob("*/*.json"))
     assert len(files) == 3
     for path in files:
         document = json.loads(path.read_text())
         header = document["header"]
-        assert path.name == f"{header['seq']:010d}.json"
+        assert path.name == f"{header['seq']:010d}.json" and path.parent.name == header["stream"] == "0"
         expected = published[header["seq"]]
         decoded = Instances.from_rle(
             boxes=[e["box"] for e in header["instances"]],
@@ -723,7 +725,7 @@ def test_run_subscriber_prints_the_frames_missed_before_a_message(zmq_context):
     pub.close(linger=0)
     assert result == [0]
     lines = out.getvalue().splitlines()
-    assert lines[-1].startswith("seq=99 source='jump'") and lines[-1].endswith(" missed=9")
+    assert lines[-1].startswith("seq=99 stream=0 source='jump'") and lines[-1].endswith(" missed=9")
     assert not any("missed=" in line for line in lines[:-1])
     assert err.getvalue() == f"received {len(lines)} message(s), missed 9, publisher restarts 0\n"
 
@@ -795,7 +797,7 @@ def test_a_tiny_message_declaring_huge_empty_masks_is_received_and_saved_in_memo
         pub.close(linger=0)
     assert code == 0 and "instances=4" in out.getvalue()
     assert peak < 200 * wire_bytes, f"{peak} bytes allocated for a {wire_bytes}-byte message"
-    saved = json.loads((tmp_path / "0000000007.json").read_text())
+    saved = json.loads((tmp_path / "0" / "0000000007.json").read_text())
     assert [int(a) for a in pycocotools.mask.area([{"size": r["size"], "counts": r["counts"].encode()} for r in saved["mask_rle"]])] \
         == [0, 0, 0, 0]
     assert all(r["size"] == [MAX_IMAGE_SIDE, MAX_IMAGE_SIDE] for r in saved["mask_rle"])

@@ -26,7 +26,7 @@ def _frame(instances: Instances) -> Frame:
 
 
 def test_mask_scores_round_trip_and_are_optional():
-    assert SCHEMA == "rtseg.instances/1.2"
+    assert SCHEMA == "rtseg.instances/1.3"  # mask_score since 1.2
     with_scores = _instances(np.array([0.75, -0.03125], np.float32))  # CenterMask's maskiou is not clamped
     decoded = decode_message(encode_message(_frame(with_scores), ["a", "b"])).instances
     assert decoded == with_scores

@@ -169,6 +169,19 @@ def test_an_object_inside_another_is_not_taken_for_a_duplicate():
     assert _has_color(drawn, class_color(1)) and _has_color(drawn, class_color(3))
 
 
+def test_track_ids_are_drawn_in_the_labels():
+    import dataclasses
+
+    from rtseg.render import label_boxes
+
+    inst = two_instances()
+    assert [t for _, t, _ in label_boxes(inst, ["a", "b", "c", "d"])] == ["b 0.90", "d 0.60"]
+    tracked = dataclasses.replace(inst, track_ids=np.array([12, -1], np.int64))  # -1: not a confirmed track
+    assert [t for _, t, _ in label_boxes(tracked, ["a", "b", "c", "d"])] == ["#12 b 0.90", "d 0.60"]
+    img = np.full((60, 80, 3), 100, np.uint8)
+    assert not np.array_equal(render(img, tracked, ["a", "b", "c", "d"]), render(img, inst, ["a", "b", "c", "d"]))
+
+
 # -- compact masks: the overlay is the one the full-size masks gave ------------------------------
 
 def _dense_blend(image: np.ndarray, inst: Instances) -> np.ndarray:

@@ -172,3 +172,24 @@ def test_a_fixed_shape_graph_is_refused_for_per_frame_geometry_unless_the_canvas
     with pytest.raises(ConfigError, match="not the --canvas 448x736"):
         Segmenter("solov2_light_448_r18", canvas=(448, 736))._check_graph_shape("m.onnx", [1, 3, 448, 768])
     Segmenter()._check_graph_shape("m.onnx", [1, 3, 384, 384])  # the built-in model's fixed input
+
+
+# -- issue 17 item 5: one path for one frame and for a batch; --half ----------------------------------
+
+def test_process_is_process_batch_of_one(small_state):
+    _, path = small_state
+    seg = Segmenter(SMALL, weights=path, score_threshold=0.0)
+    img = np.random.default_rng(3).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    one, times = seg.process(img)
+    (batched, btimes), = seg.process_batch([img])
+    assert len(one) > 0 and len(one) == len(batched)
+    for field in ("boxes", "scores", "class_ids", "masks"):
+        assert np.array_equal(getattr(one, field), getattr(batched, field)), field
+    for t in (times, btimes):  # the stage clock's times: each stage measured, none negative
+        assert t.preprocess >= 0 and t.inference > 0 and t.postprocess >= 0
+
+
+def test_half_is_refused_on_a_cpu_before_the_model_is_built():
+    with pytest.raises(ConfigError, match=r"^--half runs the network in float16 on a CUDA GPU: it needs --device "
+                                          r"cuda\[:N\], got 'cpu'$"):
+        Segmenter(SMALL, half=True)

@@ -104,6 +104,27 @@ def test_concatenate():
         Instances.concatenate([a, make_instances(1, size=(5, 5))])
 
 
+def test_track_ids_are_optional_validated_indexed_concatenated_and_compared():
+    import dataclasses
+
+    inst = make_instances(4)
+    assert inst.track_ids is None
+    tracked = dataclasses.replace(inst, track_ids=np.array([7, -1, 3, 0], np.int64))
+    assert tracked != inst and tracked == dataclasses.replace(inst, track_ids=np.array([7, -1, 3, 0], np.int64))
+    assert tracked != dataclasses.replace(inst, track_ids=np.array([7, -1, 3, 1], np.int64))
+    np.testing.assert_array_equal(tracked[np.array([2, 0])].track_ids, [3, 7])
+    assert tracked[1].track_ids.tolist() == [-1] and tracked[1:1].track_ids.shape == (0,)
+    both = Instances.concatenate([tracked, tracked[:2]])
+    assert both.track_ids.tolist() == [7, -1, 3, 0, 7, -1]
+    with pytest.raises(ValueError, match="either have track_ids or not"):
+        Instances.concatenate([tracked, inst])
+    with pytest.raises(ValueError, match="track_ids must have 4 entries to match boxes, got 3"):
+        dataclasses.replace(inst, track_ids=np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="track_ids must have dtype int64, got int32"):
+        dataclasses.replace(inst, track_ids=np.zeros(4, np.int32))
+    assert tracked.ranked_by_mask_score() is tracked  # no mask scores: unchanged
+
+
 def test_frame_checks_its_image():
     with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\) BGR, got float32\(4, 4, 3\)"):
         Frame(seq=0, source_id="x", capture_time=0.0, image=np.zeros((4, 4, 3), np.float32))

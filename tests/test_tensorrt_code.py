@@ -247,23 +247,25 @@ def test_buffers_allocated_at_the_profile_max_are_viewed_at_each_calls_shape():
         trt_backend.buffer_view(buf, (5, 3, 8, 8))
 
 
-@pytest.mark.parametrize("size", [1, 2])
-def test_the_slot_pool_never_lends_one_context_to_two_workers(size):
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_each_stream_gets_its_own_context_and_none_is_lent_to_two_callers_at_once(size):
     import threading
 
     class Slot:
         holder = None
 
-    pool = trt_backend.SlotPool(lambda i: Slot(), size)
-    clashes, seen = [], set()
+    made = []
+    pool = trt_backend.StreamSlots(lambda i: made.append(i) or Slot(), size)
+    first = pool.prepare()  # made at load: the first stream to call gets it
+    clashes, seen = [], {}
 
-    def worker(me: int) -> None:
+    def worker(me: int) -> None:  # one worker = one stream (its handle is the key)
         for _ in range(300):
-            with pool.acquire() as slot:
+            with pool.acquire(1000 + me) as slot:
                 if slot.holder is not None:
                     clashes.append((me, slot.holder))
                 slot.holder = me
-                seen.add(id(slot))
+                seen.setdefault(me, set()).add(id(slot))
                 for _ in range(50):  # give another thread the chance to barge in
                     if slot.holder != me:
                         clashes.append((me, slot.holder))
@@ -274,9 +276,19 @@ def test_the_slot_pool_never_lends_one_context_to_two_workers(size):
         t.start()
     for t in threads:
         t.join()
-    assert clashes == [] and len(seen) <= size
+    assert clashes == [] and len(pool.slots) == len(made) == size and first in pool.slots
+    assert all(len(ids) == 1 for ids in seen.values())  # a stream keeps its slot
+    owners = {slot.owner for slot in pool.slots}
+    assert len(owners) == size and owners <= {1000, 1001, 1002, 1003}  # each slot enqueues on one stream
+    if size >= 4:  # enough contexts: no two streams share one
+        assert len({next(iter(ids)) for ids in seen.values()}) == 4
     with pytest.raises(EngineError, match="at least 1 execution context"):
-        trt_backend.SlotPool(lambda i: Slot(), 0)
+        trt_backend.StreamSlots(lambda i: Slot(), 0)
+
+
+def test_half_takes_only_an_engine_that_computes_in_float16():
+    assert all(trt_backend.engine_computes_in_half(p) for p in ("fp16", "int8", "onnx-float16"))
+    assert not any(trt_backend.engine_computes_in_half(p) for p in ("fp32", "onnx-float32", None))
 
 
 def test_the_cuda_device_an_engine_is_checked_against_is_the_backends_own():

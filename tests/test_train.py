@@ -284,6 +284,7 @@ def test_batch_sampler_covers_epochs_and_resumes_the_same_stream():
     assert list(EpochBatchSampler(10, 4, 0, 6, seed=2)) != full
 
 
+@pytest.mark.slow  # ~90 s on a quiet 2-core CPU (30 iterations); the loss-falls tests of tests/test_loss_*.py stay in the default run
 def test_training_on_a_fixed_batch_lowers_the_loss(fixed_batch, tmp_path):
     dataset, _ = fixed_batch
     subset = torch.utils.data.Subset(dataset, range(4))

@@ -1,7 +1,7 @@
-"""The one script a GPU session runs (about 8 minutes on one CUDA GPU): what rtseg's GPU paths
+"""The one script a GPU session runs (about 6 minutes on one CUDA GPU): what rtseg's GPU paths
 do on that GPU, written as a table to paste into BENCHMARKS.md.
 
-    python tools/gpu_check.py [--out gpu_check_out] [--wheels DIR] [--minutes 8] [--no-install]
+    python tools/gpu_check.py [--out gpu_check_out] [--wheels DIR] [--minutes 6] [--no-install]
     bash tools/gpu_check.sh ...            # the same, with the checkout's .venv if there is one
 
 Steps (each bounded; a step that fails is reported and the next one runs):
@@ -11,6 +11,14 @@ Steps (each bounded; a step that fails is reported and the next one runs):
    (``tensorrt-cu12``) is tried and reported if it cannot be had;
 2. ``pytest -m gpu`` (the CUDA kernels against torch, ``--postprocess cuda`` against torch per
    family) and ``pytest -m tensorrt``;
+2b. the GPU path does not serialise (:mod:`rtseg.device`): (a) a two-stream, two-worker
+   pipeline run with ``torch.cuda.synchronize`` and ``torch.cuda.Stream.synchronize`` counted
+   through wrappers (device-wide synchronisations must be 0; stream ones are the per-frame
+   ``to_host`` wait) and ``torch.cuda.set_sync_debug_mode("warn")``'s count of synchronising
+   calls; (b) ``process_batch`` against ``process`` per image on CUDA (batch of one: bit
+   equal; batch of three: same detections); (d) ``--half``: fp16 against fp32 per model
+   (detections, stage times) and ``rtseg run --half --batch 2`` on two streams; (c)
+   ``benchmarks/multistream.py --device cuda --postprocess cuda`` at 1 and 4 streams;
 3. engines for the built-in models: exported, built with TensorRT-RTX (targets: this GPU's
    compute capability where TensorRT-RTX can target it) and datacenter TensorRT where
    installed, at batch 1 and 8, fp32 and fp16 (``--half`` export, strongly typed), run
@@ -52,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gpu_check", description="rtseg's GPU paths on this GPU, in one run")
     p.add_argument("--out", type=Path, default=Path("gpu_check_out"), help="where the report goes")
     p.add_argument("--wheels", type=Path, help="a folder of wheels to install from first (pip --no-index)")
-    p.add_argument("--minutes", type=float, default=8.0, help="time budget; steps past it are skipped")
+    p.add_argument("--minutes", type=float, default=6.0, help="time budget; steps past it are skipped")
     p.add_argument("--no-install", action="store_true", help="install nothing")
     p.add_argument("--models", default=",".join(BUILTIN), help="comma-separated models (default the built-in three)")
     p.add_argument("--frames", type=int, default=30, help="timed frames per configuration")
@@ -84,6 +92,7 @@ class Report:
         self.deadline = time.monotonic() + minutes * 60
         self.data: dict = {"date": datetime.date.today().isoformat(), "steps": {}}
         self.lines: list[str] = []
+        self.after_step = None  # called after every step (main: write the report so far)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -103,6 +112,9 @@ class Report:
             self.data["steps"][name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
             print(f"gpu_check: {name} failed: {type(exc).__name__}: {exc}", flush=True)
             return None
+        finally:
+            if self.after_step is not None:
+                self.after_step()
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -176,6 +188,181 @@ def torch_rows(args) -> list[dict]:
     return rows
 
 
+class SyncCounter:
+    """Counts ``torch.cuda.synchronize`` (device-wide) and ``torch.cuda.Stream.synchronize``
+    calls, from every thread, while installed (a context manager)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.device = 0
+        self.stream = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "SyncCounter":
+        import torch
+
+        self._device, self._stream = torch.cuda.synchronize, torch.cuda.Stream.synchronize
+        counter, device_sync, stream_sync = self, self._device, self._stream
+
+        def synchronize(*a, **k):
+            with counter._lock:
+                counter.device += 1
+            return device_sync(*a, **k)
+
+        def stream_synchronize(stream, *a, **k):
+            with counter._lock:
+                counter.stream += 1
+            return stream_sync(stream, *a, **k)
+
+        torch.cuda.synchronize = synchronize
+        torch.cuda.Stream.synchronize = stream_synchronize
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.cuda.synchronize, torch.cuda.Stream.synchronize = self._device, self._stream
+
+
+def hot_path_syncs(args) -> dict:
+    """(a): a pipeline run (2 synthetic streams, 2 workers, --postprocess cuda where it loads)
+    with every explicit synchronisation counted; device-wide ones must be 0."""
+    import warnings
+
+    import torch
+
+    from rtseg.pipeline import Pipeline
+    from rtseg.segmenter import Segmenter
+    from rtseg.sources import open_source
+
+    rows = []
+    for name in args.models:
+        for post in ("torch", "cuda"):
+            row = {"model": name, "postprocess": post}
+            try:
+                seg = Segmenter(name, device=args.device, postprocess=post)
+                seg.warmup(2, (480, 640))  # outside the count: one-time costs
+                sources = [open_source(f"synthetic:{i}:640x480") for i in range(2)]
+                pipeline = Pipeline(sources, seg, max_frames=args.frames, workers=2, batch=1)
+                with warnings.catch_warnings(record=True) as caught, SyncCounter() as count:
+                    warnings.simplefilter("always")
+                    debug_mode = torch.cuda.is_available()  # (the CPU run of this code in testing has none)
+                    if debug_mode:
+                        torch.cuda.set_sync_debug_mode("warn")
+                    try:
+                        summary = pipeline.run()
+                    finally:
+                        if debug_mode:
+                            torch.cuda.set_sync_debug_mode("default")
+                frames = summary.frames_processed
+                debug = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
+                row.update(frames=frames, device_syncs=count.device, stream_syncs=count.stream,
+                           stream_syncs_per_frame=round(count.stream / max(frames, 1), 2),
+                           sync_debug_warnings=len(debug), sync_debug_per_frame=round(len(debug) / max(frames, 1), 2),
+                           sync_debug_examples=sorted(set(debug))[:5], fps=round(summary.fps, 1),
+                           ok=count.device == 0)
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+    return {"rows": rows, "ok": _all_ok(rows)}
+
+
+def _all_ok(rows: list[dict]) -> bool:
+    """Every row that ran passed, and at least one ran."""
+    ran = [r for r in rows if "error" not in r]
+    return bool(ran) and all(r.get("ok") for r in ran)
+
+
+def _same_instances(a, b, tol: float) -> tuple[bool, float]:
+    import numpy as np
+
+    if len(a) != len(b) or not np.array_equal(a.class_ids, b.class_ids):
+        return False, float("inf")
+    err = float(np.abs(a.boxes - b.boxes).max()) if len(a) else 0.0
+    return err <= tol, err
+
+
+def batch_equals_process(args) -> dict:
+    """(b): per model, ``process_batch`` against ``process`` per image on CUDA: a batch of one
+    must be bit-equal; a batch of three the same detections (class ids, boxes within 0.5 px:
+    cuDNN may choose other kernels for another batch size)."""
+    import numpy as np
+
+    from rtseg.segmenter import Segmenter
+    from rtseg.synthetic import SyntheticVideo
+
+    video = SyntheticVideo(seed=7, size=(480, 640))
+    images = [np.ascontiguousarray(video.frame(i).image) for i in (3, 9, 15)]
+    rows = []
+    for name in args.models:
+        for post in ("torch", "cuda"):
+            row = {"model": name, "postprocess": post}
+            try:
+                seg = Segmenter(name, device=args.device, postprocess=post)
+                seg.warmup(1, (480, 640))
+                single = [seg.process(im)[0] for im in images]
+                one = seg.process_batch(images[:1])[0][0]
+                three = [r[0] for r in seg.process_batch(images)]
+                row["batch_of_one_equal"] = (len(one) == len(single[0]) and np.array_equal(one.boxes, single[0].boxes)
+                                             and one.masks == single[0].masks)
+                checks = [_same_instances(x, y, 0.5) for x, y in zip(three, single)]
+                row["batch_of_three_same"] = all(ok for ok, _ in checks)
+                row["batch_of_three_max_box_err_px"] = max(err for _, err in checks)
+                row["instances"] = [len(x) for x in single]
+                row["ok"] = row["batch_of_one_equal"] and row["batch_of_three_same"]
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+    return {"rows": rows, "ok": _all_ok(rows)}
+
+
+def half_rows(args) -> dict:
+    """(d): ``Segmenter(half=True)`` against fp32 per model (detections, stage times), then
+    ``rtseg run --half --batch 2`` on two synthetic streams (the CLI path end to end)."""
+    import numpy as np
+
+    from rtseg.segmenter import Segmenter
+    from rtseg.synthetic import SyntheticVideo
+
+    image = np.ascontiguousarray(SyntheticVideo(seed=7, size=(720, 1280)).frame(3).image)
+    rows = []
+    for name in args.models:
+        row = {"model": name}
+        try:
+            fp32 = Segmenter(name, device=args.device)
+            fp16 = Segmenter(name, device=args.device, half=True)
+            a, b = fp32.process(image)[0], fp16.process(image)[0]
+            row["instances_fp32"], row["instances_fp16"] = len(a), len(b)
+            row["same_classes"] = len(a) == len(b) and bool(np.array_equal(a.class_ids, b.class_ids))
+            row["max_box_err_px"] = float(np.abs(a.boxes - b.boxes).max()) if row["same_classes"] and len(a) else None
+            row["fp32"] = _time_stages(fp32, image, args.frames)
+            row["fp16"] = _time_stages(fp16, image, args.frames)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        rows.append(row)
+    cmd = [sys.executable, "-m", "rtseg", "-q", "run", "--source", "synthetic:0:640x480", "--source",
+           "synthetic:1:640x480", "--device", args.device, "--half", "--batch", "2", "--max-frames", "10"]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cli = {"command": " ".join(cmd[2:]), "returncode": proc.returncode,
+               "tail": (proc.stdout + proc.stderr).strip().splitlines()[-6:]}
+    except subprocess.TimeoutExpired:
+        cli = {"command": " ".join(cmd[2:]), "returncode": None, "tail": ["timed out after 120 s"]}
+    return {"rows": rows, "cli": cli}
+
+
+def multistream(args, timeout: float) -> dict:
+    """(c): ``benchmarks/multistream.py --device cuda --postprocess cuda`` at 1 and 4 streams."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "multistream.py"), "--streams", "1", "4", "--frames", "30",
+           "--fps", "30", "--device", args.device, "--postprocess", "cuda"]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"returncode": None, "table": f"timed out after {timeout:.0f} s"}
+    return {"returncode": proc.returncode, "table": proc.stdout[-3000:], "stderr": proc.stderr[-1000:]}
+
+
 def engine_rows(args, gpu: dict, folder: Path) -> dict:
     """Build and run engines: per (flavour, model, batch, precision) whether it built, ran,
     matched torch, and its latency."""
@@ -205,6 +392,10 @@ def engine_rows(args, gpu: dict, folder: Path) -> dict:
                     export_onnx(seg.net, seg.config, str(onnx_path), batch=batch, weights=seg.weights_path, half=half)
                 for flavour in flavours:
                     row = {"model": name, "runtime": flavour.name, "batch": batch, "precision": "fp16" if half else "fp32"}
+                    if time.monotonic() > getattr(args, "deadline", float("inf")):
+                        row["error"] = "skipped: time budget spent"
+                        rows.append(row)
+                        continue
                     settings = BuildSettings(flavour=flavour.name, gpu_targets=rtx_targets,
                                              strongly_typed=half or flavour.strongly_typed_only,
                                              precision=None if (half or flavour.strongly_typed_only) else "fp32")
@@ -339,6 +530,38 @@ def markdown(report: Report, gpu: dict) -> None:
                      f"{row.get('preprocess_ms', '')} | {row.get('inference_ms', '')} | {row.get('postprocess_ms', '')} | "
                      f"{row.get('fps', row.get('images_per_s', ''))} | "
                      f"{'%.1e' % row['max_rel_err'] if 'max_rel_err' in row else ''} | {_note(row)} |")
+    sync = (steps.get("hot-path syncs") or {}).get("result")
+    if sync:
+        lines += ["", "Synchronisation on the hot path (pipeline, 2 streams x 2 workers; device-wide must be 0):", "",
+                  "| model | post | frames | device syncs | stream syncs / frame | sync-debug warnings / frame | FPS | note |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in sync["rows"]:
+            lines.append(f"| {r['model']} | {r['postprocess']} | {r.get('frames', '')} | {r.get('device_syncs', '')} | "
+                         f"{r.get('stream_syncs_per_frame', '')} | {r.get('sync_debug_per_frame', '')} | "
+                         f"{r.get('fps', '')} | {_note(r)} |")
+    eq = (steps.get("process_batch vs process") or {}).get("result")
+    if eq:
+        lines += ["", "`process_batch` against `process` per image (CUDA):", "",
+                  "| model | post | batch of 1 bit-equal | batch of 3 same detections | max box err px | note |",
+                  "| --- | --- | --- | --- | ---: | --- |"]
+        for r in eq["rows"]:
+            lines.append(f"| {r['model']} | {r['postprocess']} | {r.get('batch_of_one_equal', '')} | "
+                         f"{r.get('batch_of_three_same', '')} | {r.get('batch_of_three_max_box_err_px', '')} | {_note(r)} |")
+    half = (steps.get("half") or {}).get("result")
+    if half:
+        lines += ["", "`--half` (fp16 network) against fp32, 720p, median ms per stage:", "",
+                  "| model | instances fp32 / fp16 | same classes | max box err px | fp32 pre/inf/post | fp16 pre/inf/post | note |",
+                  "| --- | --- | --- | ---: | --- | --- | --- |"]
+        for r in half["rows"]:
+            st = lambda d: "/".join(str(d.get(k, "")) for k in ("preprocess_ms", "inference_ms", "postprocess_ms")) if d else ""  # noqa: E731
+            lines.append(f"| {r['model']} | {r.get('instances_fp32', '')} / {r.get('instances_fp16', '')} | "
+                         f"{r.get('same_classes', '')} | {r.get('max_box_err_px', '')} | {st(r.get('fp32'))} | "
+                         f"{st(r.get('fp16'))} | {_note(r)} |")
+        cli = half.get("cli") or {}
+        lines += ["", f"`{cli.get('command', '')}`: exit {cli.get('returncode')}"]
+    ms = (steps.get("multistream") or {}).get("result")
+    if ms:
+        lines += ["", "`benchmarks/multistream.py --device cuda --postprocess cuda`:", "", "```", ms["table"].strip(), "```"]
     k = (steps.get("kernels") or {}).get("result")
     if k:
         lines += ["", "CUDA kernels vs torch / torchvision (`benchmarks/kernels.py`):", "", "```", k["table"].strip(), "```"]
@@ -353,14 +576,21 @@ def main(argv=None) -> int:
         return NO_GPU_EXIT
     report = Report(args.out, args.minutes)
     report.data["gpu"] = gpu
+    args.deadline = report.deadline
+    report.after_step = lambda: (report.lines.clear(), markdown(report, gpu), report.write())  # a kill keeps what ran
     folder = args.out / "work"
     folder.mkdir(parents=True, exist_ok=True)
     report.step("install", install, args)
-    report.step("pytest -m gpu", pytest_marker, "gpu", max(30.0, min(150.0, report.left() * 0.3)))
-    report.step("pytest -m tensorrt", pytest_marker, "tensorrt", max(30.0, min(60.0, report.left() * 0.2)))
+    report.step("pytest -m gpu", pytest_marker, "gpu", max(30.0, min(100.0, report.left() * 0.25)))
+    report.step("pytest -m tensorrt", pytest_marker, "tensorrt", max(30.0, min(45.0, report.left() * 0.15)))
+    report.step("hot-path syncs", hot_path_syncs, args)
+    report.step("process_batch vs process", batch_equals_process, args)
+    report.step("half", half_rows, args)
+    report.step("multistream", multistream, args, max(30.0, min(150.0, report.left() * 0.5)))
     report.step("engines", engine_rows, args, gpu, folder)
     report.step("torch stages", torch_rows, args)
     report.step("kernels", kernels, args, max(30.0, report.left()))
+    report.lines.clear()
     markdown(report, gpu)
     report.write()
     print("\n".join(report.lines))

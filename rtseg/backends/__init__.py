@@ -39,13 +39,19 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The network as it is (eval mode, no autograd)."""
+    """The network as it is (eval mode, no autograd); ``half=True`` (CUDA only): under
+    ``torch.autocast(float16)``, outputs cast back to float32 for post-processing."""
 
     name = "torch"
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, *, half: bool = False) -> None:
         self.net = net.eval()
+        self.half = half
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.net(batch)
+        if not self.half:
+            return self.net(batch)
+        with torch.autocast(device_type=batch.device.type, dtype=torch.float16):
+            out = self.net(batch)
+        return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}

@@ -463,17 +463,23 @@ def _dims(what: str, dims: Sequence[int]) -> tuple[int, int, int]:
     return (d + (1, 1))[:3]  # type: ignore[return-value]
 
 
-_side_streams: dict[int, tuple[Any, torch.cuda.ExternalStream]] = {}
+#: per thread: one side stream per device. One per device for the whole process would put every
+#: pipeline worker's kernels (each worker has its own torch stream, rtseg.device) on one stream,
+#: serialising them again.
+_side_streams = threading.local()
 
 
 def _pycuda_side_stream(dev: torch.device) -> tuple[Any, Any]:
-    """A pycuda stream on ``dev`` and torch's view of it (for ordering with torch's stream)."""
-    if dev.index not in _side_streams:
+    """This thread's pycuda stream on ``dev`` and torch's view of it (for ordering with torch's stream)."""
+    streams = getattr(_side_streams, "by_device", None)
+    if streams is None:
+        streams = _side_streams.by_device = {}
+    if dev.index not in streams:
         import pycuda.driver as cuda
 
         side = cuda.Stream()
-        _side_streams[dev.index] = (side, torch.cuda.ExternalStream(side.handle, device=dev))
-    return _side_streams[dev.index]
+        streams[dev.index] = (side, torch.cuda.ExternalStream(side.handle, device=dev))
+    return streams[dev.index]
 
 
 _modules: dict[tuple[str, int], KernelModule] = {}

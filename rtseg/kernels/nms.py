@@ -15,7 +15,10 @@ same preparation before the host build of the kernels (``tests/test_kernels_nms.
 Indices are identical to the twins' and scores agree to 1e-5 (Matrix NMS's ``exp`` differs in the
 last bits between libraries). Device->host copies are deliberate and visible: ``fast_nms`` and
 ``greedy_nms`` copy one integer (how many detections survived) to size their outputs, as the twins'
-boolean indexing does; ``matrix_nms`` copies nothing. Inputs must be finite and scores not NaN.
+boolean indexing does (a wait for the current stream, never a device-wide synchronize; why it
+cannot be avoided is said where it happens); ``matrix_nms`` copies nothing. Everything else here
+(argument checks, sizes of the launches) is decided from shapes the host already knows.
+Inputs must be finite and scores not NaN.
 """
 
 from __future__ import annotations
@@ -112,7 +115,11 @@ def fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
     kernels.function(mod, "fast_nms_keep_kernel").launch(
         (c,), (_THREADS,), (prep.class_boxes, prep.sorted_scores, prep.sorted_index, np.int32(c), np.int32(k),
                             np.float32(iou_threshold), keep, kept_count, kept_scores, kept_index))
-    # the one device->host copy: how many detections there are sizes the outputs
+    # The one device->host copy, and a wait for this stream (not the device). Unavoidable: the
+    # number of survivors is the length of every tensor from here on (Detections has exact
+    # lengths, as the twin's boolean indexing gives; each family's post-processing indexes its
+    # masks and boxes by it), so the host must know it before it can size the next launches.
+    # Padding to max_detections would only move this read into every caller.
     m = min(int(kept_count.sum().item()), max_detections)
     out_index = torch.empty(m, dtype=torch.int64, device=dev)
     out_class = torch.empty(m, dtype=torch.int64, device=dev)
@@ -236,5 +243,7 @@ def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, class_ids: torch.Tenso
     kernels.function(mod, "greedy_nms_reduce_kernel").launch(
         (1,), (_THREADS,), (mask, np.int32(m), np.int32(min(top_k, m)), keep, count),
         shared_mem=(col_blocks + 64) * 8)
-    # the one device->host copy: how many candidates were kept
+    # The one device->host copy (a wait for this stream, not the device). Unavoidable: the
+    # number kept is the length of the result, which the callers index boxes, scores and the
+    # RoI heads' inputs with; the twin's torchvision NMS reads it the same way.
     return prep.order[keep[: int(count.item())]]

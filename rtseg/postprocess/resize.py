@@ -11,11 +11,17 @@
   ``PIL.Image.resize(..., BILINEAR)`` (detectron2 ``ResizeTransform.apply_image`` for uint8).
   Both run on the host on uint8 and give exactly the upstream pixels; a float resize in torch
   differs by a grey level on a few percent of the values, which is enough to move scores.
+  On a CUDA device the resampling still runs on the host (the exact pixels are those host
+  libraries' own); what is avoided is copying the frame back: the segmenter registers the
+  host frame an upload came from (:func:`host_twin`) and :func:`resize_uint8` reads that one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -110,6 +116,32 @@ def keep_ratio_geometry(image_size: tuple[int, int], resized: tuple[int, int],
     return InputGeometry((h, w), resized, (int(canvas[0]), int(canvas[1])))
 
 
+_twins = threading.local()
+
+
+@contextlib.contextmanager
+def host_twin(device_images: torch.Tensor, host_images: np.ndarray) -> Iterator[None]:
+    """For this block (and this thread), ``device_images`` (a device tensor) holds the same
+    pixels as ``host_images`` (``uint8[B, H, W, C]``, the frame it was uploaded from): a
+    :func:`resize_uint8` of exactly that tensor resamples the host array and makes no
+    device->host copy. Any other tensor (e.g. one a family derived from it) is copied as before."""
+    previous = getattr(_twins, "pair", None)
+    _twins.pair = (device_images, host_images)
+    try:
+        yield
+    finally:
+        _twins.pair = previous
+
+
+def _host_pixels(images: torch.Tensor) -> np.ndarray:
+    pair = getattr(_twins, "pair", None)
+    if pair is not None and pair[0] is images:
+        return pair[1]
+    # a device tensor with no host twin: the exact resamplers are host code (cv2, PIL), so the
+    # pixels have to come to the host; this is a device->host copy and a wait for the stream
+    return images.detach().cpu().numpy()
+
+
 def resize_uint8(images: torch.Tensor, size: tuple[int, int], resampling: str) -> torch.Tensor:
     """``uint8[B, H, W, C]`` -> ``uint8[B, h, w, C]`` on the same device, resampled on the host
     exactly as the official pipelines (``"cv2"`` or ``"pil"``, see the module docstring)."""
@@ -118,7 +150,7 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int], resampling: str) -
     h, w = int(size[0]), int(size[1])
     if tuple(images.shape[1:3]) == (h, w):
         return images  # both libraries return a copy of the input at the same size
-    host = images.detach().cpu().numpy()
+    host = _host_pixels(images)
     if resampling == "cv2":
         import cv2
 
@@ -128,4 +160,6 @@ def resize_uint8(images: torch.Tensor, size: tuple[int, int], resampling: str) -
 
         out = [np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((w, h), Image.BILINEAR)) for img in host]
     out = [o[:, :, None] if o.ndim == 2 else o for o in out]
-    return torch.from_numpy(np.stack(out)).to(images.device)
+    from rtseg.device import upload
+
+    return upload(np.stack(out), images.device)  # CUDA: pinned staging, asynchronous on the current stream

@@ -22,8 +22,8 @@ On one machine the server and the pipelines share the same cores, so this shows 
 the remote call and what batching across streams does, not a gain: the gain comes when the
 server is another machine (or a GPU). ::
 
-    python benchmarks/triton.py                          # 40 frames per stream
-    python benchmarks/triton.py --frames 60 --json benchmarks/results/triton_DATE.json
+    python benchmarks/triton_serving.py                          # 40 frames per stream
+    python benchmarks/triton_serving.py --frames 60 --json benchmarks/results/triton_DATE.json
 """
 
 from __future__ import annotations
