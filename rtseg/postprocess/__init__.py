@@ -92,20 +92,44 @@ def pack_masks(masks: torch.Tensor) -> CompactMasks:
     torch ops gather each window's pixels (one small launch per mask: the CUDA twin,
     ``rtseg.kernels.masks.encode_masks_cuda``, does it in three launches) and pack them.
     Same bytes either way (tests/test_postprocess_masks.py)."""
-    if masks.dtype != torch.bool or masks.dim() != 3:
-        raise TypeError(f"masks must be a bool tensor of shape (N, H, W), got {masks.dtype} {tuple(masks.shape)}")
-    n, h, w = (int(v) for v in masks.shape)
-    masks = masks.detach()
-    if masks.device.type == "cpu":
-        return CompactMasks.from_dense(masks.numpy())
-    return pack_masks_torch(masks)
+    windows, offsets, blob = _pack_where_they_are(masks, TORCH_OPS)
+    return CompactMasks(windows, offsets, blob.cpu().numpy(), _masks_size(masks))
 
 
 def pack_masks_torch(masks: torch.Tensor) -> CompactMasks:
     """:func:`pack_masks` in torch ops on the masks' device, whatever it is (what it uses off
     the CPU; on the CPU, for the tests that compare it with the NumPy packing)."""
-    n, h, w = (int(v) for v in masks.shape)
+    _check_masks(masks)
+    windows, offsets, blob = _pack_torch(masks.detach())
+    return CompactMasks(windows, offsets, blob.cpu().numpy(), _masks_size(masks))
+
+
+def _check_masks(masks: Any) -> None:
+    if not isinstance(masks, torch.Tensor) or masks.dtype != torch.bool or masks.dim() != 3:
+        found = f"{masks.dtype} {tuple(masks.shape)}" if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise TypeError(f"masks must be a bool tensor of shape (N, H, W), got {found}")
+
+
+def _masks_size(masks: torch.Tensor) -> tuple[int, int]:
+    return int(masks.shape[1]), int(masks.shape[2])
+
+
+def _pack_where_they_are(masks: torch.Tensor, ops: PostprocessOps) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """Windows ``int32[N, 4]`` and offsets ``int64[N]`` on the host, the packed bits
+    ``uint8[B]`` still on the masks' device (the caller copies them with the other fields)."""
+    _check_masks(masks)
     masks = masks.detach()
+    if masks.device.type == "cpu":
+        compact = CompactMasks.from_dense(masks.numpy())
+        return compact.windows, compact.offsets, torch.from_numpy(compact.blob)
+    if ops.encode_masks is not None and masks.device.type == "cuda":
+        encoded = ops.encode_masks(masks.contiguous())  # windows, offsets: on the host already
+        return (encoded.windows.cpu().numpy().astype(np.int32), encoded.offsets.cpu().numpy().astype(np.int64),
+                encoded.blob)
+    return _pack_torch(masks)
+
+
+def _pack_torch(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     windows = mask_windows_torch(masks).cpu().numpy()  # deliberate: N * 4 int32, what sizes the blob
     lengths = ((windows[:, 2] - windows[:, 0]).astype(np.int64) * (windows[:, 3] - windows[:, 1]) + 7) // 8
     offsets = (np.cumsum(lengths) - lengths).astype(np.int64)
@@ -118,11 +142,10 @@ def pack_masks_torch(masks: torch.Tensor) -> CompactMasks:
             if bits % 8:
                 chunks.append(flat.new_zeros(8 - bits % 8))  # each mask starts on a byte
     if not chunks:
-        return CompactMasks(windows, offsets, np.zeros((0,), np.uint8), (h, w))
+        return windows, offsets, torch.zeros((0,), dtype=torch.uint8, device=masks.device)
     bits = torch.cat(chunks).view(-1, 8).to(torch.uint8)
     weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=masks.device)
-    blob = (bits * weights).sum(dim=1, dtype=torch.uint8)
-    return CompactMasks(windows, offsets, blob.cpu().numpy(), (h, w))  # deliberate: the packed bytes
+    return windows, offsets, (bits * weights).sum(dim=1, dtype=torch.uint8)
 
 
 def compact_from_encoded(encoded: Any, image_size: tuple[int, int]) -> CompactMasks:
@@ -138,7 +161,11 @@ def to_numpy_instances(result: TensorResult, image_size: tuple[int, int], ops: P
     The masks are packed where they are (``ops.encode_masks``, the CUDA kernel under
     ``--postprocess cuda``; :func:`pack_masks` otherwise), so what crosses to the host is
     their compact form: 100 masks of objects covering a few percent of a 1080p frame are a
-    few MB of bits instead of 207 MB of ``bool``."""
+    few MB of bits instead of 207 MB of ``bool``. On a GPU that is two waits per frame: the
+    windows (``N * 4`` integers: they size the packed bits) and then one
+    :func:`rtseg.device.to_host` of the packed bits with the boxes, scores and class ids."""
+    from rtseg import device as devices
+
     h, w = int(image_size[0]), int(image_size[1])
     mask_scores = getattr(result, "mask_scores", None)
     if result.scores.shape[0] == 0:
@@ -149,15 +176,16 @@ def to_numpy_instances(result: TensorResult, image_size: tuple[int, int], ops: P
                          mask_scores=np.zeros((0,), np.float32))
     if tuple(result.masks.shape[1:]) != (h, w):
         raise ValueError(f"masks must have shape (N, {h}, {w}) for image_size {(h, w)}, got {tuple(result.masks.shape)}")
-    if ops.encode_masks is not None and result.masks.device.type == "cuda":
-        masks = compact_from_encoded(ops.encode_masks(result.masks.detach().contiguous()), (h, w))
-    else:
-        masks = pack_masks(result.masks)
+    windows, offsets, blob = _pack_where_they_are(result.masks, ops)
+    boxes, scores, class_ids, mask_scores, blob = devices.to_host([
+        result.boxes.detach().to(torch.float32), result.scores.detach().to(torch.float32),
+        result.class_ids.detach().to(torch.int64), None if mask_scores is None else mask_scores.detach().to(torch.float32),
+        blob])
     return Instances(
-        mask_scores=None if mask_scores is None else mask_scores.detach().to("cpu", torch.float32).numpy().reshape(-1),
-        boxes=result.boxes.detach().to("cpu", torch.float32).numpy().reshape(-1, 4),
-        scores=result.scores.detach().to("cpu", torch.float32).numpy().reshape(-1),
-        class_ids=result.class_ids.detach().to("cpu", torch.int64).numpy().reshape(-1),
-        masks=masks,
+        mask_scores=None if mask_scores is None else mask_scores.numpy().reshape(-1),
+        boxes=boxes.numpy().reshape(-1, 4),
+        scores=scores.numpy().reshape(-1),
+        class_ids=class_ids.numpy().reshape(-1),
+        masks=CompactMasks(windows, offsets, blob.numpy(), (h, w)),
         image_size=(h, w),
     )
