@@ -19,6 +19,7 @@ __all__ = [
     "PublishError",
     "Segmenter",
     "subscribe",
+    "stream",
     "__version__",
 ]
 
@@ -28,6 +29,10 @@ def __getattr__(name: str):  # lazy re-exports, so `import rtseg` does not impor
         from rtseg.segmenter import Segmenter
 
         return Segmenter
+    if name == "stream":  # rtseg.api: the pipeline as a generator of finished frames
+        from rtseg.api import stream
+
+        return stream
     if name == "subscribe":
         from rtseg.subscriber import subscribe
 

@@ -41,6 +41,8 @@ examples:
       newest frame of an RTSP camera, shown in a window (q or Esc quits)
   rtseg run --source 0 --publish tcp://*:5555
       webcam 0, published on all interfaces (reachable from the network)
+  rtseg run --source video.mp4 --view 8080
+      watch the rendered stream in a browser: http://127.0.0.1:8080/ (this machine only)
   rtseg run --model centermask_lite_vovnet19_quarter_384 --display
       another family's built-in model (SOLOv2's: solov2_light_resnet18_half_384)
 """
@@ -153,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write the rendered video to FILE: .mp4 / .m4v (fragmented MP4, readable after a crash), "
                           ".avi or .mkv")
     run.add_argument("--display", action="store_true", help="show the rendered video in a window")
+    run.add_argument("--view", metavar="[HOST:]PORT",
+                     help="serve the rendered streams and their FPS / latency to a browser at http://HOST:PORT/ "
+                          "(MJPEG, newest frame only; HOST defaults to 127.0.0.1, this machine only; 0.0.0.0: every "
+                          "interface, unauthenticated; PORT 0 picks a free one)")
     run.add_argument("--workers", type=_positive_int,
                      help="inference threads working on different frames (default: 2 on a CPU, 1 on a GPU)")
     run.add_argument("--threads", type=_positive_int, help="torch CPU threads per worker (default: cores / workers)")
@@ -573,6 +579,10 @@ def _check_run_options(args: argparse.Namespace) -> None:
                          ("--save-json", args.save_json), ("--save-coco", args.save_coco)):
         if path:
             check_output_file(option, path)
+    if args.view is not None:  # --view: rtseg.view
+        from rtseg.view import parse_view_address
+
+        args.view_address = parse_view_address(args.view)
     if args.sources and args.source:
         raise ConfigError("expected --source (repeated) or --sources FILE, found both")
     if not args.batch_wait_ms >= 0:
@@ -642,6 +652,12 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
                 from rtseg.keys import load_server_keys
 
                 curve_keys = load_server_keys(args.curve_keys)
+            view = None
+            if args.view is not None:  # --view: bound now, so a busy port is one line before the model loads
+                from rtseg.view import ViewServer
+
+                view = ViewServer(args.stream_names, host=args.view_address[0], port=args.view_address[1])
+                cleanup.callback(view.close)
             signals.phase = "opening the source"
             sources = []
             for spec, _ in args.source_entries:
@@ -683,8 +699,11 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
             for name, each in zip(args.stream_names, sources):
                 if name in recorders and getattr(each, "fps", None):
                     recorders[name].fps = float(each.fps)
+            if view is not None:
+                view.class_names = list(segmenter.class_names)
+                view.start()
             level, text = where_results_go(record=args.record, publish=args.publish, display=args.display,
-                                           single_image=single_image)
+                                           single_image=single_image, view=view.url if view is not None else None)
             log.log(level, "%s", text)
 
             progress = None
@@ -725,7 +744,8 @@ def _run(args: argparse.Namespace, signals: _RunSignals) -> int:
             pipeline = Pipeline(sources, segmenter, names=args.stream_names, publisher=publisher,
                                 recorder=recorders or None, window=windows or None, max_frames=args.max_frames,
                                 workers=workers, on_frame=on_frame_and_save, batch=batch,
-                                batch_wait_ms=args.batch_wait_ms, classes=args.class_ids, tracker=tracker)
+                                batch_wait_ms=args.batch_wait_ms, classes=args.class_ids, tracker=tracker,
+                                view=view)
             signals.phase = "running"
             signals.pipeline = pipeline
             try:

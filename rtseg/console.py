@@ -21,7 +21,8 @@ log = logging.getLogger("rtseg")
 LOG_STEPS = 10
 
 
-def where_results_go(*, record: str | None, publish: str | None, display: bool, single_image: bool) -> tuple[int, str]:
+def where_results_go(*, record: str | None, publish: str | None, display: bool, single_image: bool,
+                     view: str | None = None) -> tuple[int, str]:
     """``(logging level, sentence)`` saying where ``rtseg run``'s results go, or that they go
     nowhere and which options send them somewhere."""
     places = []
@@ -33,9 +34,11 @@ def where_results_go(*, record: str | None, publish: str | None, display: bool, 
         places.append("rendered video in a window")
     if single_image:
         places.append("detections printed below")
+    if view:
+        places.append(f"rendered video in a browser at {view}")
     if places:
         return logging.INFO, "output: " + "; ".join(places)
-    return logging.WARNING, ("results go nowhere: no --record FILE, --publish [ENDPOINT] or --display given, "
+    return logging.WARNING, ("results go nowhere: no --record FILE, --publish [ENDPOINT], --view PORT or --display given, "
                              "so only the summary is printed")
 
 

@@ -234,6 +234,8 @@ class Pipeline:
         recorder: a :class:`rtseg.render.VideoRecorder`, or None; with several streams a dict
             stream name -> recorder (streams without one are not recorded).
         window: a :class:`rtseg.render.Window`, or None; with several streams a dict name -> window.
+        view: a :class:`rtseg.view.ViewServer` (``rtseg run --view``), or None: every stream is then
+            rendered, and each finished frame is offered to it (never blocks: newest frame only).
         max_frames: stop each stream after this many captured frames.
         on_frame: called from the publish thread with every finished :class:`Frame` (for tests, tools).
         queue_size: capacity of ``q_render`` and ``q_publish`` (and of each non-live stream's
@@ -253,7 +255,7 @@ class Pipeline:
                  publisher: Any = None, recorder: Any = None, window: Any = None, max_frames: int | None = None,
                  on_frame: Callable[[Frame], None] | None = None, queue_size: int = 4, workers: int = 1,
                  batch: int = 1, batch_wait_ms: float = 2.0, classes: Any = None,
-                 tracker: Callable[[str], Any] | None = None) -> None:
+                 tracker: Callable[[str], Any] | None = None, view: Any = None) -> None:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
         if workers < 1:
@@ -286,6 +288,7 @@ class Pipeline:
         self.windows = _per_stream(window, names, "window")
         self.recorder = recorder
         self.window = window
+        self.view = view  # rtseg.view.ViewServer: offer(frame) from the publish thread
         self.max_frames = max_frames
         self.on_frame = on_frame
         self.q_render: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -549,7 +552,7 @@ class Pipeline:
                 self._filter_and_track(stream, frame)
                 recorder = self.recorders.get(stream.name)
                 window = self.windows.get(stream.name)
-                if recorder is not None or window is not None:
+                if recorder is not None or window is not None or self.view is not None:
                     t0 = time.perf_counter()
                     self._update_fps(stream, t0)
                     frame.rendered = draw(frame.image, frame.instances, self.segmenter.class_names, fps=stream.fps)
@@ -608,6 +611,8 @@ class Pipeline:
                     frame.timings["end to end"] = done - frame.capture_monotonic
                     self.stages["end to end"].add(frame.timings["end to end"])
                     stream.latency.add(frame.timings["end to end"])
+                if self.view is not None:
+                    self.view.offer(frame)  # stores a reference, never blocks (rtseg.view)
                 if self.on_frame is not None:
                     self.on_frame(frame)
         except BaseException as exc:  # noqa: BLE001

@@ -484,6 +484,25 @@ class Instances:
         the hot path)."""
         return self.masks.dense()
 
+    def to_supervision(self) -> Any:
+        """These instances as a ``supervision.Detections`` (for its annotators, zones, trackers):
+        ``xyxy`` the boxes, ``confidence`` the scores, ``class_id`` the class ids, ``mask`` the
+        dense ``bool[N, H, W]`` masks (:meth:`masks_dense`), ``tracker_id`` the track ids when
+        there are any (``-1``: not part of a confirmed track), else None. Arrays are copies (the
+        masks made afresh from the compact form).
+        Needs supervision (``pip install 'rtseg[supervision]'``)."""
+        try:
+            import supervision
+        except ImportError:
+            from rtseg.errors import ConfigError
+
+            raise ConfigError("Instances.to_supervision() needs supervision: expected it installed "
+                              "(pip install 'rtseg[supervision]'), found it missing") from None
+        track_ids = getattr(self, "track_ids", None)
+        return supervision.Detections(xyxy=self.boxes.copy(), mask=self.masks_dense(),
+                                      confidence=self.scores.copy(), class_id=self.class_ids.copy(),
+                                      tracker_id=None if track_ids is None else np.array(track_ids, dtype=np.int64))
+
     def mask_areas(self) -> np.ndarray:
         """``int64[N]``: number of mask pixels per instance (counted in the packed bits)."""
         return self.masks.areas()

@@ -149,7 +149,7 @@ def test_bench_times_the_segmenters_process_batch_what_rtseg_run_runs(tmp_path):
     from tqdm import tqdm
 
     from rtseg.bench import BenchPlan, CaseResult, measure_case, write_video
-    from rtseg.publish import Publisher
+    from rtseg.publisher import Publisher
     from rtseg.segmenter import Segmenter
 
     class Counting(Segmenter):
