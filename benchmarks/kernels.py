@@ -174,7 +174,7 @@ def encode_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch
         import numpy as np
 
         from rtseg.kernels.masks import encode_masks_cuda
-        from rtseg.wire import mask_windows
+        from rtseg.structures import dense_windows
 
         frame = FRAME_SIZES[frame_name]
         n = _instances(size)
@@ -191,7 +191,7 @@ def encode_masks_workload(frame_name: str) -> Callable[[int, torch.device, torch
         def torch_path() -> bytes:  # what the publisher does today: copy N x H x W bools, pack on the CPU
             host = masks.cpu().numpy()
             return b"".join(np.packbits(host[i, y0:y1, x0:x1]).tobytes()
-                            for i, (x0, y0, x1, y1) in enumerate(mask_windows(host).tolist()))
+                            for i, (x0, y0, x1, y1) in enumerate(dense_windows(host).tolist()))
 
         return Workload(f"{n} masks {frame[0]} x {frame[1]} -> bit-packed windows on the host", {
             "kernel": kernel,

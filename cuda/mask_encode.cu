@@ -1,7 +1,7 @@
 // cuda/mask_encode.cu: bit-packed mask windows (wire format `bitpacked-window`) on the GPU.
 //
-// Torch / NumPy reference twin: rtseg/wire.py `mask_windows` and the packing in
-// `encode_message` (docs/wire-format.md, section 4): per instance the tightest window
+// Torch / NumPy reference twin: rtseg/structures.py `CompactMasks.from_dense` (`dense_windows`,
+// then numpy.packbits per window) and rtseg/postprocess `pack_masks` (docs/wire-format.md, section 4): per instance the tightest window
 // x0 <= x < x1, y0 <= y < y1 (an empty mask gets 0, 0, 0, 0), its pixels flattened row-major
 // and packed most significant bit first (numpy.packbits), zero padding in the last byte,
 // masks laid out back to back in instance order. The publisher then copies these bytes

@@ -4,11 +4,12 @@ Import cost is kept low: torch-, zmq- and OpenCV-heavy modules load when first u
 """
 
 from rtseg.errors import CheckpointError, ConfigError, PublishError, RtsegError, SourceError
-from rtseg.structures import Frame, Instances
+from rtseg.structures import CompactMasks, Frame, Instances
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompactMasks",
     "Frame",
     "Instances",
     "RtsegError",

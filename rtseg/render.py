@@ -71,7 +71,8 @@ def _same_object(instances: Instances, i: int, k: int) -> bool:
     h, w = instances.image_size  # masks compared on the two boxes' union only
     x1, y1 = max(int(min(a[0], b[0])), 0), max(int(min(a[1], b[1])), 0)
     x2, y2 = min(int(max(a[2], b[2])) + 1, w), min(int(max(a[3], b[3])) + 1, h)
-    ma, mb = instances.masks[i, y1:y2, x1:x2], instances.masks[k, y1:y2, x1:x2]
+    rect = (x1, y1, x2, y2)
+    ma, mb = instances.masks.crop(i, rect), instances.masks.crop(k, rect)  # from the windows' bits
     union = int(np.count_nonzero(ma | mb))
     if not ma.any() or not mb.any() or union == 0:
         return box_iou >= DUPLICATE_IOU
@@ -128,6 +129,42 @@ def _fps_rect(fps: float | None) -> tuple[str, Rect] | None:
     return text, (0, 0, tw + 8, th + base + 8)
 
 
+def _blend_masks(out: np.ndarray, instances: Instances) -> None:
+    """Blend each pixel any mask covers with the colour of the highest-scoring instance
+    covering it (ties: the earlier instance), in place, reading the compact masks directly.
+
+    Each instance paints its palette index into an index map inside its window only, in
+    ascending score order, so the last to paint a pixel is its highest-scoring owner; then
+    the rectangle around all windows is blended at once and copied back where covered
+    (faster than gathering the covered pixels: at 1080p with 100 objects most are). Cost: the
+    windows' area plus that rectangle, never ``N * H * W``."""
+    masks = instances.masks
+    h, w = instances.image_size
+    uncovered = len(PALETTE_BGR)  # an index no class colour has
+    owner = np.full((h, w), uncovered, np.uint8)
+    palette_index = (instances.class_ids % len(PALETTE_BGR)).astype(np.uint8)
+    order = np.argsort(-instances.scores, kind="stable")
+    for i in order[::-1].tolist():  # ascending score, ties: the earlier instance last
+        x0, y0, x1, y1 = (int(v) for v in masks.windows[i])
+        if x1 > x0 and y1 > y0:
+            owner[y0:y1, x0:x1][masks.window(i)] = palette_index[i]
+    windows = masks.windows[(masks.windows[:, 2] > masks.windows[:, 0]) & (masks.windows[:, 3] > masks.windows[:, 1])]
+    if not windows.size:
+        return
+    x0, y0 = int(windows[:, 0].min()), int(windows[:, 1].min())
+    x1, y1 = int(windows[:, 2].max()), int(windows[:, 3].max())
+    region, region_owner = out[y0:y1, x0:x1], owner[y0:y1, x0:x1]
+    covered = region_owner != uncovered
+    if covered.any():
+        colors = _BLEND_COLORS[region_owner]  # float32, the sentinel's row unused
+        blended = (region.astype(np.float32) * (1 - MASK_ALPHA) + colors * MASK_ALPHA).astype(np.uint8)
+        np.copyto(region, blended, where=covered[..., None])
+
+
+#: the palette as float32 with one more row for "no mask" (:func:`_blend_masks` blends it too, then drops it)
+_BLEND_COLORS = np.vstack([PALETTE_BGR, np.zeros((1, 3), np.uint8)]).astype(np.float32)
+
+
 def render(image: np.ndarray, instances: Instances, class_names: Sequence[str], *,
            fps: float | None = None, draw_boxes: bool = True, draw_labels: bool = True) -> np.ndarray:
     """A new ``uint8[H, W, 3]`` BGR image: masks blended in per-class colours, boxes, class
@@ -143,15 +180,7 @@ def render(image: np.ndarray, instances: Instances, class_names: Sequence[str], 
     out = image.copy()
     readout = _fps_rect(fps)
     if len(instances):
-        order = np.argsort(-instances.scores, kind="stable")
-        masks = instances.masks[order]
-        covered = masks.any(axis=0)
-        if covered.any():
-            owner = order[masks.argmax(axis=0)]  # the highest-scoring instance covering each pixel
-            colors = PALETTE_BGR[instances.class_ids % len(PALETTE_BGR)]
-            blend = colors[owner[covered]].astype(np.float32)
-            base = out[covered].astype(np.float32)
-            out[covered] = (base * (1 - MASK_ALPHA) + blend * MASK_ALPHA).astype(np.uint8)
+        _blend_masks(out, instances)
         if draw_boxes:
             for i in reversed(shown_instances(instances)):  # ascending score: the highest on top
                 x1, y1, x2, y2 = (int(round(float(v))) for v in instances.boxes[i])

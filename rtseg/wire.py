@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from rtseg.errors import PublishError
-from rtseg.structures import Frame, Instances
+from rtseg.structures import CompactMasks, Frame, Instances
 
 #: header ``schema`` written by this module; a consumer accepts any ``1.x``
 #: (1.1 added the optional ``publisher_id`` and ``publish_seq``; 1.2 the optional per-instance
@@ -72,7 +72,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20
 #: 230 bytes per instance: 2.3 MB at MAX_INSTANCES.
 DEFAULT_MAX_HEADER_BYTES = 8 * 2**20
 #: Decoder-side cap on N * H * W, the bytes of the full-size ``bool`` masks
-#: ``Message.instances.masks`` would allocate (the blob alone does not bound it: empty
+#: ``Message.instances.masks_dense()`` would allocate (the blob alone does not bound it: empty
 #: masks cost no blob bytes). Decoding itself keeps the masks packed and allocates in
 #: proportion to the message's size.
 #: 1 GiB fits e.g. 500 instances at 1920 x 1080 or 120 at 3840 x 2160.
@@ -99,29 +99,6 @@ def stream_topic(topic: bytes, stream: str) -> bytes:
 # ---------------------------------------------------------------------------------------
 # encoding
 # ---------------------------------------------------------------------------------------
-def mask_windows(masks: np.ndarray) -> np.ndarray:
-    """Tight integer windows of ``bool[N, H, W]`` masks as ``int64[N, 4]`` ``x0, y0, x1, y1``.
-
-    ``x0 = floor(min x)`` of the mask's pixels, ``x1 = max x + 1`` (exclusive end), same for
-    ``y``. An empty mask gets the zero-size window ``0, 0, 0, 0``.
-    """
-    n, h, w = masks.shape
-    rows = masks.any(axis=2)  # (N, H)
-    cols = masks.any(axis=1)  # (N, W)
-    nonempty = rows.any(axis=1)
-    windows = np.stack(
-        [
-            cols.argmax(axis=1),
-            rows.argmax(axis=1),
-            w - cols[:, ::-1].argmax(axis=1),
-            h - rows[:, ::-1].argmax(axis=1),
-        ],
-        axis=1,
-    ).astype(np.int64)
-    windows[~nonempty] = 0
-    return windows
-
-
 def _check_finite(name: str, values: np.ndarray) -> None:
     if not np.all(np.isfinite(values)):
         raise PublishError(f"cannot publish: {name} must be finite numbers, found {values[~np.isfinite(values)][:3].tolist()}")
@@ -171,8 +148,7 @@ def encode_message(
         raise PublishError(f"cannot publish: at most {MAX_INSTANCES} instances per frame, found {n}")
 
     entries: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    offset = 0
+    blob = b""
     if n:
         assert instances is not None
         _check_finite("boxes", instances.boxes)
@@ -184,7 +160,13 @@ def encode_message(
         # rtseg.structures.Instances.track_ids (int64[N], -1 = no confirmed track), where it exists
         track_ids = getattr(instances, "track_ids", None)
         track_ids = None if track_ids is None else np.asarray(track_ids).tolist()
-        windows = mask_windows(instances.masks).tolist()
+        # the masks as post-processing packed them (rtseg.structures.CompactMasks): their
+        # windows, offsets and bits are part 2 as it is, no re-encoding (a decoded message's,
+        # when re-published out of order or with gaps, is laid out afresh first)
+        masks = instances.masks.contiguous()
+        windows = masks.windows.tolist()
+        offsets = masks.offsets.tolist()
+        lengths = masks.lengths.tolist()
         boxes = instances.boxes.tolist()  # float32 -> Python float: exact
         scores = instances.scores.tolist()
         class_ids = instances.class_ids.tolist()
@@ -194,17 +176,15 @@ def encode_message(
                 raise PublishError(
                     f"cannot publish: class id must be in [0, {len(class_names)}) to have a name, found {class_id}"
                 )
-            x0, y0, x1, y1 = windows[i]
-            packed = np.packbits(instances.masks[i, y0:y1, x0:x1]).tobytes()  # flattened, MSB first
             entries.append(
                 {
                     "class_id": class_id,
                     "class_name": str(class_names[class_id]),
                     "score": scores[i],
                     "box": boxes[i],
-                    "mask_window": [x0, y0, x1, y1],
-                    "mask_offset": offset,
-                    "mask_length": len(packed),
+                    "mask_window": windows[i],
+                    "mask_offset": offsets[i],
+                    "mask_length": lengths[i],
                 }
             )
             if mask_scores is not None:
@@ -213,9 +193,7 @@ def encode_message(
                 if not track_ids[i] <= _INT64_MAX:
                     raise PublishError(f"cannot publish: a track id must be in [0, 2**63 - 1], found {track_ids[i]}")
                 entries[-1]["track_id"] = int(track_ids[i])
-            chunks.append(packed)
-            offset += len(packed)
-    blob = b"".join(chunks)
+        blob = masks.blob.tobytes()
     header = {
         "schema": SCHEMA,
         "stream": stream,
@@ -243,173 +221,6 @@ def encode_message(
 # ---------------------------------------------------------------------------------------
 # decoding
 # ---------------------------------------------------------------------------------------
-class PackedInstances:
-    """The instances of one decoded message, masks kept as the wire's bit-packed windows.
-
-    What :func:`decode_message` returns in ``Message.instances``: holding it costs about
-    what the message cost on the wire, whatever ``image_size`` says (an empty mask costs
-    nothing), so a hostile header that declares large empty masks costs nothing either.
-    It reads like :class:`rtseg.structures.Instances` (``len()``, ``boxes``, ``scores``,
-    ``class_ids``, ``image_size``, ``to_rle()``, ``mask_areas()``, indexing, ``==``), and
-    the full-size masks are made only when asked for:
-
-    - :attr:`masks` / :meth:`to_instances`: ``bool[N, H, W]``, ``N * H * W`` bytes each
-      call (bounded by ``max_mask_pixels`` at decode);
-    - :meth:`window_mask`: one mask's window and its pixels, the compact form;
-    - :meth:`to_rle`: COCO compressed RLEs computed from the windows directly, in time and
-      memory proportional to the windows' pixels, never to ``H * W``.
-    """
-
-    __slots__ = ("boxes", "scores", "class_ids", "image_size", "windows", "mask_scores", "track_ids", "_offsets", "_blob")
-
-    def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, image_size: tuple[int, int],
-                 windows: np.ndarray, offsets: np.ndarray, blob: bytes, *,
-                 mask_scores: np.ndarray | None = None, track_ids: np.ndarray | None = None) -> None:
-        n = boxes.shape[0]
-        assert boxes.shape == (n, 4) and scores.shape == (n,) and class_ids.shape == (n,)
-        assert windows.shape == (n, 4) and offsets.shape == (n,)
-        assert mask_scores is None or mask_scores.shape == (n,)
-        assert track_ids is None or track_ids.shape == (n,)
-        self.boxes = boxes  #: ``float32[N, 4]``
-        self.scores = scores  #: ``float32[N]``
-        self.class_ids = class_ids  #: ``int64[N]``
-        self.image_size = (int(image_size[0]), int(image_size[1]))  #: ``(H, W)``
-        self.windows = windows  #: ``int64[N, 4]``: each mask's ``x0, y0, x1, y1`` (``mask_window``)
-        self.mask_scores = mask_scores  #: ``float32[N]`` or ``None`` (wire format 1.2 ``mask_score``)
-        #: ``int64[N]``, ``-1`` where an instance has no ``track_id``; ``None`` when none has
-        #: one (wire format 1.3 ``track_id``; tracking off)
-        self.track_ids = track_ids
-        self._offsets = offsets
-        self._blob = blob
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def __repr__(self) -> str:
-        return f"PackedInstances(n={len(self)}, image_size={self.image_size})"
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __getitem__(self, item: Any) -> "PackedInstances":
-        index = np.arange(len(self))[item]
-        index = np.atleast_1d(index)
-        return PackedInstances(self.boxes[index], self.scores[index], self.class_ids[index], self.image_size,
-                               self.windows[index], self._offsets[index], self._blob,
-                               mask_scores=None if self.mask_scores is None else self.mask_scores[index],
-                               track_ids=None if self.track_ids is None else self.track_ids[index])
-
-    def window_mask(self, i: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        """Mask ``i`` in its window: ``((x0, y0, x1, y1), bool[y1 - y0, x1 - x0])``; false outside it."""
-        x0, y0, x1, y1 = (int(v) for v in self.windows[i])
-        h, w = y1 - y0, x1 - x0
-        if h * w == 0:
-            return (x0, y0, x1, y1), np.zeros((h, w), np.bool_)
-        packed = np.frombuffer(self._blob, dtype=np.uint8, count=(h * w + 7) // 8, offset=int(self._offsets[i]))
-        bits = np.unpackbits(packed, count=h * w)  # MSB first, padding ignored
-        return (x0, y0, x1, y1), bits.reshape(h, w).view(np.bool_)
-
-    @property
-    def masks(self) -> np.ndarray:
-        """Full-size ``bool[N, H, W]`` masks, made on each call (``N * H * W`` bytes)."""
-        h, w = self.image_size
-        masks = np.zeros((len(self), h, w), np.bool_)
-        for i in range(len(self)):
-            (x0, y0, x1, y1), window = self.window_mask(i)
-            masks[i, y0:y1, x0:x1] = window
-        return masks
-
-    def to_instances(self) -> Instances:
-        """The same instances as :class:`rtseg.structures.Instances` (full-size masks)."""
-        extra = {}
-        if self.track_ids is not None and "track_ids" in {f.name for f in dataclasses.fields(Instances)}:
-            extra["track_ids"] = self.track_ids
-        return Instances(boxes=self.boxes, scores=self.scores, class_ids=self.class_ids, masks=self.masks,
-                         image_size=self.image_size, mask_scores=self.mask_scores, **extra)
-
-    def mask_areas(self) -> np.ndarray:
-        """``int64[N]``: number of mask pixels per instance (counted in the windows)."""
-        return np.array([int(np.count_nonzero(self.window_mask(i)[1])) for i in range(len(self))], np.int64)
-
-    def to_rle(self) -> list[dict]:
-        """Masks as COCO compressed RLEs, ``{"size": [H, W], "counts": str}`` each: exactly
-        what ``Instances.to_rle()`` (``pycocotools.mask.encode``) gives for the full-size
-        masks, computed from the windows without making them."""
-        from pycocotools import mask as mask_utils
-
-        h, w = self.image_size
-        out = []
-        for i in range(len(self)):
-            counts = _rle_counts(*self.window_mask(i), h, w)
-            rle = mask_utils.frPyObjects({"counts": counts, "size": [h, w]}, h, w)
-            text = rle["counts"]
-            out.append({"size": [h, w], "counts": text.decode("ascii") if isinstance(text, bytes) else text})
-        return out
-
-    def _tight(self, i: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
-        (x0, y0, _, _), window = self.window_mask(i)
-        rows, cols = np.flatnonzero(window.any(axis=1)), np.flatnonzero(window.any(axis=0))
-        if rows.size == 0:
-            return (0, 0, 0, 0), window[:0, :0]
-        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        return (x0 + c0, y0 + r0, x0 + c1, y0 + r1), window[r0:r1, c0:c1]
-
-    def __eq__(self, other: object) -> bool:
-        """Value equality with another :class:`PackedInstances` or an ``Instances``."""
-        if not isinstance(other, (PackedInstances, Instances)):
-            return NotImplemented
-        if not (self.image_size == other.image_size and np.array_equal(self.boxes, other.boxes)
-                and np.array_equal(self.scores, other.scores) and np.array_equal(self.class_ids, other.class_ids)):
-            return False
-        if (self.mask_scores is None) != (other.mask_scores is None) or (
-                self.mask_scores is not None and not np.array_equal(self.mask_scores, other.mask_scores)):
-            return False
-        if not np.array_equal(_track_ids_or_none(self), _track_ids_or_none(other)):
-            return False
-        if isinstance(other, Instances):
-            for i in range(len(self)):
-                (x0, y0, x1, y1), window = self.window_mask(i)
-                dense = other.masks[i]
-                if not np.array_equal(dense[y0:y1, x0:x1], window) or int(np.count_nonzero(dense)) != int(np.count_nonzero(window)):
-                    return False
-            return True
-        return all(self._tight(i)[0] == other._tight(i)[0] and np.array_equal(self._tight(i)[1], other._tight(i)[1])
-                   for i in range(len(self)))
-
-
-def _track_ids_or_none(instances: Any) -> np.ndarray:
-    """``int64[N]`` track ids with ``-1`` for none, whether the instances have ``track_ids`` or not:
-    what survives the wire (an instance with ``-1`` carries no ``track_id``)."""
-    track_ids = getattr(instances, "track_ids", None)
-    if track_ids is None:
-        return np.full(len(instances), -1, np.int64)
-    return np.where(np.asarray(track_ids) >= 0, track_ids, -1).astype(np.int64)
-
-
-def _rle_counts(window: tuple[int, int, int, int], bits: np.ndarray, h: int, w: int) -> list[int]:
-    """COCO RLE counts (column-major runs, zeros first) of an ``h x w`` mask that is
-    ``bits`` inside ``window`` and false elsewhere; cost proportional to the window."""
-    x0, y0, x1, y1 = window
-    if not bits.any():
-        return [h * w]
-    wh, ww = bits.shape
-    padded = np.zeros((ww, wh + 2), np.int8)  # one zero above and below each window column
-    padded[:, 1:-1] = bits.T
-    flat = padded.ravel()
-    k = np.flatnonzero(np.diff(flat)) + 1  # first index of each new run, in padded coordinates
-    column, row = np.divmod(k, wh + 2)
-    position = (x0 + column) * h + y0 + row - 1  # the run's first pixel, column-major in the image
-    starts, ends = position[0::2], position[1::2]
-    # a window as tall as the image: a run that ends at the bottom of one column and one that
-    # starts at the top of the next are one run
-    joined = np.flatnonzero(starts[1:] == ends[:-1])
-    starts, ends = np.delete(starts, joined + 1), np.delete(ends, joined)
-    edges = np.empty(2 * starts.size + 2, np.int64)
-    edges[0], edges[-1] = 0, h * w
-    edges[1:-1:2], edges[2:-1:2] = starts, ends
-    counts = np.diff(edges).tolist()
-    return counts[:-1] if counts[-1] == 0 else counts  # no empty trailing run (as pycocotools)
-
-
 @dataclass(frozen=True)
 class Message:
     """One decoded wire message.
@@ -417,8 +228,9 @@ class Message:
     ``header`` is the JSON header as received (a dict); the other fields are its checked,
     typed view: ``capture_time`` and ``publish_time`` in wall-clock seconds,
     ``image_size`` ``(H, W)``, ``class_names`` one name per instance, and ``instances``
-    (a :class:`PackedInstances`: the masks stay the wire's bit-packed windows, so a message
-    costs in memory about its size on the wire; ``instances.masks`` makes the full-size
+    (an :class:`rtseg.structures.Instances` whose ``masks`` are the message's bit-packed
+    windows as received, a :class:`rtseg.structures.CompactMasks`: a message costs in memory
+    about its size on the wire; ``instances.masks_dense()`` makes the full-size
     ``bool[N, H, W]`` masks, ``instances.to_rle()`` COCO RLEs, when asked for).
 
     ``publisher_id`` and ``publish_seq`` are the publisher's id and message counter
@@ -439,7 +251,7 @@ class Message:
     publish_time: float
     image_size: tuple[int, int]
     class_names: list[str]
-    instances: PackedInstances
+    instances: Instances
     publisher_id: str | None = None
     publish_seq: int | None = None
     stream: str = DEFAULT_STREAM
@@ -516,10 +328,11 @@ def decode_message(
     ``parts``: the three frames as bytes-like objects. Raises :class:`PublishError` for
     anything malformed, including messages above ``max_message_bytes`` in total and
     messages whose full-size masks would need more than ``max_mask_pixels`` bytes
-    (``N * H * W``, what ``instances.masks`` would allocate) and headers above
+    (``N * H * W``, what ``instances.masks_dense()`` would allocate) and headers above
     ``max_header_bytes``. Decoding allocates in
     proportion to the message's size: the masks stay bit-packed in their windows
-    (:class:`PackedInstances`), and ``image_size`` alone costs nothing.
+    (:class:`rtseg.structures.CompactMasks`, the blob not copied), and ``image_size`` alone
+    costs nothing.
     """
     if isinstance(parts, (bytes, bytearray, memoryview, str)) or not isinstance(parts, Sequence):
         raise _malformed("the message", "a sequence of 3 parts", type(parts).__name__)
@@ -646,8 +459,9 @@ def decode_message(
     offsets = np.zeros((n,), np.int64)
     for offset, _, i in spans:
         offsets[i] = offset
-    instances = PackedInstances(boxes, scores, class_ids, (h, w), np.array(windows, np.int64).reshape(n, 4), offsets,
-                                blob_bytes, mask_scores=mask_scores, track_ids=track_ids)
+    masks = CompactMasks(np.array(windows, np.int32).reshape(n, 4), offsets, np.frombuffer(blob_bytes, np.uint8), (h, w))
+    instances = Instances(boxes=boxes, scores=scores, class_ids=class_ids, masks=masks, image_size=(h, w),
+                          mask_scores=mask_scores, track_ids=track_ids)
     return Message(
         topic=bytes(topic_view),
         header=header,

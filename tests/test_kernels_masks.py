@@ -29,7 +29,7 @@ from rtseg.families.solov2.network import Solov2Config
 from rtseg.families.yolact.network import YolactConfig
 from rtseg.families.centermask import postprocess as cm_post
 from rtseg.families.yolact import postprocess as yolact_post
-from rtseg.wire import mask_windows
+from rtseg.structures import dense_windows
 
 RANDOM_CASES = 1000
 #: a pixel whose reference value is closer than this to the threshold may legitimately differ
@@ -533,8 +533,8 @@ def host_encode(lib, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def reference_encode(masks: np.ndarray) -> tuple[np.ndarray, bytes, list[int]]:
-    """wire.py's own steps: mask_windows, then packbits of each window, back to back."""
-    windows = mask_windows(masks)
+    """CompactMasks.from_dense's own steps: dense_windows, then packbits of each window, back to back."""
+    windows = dense_windows(masks)
     chunks = [np.packbits(masks[i, y0:y1, x0:x1]).tobytes() for i, (x0, y0, x1, y1) in enumerate(windows.tolist())]
     return windows, b"".join(chunks), [len(c) for c in chunks]
 
@@ -595,6 +595,26 @@ def test_mask_encode_crafted(encode_lib, shape):
     """Empty input, single pixels, single rows / columns, all set, window bits a multiple of 8."""
     for fill in (False, True):
         check_encode_case(encode_lib, np.full(shape, fill), f"{shape} fill {fill}")
+
+
+def test_mask_encode_output_is_the_compact_masks_instances_hold(encode_lib):
+    """What ``to_numpy_instances`` makes of the kernel's output under --postprocess cuda
+    (``compact_from_encoded``) is ``CompactMasks.from_dense`` of the same masks, byte for byte."""
+    from rtseg.kernels.masks import EncodedMasks
+    from rtseg.postprocess import compact_from_encoded
+    from rtseg.structures import CompactMasks
+
+    rng = np.random.default_rng(6303)
+    for case in range(50):
+        n = int(rng.integers(1, 6))
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        masks = random_masks(rng, n, h, w)
+        windows, offsets, lengths, blob = host_encode(encode_lib, masks)
+        encoded = EncodedMasks(torch.from_numpy(windows.astype(np.int64)), torch.from_numpy(offsets),
+                               torch.from_numpy(lengths), torch.from_numpy(np.frombuffer(blob, np.uint8).copy()))
+        compact, reference = compact_from_encoded(encoded, (h, w)), CompactMasks.from_dense(masks)
+        assert np.array_equal(compact.windows, reference.windows) and np.array_equal(compact.offsets, reference.offsets)
+        assert compact.blob.tobytes() == reference.blob.tobytes() and compact.is_contiguous, f"case {case}"
 
 
 def test_wrappers_refuse_what_they_cannot_launch():

@@ -301,7 +301,7 @@ def test_postprocess_nothing_above_threshold_gives_empty_result():
     out = dict(out, cls_logits=torch.full_like(out["cls_logits"], -10.0))
     res = post.postprocess(out, net, TINY, (50, 70))
     inst = to_numpy_instances(res, (50, 70))
-    assert len(inst) == 0 and inst.masks.shape == (0, 50, 70) and inst.image_size == (50, 70)
+    assert len(inst) == 0 and inst.masks.shape == (0, 50, 70) and inst.masks_dense().shape == (0, 50, 70) and inst.image_size == (50, 70)
 
 
 def test_postprocess_is_consistent_and_does_not_modify_outputs():

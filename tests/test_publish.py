@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from rtseg.errors import ConfigError, PublishError
 from rtseg.publisher import Publisher, binds_all_interfaces, binds_loopback_only
-from rtseg.structures import Frame, Instances
+from rtseg.structures import CompactMasks, Frame, Instances, dense_windows
 from rtseg.subscriber import run_subscriber, subscribe
-from rtseg.wire import MAX_IMAGE_SIDE, SCHEMA, GapCounter, Message, decode_message, encode_message, mask_windows
+from rtseg.wire import MAX_IMAGE_SIDE, SCHEMA, GapCounter, Message, decode_message, encode_message
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "wire-format.md"
 NAMES = ["person", "bicycle", "traffic light", "dog"]
@@ -151,7 +151,7 @@ def test_header_has_every_documented_field_and_tight_windows():
                            "mask_encoding", "masks_bytes", "instances"}
     assert header["publish_time"] >= before and isinstance(header["publish_time"], float)
     offset = 0
-    for entry, mask in zip(header["instances"], instances.masks):
+    for entry, mask in zip(header["instances"], instances.masks_dense()):
         assert set(entry) == {"class_id", "class_name", "score", "box", "mask_window", "mask_offset", "mask_length"}
         x0, y0, x1, y1 = entry["mask_window"]
         if mask.any():
@@ -203,9 +203,11 @@ def test_gap_counter_falls_back_to_the_frame_seq_for_messages_without_publish_se
 
 def test_encode_does_not_modify_the_frame():
     instances = random_instances(np.random.default_rng(8), 5, 10, 10)
-    copies = [a.copy() for a in (instances.boxes, instances.scores, instances.class_ids, instances.masks)]
+    fields = lambda: (instances.boxes, instances.scores, instances.class_ids, instances.masks.windows,
+                      instances.masks.offsets, instances.masks.blob)
+    copies = [a.copy() for a in fields()]
     encode_message(make_frame(instances), NAMES)
-    for original, copy in zip((instances.boxes, instances.scores, instances.class_ids, instances.masks), copies):
+    for original, copy in zip(fields(), copies):
         assert np.array_equal(original, copy)
 
 
@@ -213,7 +215,28 @@ def test_mask_windows_are_exclusive_ends_and_zero_for_empty():
     masks = np.zeros((3, 4, 5), np.bool_)
     masks[0, 3, 4] = True
     masks[2, 1:3, 0:2] = True
-    assert mask_windows(masks).tolist() == [[4, 3, 5, 4], [0, 0, 0, 0], [0, 1, 2, 3]]
+    assert dense_windows(masks).tolist() == [[4, 3, 5, 4], [0, 0, 0, 0], [0, 1, 2, 3]]
+    inst = Instances(np.zeros((3, 4), np.float32), np.zeros(3, np.float32), np.zeros(3, np.int64), masks, (4, 5))
+    header = json.loads(encode_message(make_frame(inst), NAMES)[1])
+    assert [e["mask_window"] for e in header["instances"]] == [[4, 3, 5, 4], [0, 0, 0, 0], [0, 1, 2, 3]]
+
+
+def test_compact_masks_are_published_as_they_are_and_decoded_without_a_copy():
+    """Part 2 is the instances' CompactMasks blob byte for byte (no re-encoding), and the
+    decoded message's masks are a view of the received part 2."""
+    instances = random_instances(np.random.default_rng(12), 6, 20, 30)
+    parts = encode_message(make_frame(instances), NAMES, publish_time=1.5)
+    assert parts[2] == instances.masks.blob.tobytes()
+    header = json.loads(parts[1])
+    assert [e["mask_window"] for e in header["instances"]] == instances.masks.windows.tolist()
+    assert [e["mask_offset"] for e in header["instances"]] == instances.masks.offsets.tolist()
+    decoded = decode_message(parts).instances
+    assert np.shares_memory(decoded.masks.blob, np.frombuffer(parts[2], np.uint8))
+    assert decoded == instances and encode_message(make_frame(decoded), NAMES, publish_time=1.5) == parts
+    # picked out of order (and twice): laid out afresh, still a valid message
+    picked = decoded[np.array([4, 1, 1])]
+    again = decode_message(encode_message(make_frame(picked), NAMES)).instances
+    assert again == instances[np.array([4, 1, 1])]
 
 
 def test_encode_refuses_class_ids_without_names_and_non_finite_scores():
@@ -233,7 +256,7 @@ def test_decoder_written_from_the_doc_agrees(n, h, w, seed):
     parts = parts_of(n, h, w, seed)
     header, masks = decode_from_doc_prose(parts)
     message = decode_message(parts)
-    assert np.array_equal(masks, message.instances.masks)
+    assert np.array_equal(masks, message.instances.masks_dense())
     assert np.array_equal(np.array([e["box"] for e in header["instances"]], np.float32).reshape(-1, 4), message.instances.boxes)
     assert np.array_equal(np.array([e["score"] for e in header["instances"]], np.float32), message.instances.scores)
 
@@ -249,7 +272,7 @@ def _doc_snippet_decode():
 def test_python_subscriber_in_the_doc_decodes_messages(n, h, w, seed):
     parts = parts_of(n, h, w, seed)
     header, masks = _doc_snippet_decode()(parts)
-    assert np.array_equal(masks, decode_message(parts).instances.masks)
+    assert np.array_equal(masks, decode_message(parts).instances.masks_dense())
     assert header == json.loads(parts[1])
 
 
@@ -261,7 +284,7 @@ def test_worked_example_in_the_doc_decodes_to_its_picture():
     expected = np.zeros((2, 4, 7), np.bool_)
     expected[0, 1:4, 2:7] = [[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0]]
     message = decode_message(parts)
-    assert np.array_equal(message.instances.masks, expected)
+    assert np.array_equal(message.instances.masks_dense(), expected)
     assert np.array_equal(decode_from_doc_prose(parts)[1], expected)
     assert np.array_equal(_doc_snippet_decode()(parts)[1], expected)
     assert message.class_names == ["person", "dog"] and message.instances.scores[0] == np.float32(0.9)
@@ -732,7 +755,8 @@ def test_packed_masks_give_the_dense_masks_rle_and_areas_of_the_published_instan
     instances = random_instances(np.random.default_rng(seed), n, h, w)
     packed = decode_message(encode_message(make_frame(instances), NAMES)).instances
     assert len(packed) == n and packed.image_size == (h, w)
-    assert np.array_equal(packed.masks, instances.masks) and packed.to_instances() == instances
+    assert isinstance(packed, Instances) and isinstance(packed.masks, CompactMasks)
+    assert np.array_equal(packed.masks_dense(), instances.masks_dense())
     assert packed.to_rle() == instances.to_rle()  # computed from the windows, same bytes as pycocotools
     assert np.array_equal(packed.mask_areas(), instances.mask_areas())
     assert packed[1:3] == instances[1:3] and packed[0] == instances[0] and packed == instances

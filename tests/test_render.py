@@ -180,3 +180,97 @@ def test_track_ids_are_drawn_in_the_labels():
     assert [t for _, t, _ in label_boxes(tracked, ["a", "b", "c", "d"])] == ["#12 b 0.90", "d 0.60"]
     img = np.full((60, 80, 3), 100, np.uint8)
     assert not np.array_equal(render(img, tracked, ["a", "b", "c", "d"]), render(img, inst, ["a", "b", "c", "d"]))
+
+
+# -- compact masks: the overlay is the one the full-size masks gave ------------------------------
+
+def _dense_blend(image: np.ndarray, inst: Instances) -> np.ndarray:
+    """The overlay's masks as render drew them from full-size ``bool[N, H, W]`` masks before
+    they became compact: the highest-scoring (then earliest) instance covering a pixel colours it."""
+    out = image.copy()
+    if len(inst):
+        order = np.argsort(-inst.scores, kind="stable")
+        masks = inst.masks_dense()[order]
+        covered = masks.any(axis=0)
+        owner = order[masks.argmax(axis=0)]
+        blend = PALETTE_BGR[inst.class_ids % len(PALETTE_BGR)][owner[covered]].astype(np.float32)
+        out[covered] = (out[covered].astype(np.float32) * (1 - MASK_ALPHA) + blend * MASK_ALPHA).astype(np.uint8)
+    return out
+
+
+def _dense_shown(inst: Instances) -> list[int]:
+    """shown_instances from full-size masks (the duplicate test on the boxes' union)."""
+    from rtseg.render import DUPLICATE_IOU, _box_iou
+
+    dense, (h, w) = inst.masks_dense(), inst.image_size
+    kept: list[int] = []
+    for i in np.argsort(-inst.scores, kind="stable").tolist():
+        same = False
+        for k in kept:
+            a, b = inst.boxes[i], inst.boxes[k]
+            box_iou = _box_iou(a, b)
+            if box_iou == 0.0:
+                continue
+            x1, y1 = max(int(min(a[0], b[0])), 0), max(int(min(a[1], b[1])), 0)
+            x2, y2 = min(int(max(a[2], b[2])) + 1, w), min(int(max(a[3], b[3])) + 1, h)
+            ma, mb = dense[i, y1:y2, x1:x2], dense[k, y1:y2, x1:x2]
+            union = int(np.count_nonzero(ma | mb))
+            if not ma.any() or not mb.any() or union == 0:
+                same = box_iou >= DUPLICATE_IOU
+            else:
+                same = np.count_nonzero(ma & mb) / union >= DUPLICATE_IOU
+            if same:
+                break
+        if not same:
+            kept.append(i)
+    return kept
+
+
+def _check_as_dense(image: np.ndarray, inst: Instances, names) -> None:
+    from rtseg.render import shown_instances
+
+    np.testing.assert_array_equal(render(image, inst, names, draw_boxes=False, draw_labels=False), _dense_blend(image, inst))
+    assert shown_instances(inst) == _dense_shown(inst)
+
+
+def test_crafted_overlaps_ties_and_empty_masks_draw_as_dense_masks_did():
+    """Nested, crossing and identical masks, tied scores (the earlier instance wins), an
+    empty mask, masks on every border, class ids beyond the palette."""
+    h, w = 40, 50
+    masks = np.zeros((7, h, w), bool)
+    masks[0, 5:30, 5:30] = True
+    masks[1, 10:20, 10:20] = True  # inside 0, lower score
+    masks[2, 15:40, 20:50] = True  # crosses 0, same score as 0
+    masks[3] = masks[2]  # identical to 2, same score: 2 wins
+    masks[5, 0, :] = masks[5, :, 0] = masks[5, -1, :] = masks[5, :, -1] = True  # the border
+    masks[6, 12:14, 40:41] = True
+    inst = Instances(boxes=np.array([[5, 5, 30, 30], [10, 10, 20, 20], [20, 15, 50, 40], [20, 15, 50, 40],
+                                     [0, 0, 3, 3], [0, 0, 50, 40], [40, 12, 41, 14]], np.float32),
+                     scores=np.array([0.7, 0.4, 0.7, 0.7, 0.9, 0.2, 0.95], np.float32),
+                     class_ids=np.array([0, 1, 2, 25, 3, 4, 40], np.int64), masks=masks, image_size=(h, w))
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    _check_as_dense(image, inst, [str(c) for c in range(41)])
+    rng = np.random.default_rng(7)
+    for case in range(30):  # random overlaps, many ties
+        n = int(rng.integers(1, 8))
+        m = rng.random((n, h, w)) < rng.uniform(0.0, 0.6, (n, 1, 1))
+        boxes = np.sort(rng.uniform(0, w, (n, 2, 2)), axis=1).reshape(n, 4).astype(np.float32)
+        inst = Instances(boxes=boxes, scores=rng.integers(0, 3, n).astype(np.float32) / 2,
+                         class_ids=rng.integers(0, 30, n).astype(np.int64), masks=m, image_size=(h, w))
+        _check_as_dense(image, inst, [str(c) for c in range(30)])
+
+
+def test_built_in_model_on_a_photograph_draws_as_dense_masks_did():
+    """Real Instances (the built-in YOLACT on skimage's astronaut, at a low threshold: many
+    overlapping masks) and the synthetic video: the overlay is pixel for pixel the one drawn
+    from full-size masks."""
+    from skimage import data as skimage_data
+
+    from rtseg.segmenter import Segmenter
+    from rtseg.synthetic import SyntheticVideo
+
+    seg = Segmenter("yolact_resnet18_half_384", score_threshold=0.05)
+    for image in (np.ascontiguousarray(skimage_data.astronaut()[..., ::-1]), SyntheticVideo(seed=3).frame(5).image):
+        inst = seg(image)
+        assert len(inst) > 10 and (inst.masks_dense().sum(axis=0) > 1).any()  # overlaps do occur
+        _check_as_dense(image, inst, seg.class_names)

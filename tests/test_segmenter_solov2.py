@@ -27,13 +27,13 @@ def photo():
 
 def check_instances(inst, image_shape, num_classes):
     h, w = image_shape[:2]
-    assert inst.image_size == (h, w) and inst.masks.shape == (len(inst), h, w)
+    assert inst.image_size == (h, w) and inst.masks_dense().shape == (len(inst), h, w)
     assert np.all(np.diff(inst.scores) <= 0) and np.all((inst.scores > 0) & (inst.scores <= 1))
     assert np.all((inst.class_ids >= 0) & (inst.class_ids < num_classes))
     b = inst.boxes
     assert np.all((0 <= b[:, 0]) & (b[:, 0] <= b[:, 2]) & (b[:, 2] <= w) & (0 <= b[:, 1]) & (b[:, 1] <= b[:, 3])
                   & (b[:, 3] <= h))
-    np.testing.assert_array_equal(b, masks_to_boxes(torch.from_numpy(inst.masks)).numpy())
+    np.testing.assert_array_equal(b, masks_to_boxes(torch.from_numpy(inst.masks_dense())).numpy())
 
 
 def test_segmenter_runs_the_small_solov2_on_a_photograph(photo):

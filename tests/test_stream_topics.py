@@ -119,7 +119,7 @@ def test_track_ids_round_trip_and_an_instance_without_a_track_carries_none():
     assert decoded[[2, 0]].track_ids.tolist() == [0, 12]
     assert decoded == instances
     if "track_ids" in {f.name for f in dataclasses.fields(Instances)}:  # the field exists in this checkout
-        assert decoded.to_instances().track_ids.tolist() == [12, -1, 0]
+        assert decoded.track_ids.tolist() == [12, -1, 0]
 
 
 def test_tracking_off_writes_no_track_id():

@@ -12,8 +12,8 @@ argument), are:
 - :func:`paste_masks_cuda`: :func:`rtseg.families.centermask.postprocess.paste_masks`;
 - :func:`preprocess_cuda`: each family's ``preprocess`` (parameters from the family,
   :func:`preprocess_params`);
-- :func:`encode_masks_cuda`: :func:`rtseg.wire.mask_windows` and the bit packing of
-  :func:`rtseg.wire.encode_message`.
+- :func:`encode_masks_cuda`: :meth:`rtseg.structures.CompactMasks.from_dense` (:func:`rtseg.structures.dense_windows`
+  and the bit packing), what ``to_numpy_instances`` uses under ``--postprocess cuda``.
 
 :func:`preprocess_params` is plain Python (no GPU) so the host-built kernels in the tests use the
 very parameters the GPU path does.

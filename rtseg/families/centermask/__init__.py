@@ -49,7 +49,7 @@ def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: CenterMask, 
                              geometry: InputGeometry | None = None, stage2: Stage2 | None = None) -> Instances:
     result = post.postprocess(outputs, net, cfg, image_size, score_threshold=score_threshold, ops=ops,
                               geometry=geometry, stage2=stage2)
-    return to_numpy_instances(result, image_size)
+    return to_numpy_instances(result, image_size, ops)
 
 
 def loss_terms(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: CenterMask,

@@ -41,7 +41,7 @@ def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: Solov2, cfg:
                              image_size: tuple[int, int], score_threshold: float, ops: PostprocessOps = TORCH_OPS,
                              geometry: InputGeometry | None = None, stage2: None = None) -> Instances:
     result = post.postprocess(outputs, cfg, image_size, score_threshold=score_threshold, ops=ops, geometry=geometry)
-    return to_numpy_instances(result, image_size)
+    return to_numpy_instances(result, image_size, ops)
 
 
 def loss_terms(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: Solov2, cfg: Solov2Config,

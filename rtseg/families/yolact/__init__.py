@@ -53,7 +53,7 @@ def postprocess_to_instances(outputs: dict[str, torch.Tensor], net: Yolact, cfg:
         stage2 = None if module is None else TorchStage2(module)
     result = post.postprocess(outputs, net.priors, cfg, image_size, score_threshold=score_threshold,
                               stage2=stage2, ops=ops)  # geometry: always S x S
-    return to_numpy_instances(result, image_size)
+    return to_numpy_instances(result, image_size, ops)
 
 
 def loss_terms(outputs: dict[str, torch.Tensor], targets: Sequence[dict[str, Any]], net: Yolact, cfg: YolactConfig,
