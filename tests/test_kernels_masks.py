@@ -30,6 +30,7 @@ from rtseg.families.yolact.network import YolactConfig
 from rtseg.families.centermask import postprocess as cm_post
 from rtseg.families.yolact import postprocess as yolact_post
 from rtseg.structures import dense_windows
+from mask_cases import random_masks
 
 RANDOM_CASES = 1000
 #: a pixel whose reference value is closer than this to the threshold may legitimately differ
@@ -537,23 +538,6 @@ def reference_encode(masks: np.ndarray) -> tuple[np.ndarray, bytes, list[int]]:
     windows = dense_windows(masks)
     chunks = [np.packbits(masks[i, y0:y1, x0:x1]).tobytes() for i, (x0, y0, x1, y1) in enumerate(windows.tolist())]
     return windows, b"".join(chunks), [len(c) for c in chunks]
-
-
-def random_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
-    masks = np.zeros((n, h, w), bool)
-    for i in range(n):
-        kind = rng.integers(4)
-        if kind == 0:
-            continue  # empty
-        if kind == 1:
-            masks[i] = rng.random((h, w)) < rng.uniform(0.01, 0.9)
-        elif kind == 2:
-            masks[i, rng.integers(h), rng.integers(w)] = True  # one pixel
-        else:
-            y0, y1 = sorted(rng.integers(0, h + 1, 2))
-            x0, x1 = sorted(rng.integers(0, w + 1, 2))
-            masks[i, y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.7
-    return masks
 
 
 def check_encode_case(lib, masks: np.ndarray, what: str) -> None:

@@ -14,23 +14,7 @@ import torch
 
 from rtseg.postprocess import TORCH_OPS, PostprocessOps, mask_windows_torch, pack_masks, pack_masks_torch, to_numpy_instances
 from rtseg.structures import CompactMasks, Instances, dense_windows
-
-
-def random_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
-    masks = np.zeros((n, h, w), bool)
-    for i in range(n):
-        kind = rng.integers(4)
-        if kind == 0:
-            continue  # empty
-        if kind == 1:
-            masks[i] = rng.random((h, w)) < rng.uniform(0.01, 0.9)
-        elif kind == 2:
-            masks[i, rng.integers(h), rng.integers(w)] = True  # one pixel
-        else:
-            y0, y1 = sorted(rng.integers(0, h + 1, 2))
-            x0, x1 = sorted(rng.integers(0, w + 1, 2))
-            masks[i, y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < 0.7
-    return masks
+from mask_cases import random_masks
 
 
 def check_same_bytes(masks: np.ndarray, what: str) -> None:

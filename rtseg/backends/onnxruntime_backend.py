@@ -14,6 +14,7 @@ pipeline's worker split applies to both backends.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,15 @@ def _session(ort, path: str, device: torch.device, threads: int | None):
     return session, providers
 
 
+
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or one :class:`EngineError` naming the extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EngineError("--backend onnxruntime needs ONNX Runtime: pip install 'rtseg[onnx]'") from None
+    return onnxruntime
+
 class OnnxRuntimeBackend:
     """``backend(batch) -> {name: tensor}`` over an ONNX Runtime session.
 
@@ -88,10 +98,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str, *, model: str, device: torch.device, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise EngineError("--backend onnxruntime needs ONNX Runtime: pip install 'rtseg[onnx]'") from None
+        ort = import_onnxruntime()
         if not os.path.isfile(path):
             raise EngineError(f"ONNX file '{path}' not found")
         manifest = read_manifest(path)
@@ -159,10 +166,7 @@ class OnnxRuntimeStage2:
     name = "onnxruntime"
 
     def __init__(self, path: str, *, model: str, device: torch.device, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise EngineError("--backend onnxruntime needs ONNX Runtime: pip install 'rtseg[onnx]'") from None
+        ort = import_onnxruntime()
         from rtseg.export.onnx_export import STAGE2_SCHEMA
 
         if not os.path.isfile(path):

@@ -429,6 +429,30 @@ def ensure_engine(onnx_path: str, out_dir: str, settings: BuildSettings, *, cali
     return dataclasses.replace(first, stage2=second)
 
 
+def _parsed_network(trt: Any, flavour: Any, settings: Any, onnx_path: str, typed: bool) -> tuple[Any, Any, Any, Any]:
+    """``(builder, network, config, parser)``: ``onnx_path`` parsed by ``flavour``'s ONNX parser and a
+    builder config with the workspace, GPU targets and (for a weakly typed network) precision flags
+    of ``settings``; the parser is returned because the network refers to its weights. A graph the
+    parser refuses is one :class:`EngineError` with its first errors (and the way out for
+    deformable convolution)."""
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
+    network = flavour.create_network(trt, builder, settings.strongly_typed)
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as f:
+        if not parser.parse(f.read()):
+            errors = parser_errors(trt, parser)
+            hint = ("; re-export with 'rtseg export --dcn decomposed' (deformable convolution as standard operators)"
+                    if any("DeformConv" in e for e in errors) else "")
+            raise EngineError(f"{flavour.name} cannot parse '{onnx_path}': {'; '.join(errors[:3])}{hint}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
+    flavour.set_targets(trt, config, tuple(settings.gpu_targets))
+    if not typed:
+        flavour.set_precision_flags(trt, config, settings.precision or "fp16")
+    return builder, network, config, parser
+
+
 def _ensure_stage1_engine(onnx_path: str, out_dir: str, settings: BuildSettings, *, calibration: str | None,
                           preprocess: Callable[[np.ndarray], np.ndarray] | None, rebuild: bool) -> EngineBuild:
     """:func:`ensure_engine` for the stage-1 graph."""
@@ -454,21 +478,7 @@ def _ensure_stage1_engine(onnx_path: str, out_dir: str, settings: BuildSettings,
             return EngineBuild(path, saved, False, 0.0)
 
     start = time.perf_counter()
-    logger = trt_logger(trt)
-    builder = trt.Builder(logger)
-    network = flavour.create_network(trt, builder, settings.strongly_typed)
-    parser = trt.OnnxParser(network, logger)
-    with open(onnx_path, "rb") as f:
-        if not parser.parse(f.read()):
-            errors = parser_errors(trt, parser)
-            hint = ("; re-export with 'rtseg export --dcn decomposed' (deformable convolution as standard operators)"
-                    if any("DeformConv" in e for e in errors) else "")
-            raise EngineError(f"{flavour.name} cannot parse '{onnx_path}': {'; '.join(errors[:3])}{hint}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-    flavour.set_targets(trt, config, tuple(settings.gpu_targets))
-    if not settings.typed(flavour):
-        flavour.set_precision_flags(trt, config, settings.precision or "fp16")
+    builder, network, config, parser = _parsed_network(trt, flavour, settings, onnx_path, settings.typed(flavour))
     inp = network.get_input(0)
     dynamic = any(not isinstance(d, int) for d in onnx_manifest["input"]["shape"])
     if dynamic:  # symbolic dimensions: one optimisation profile over their ranges
@@ -628,18 +638,7 @@ def ensure_stage2_engine(onnx_path: str, out_dir: str, settings: BuildSettings, 
             return EngineBuild(path, saved, False, 0.0)
 
     start = time.perf_counter()
-    logger = trt_logger(trt)
-    builder = trt.Builder(logger)
-    network = flavour.create_network(trt, builder, settings.strongly_typed)
-    parser = trt.OnnxParser(network, logger)
-    with open(onnx_path, "rb") as f:
-        if not parser.parse(f.read()):
-            raise EngineError(f"{flavour.name} cannot parse '{onnx_path}': {'; '.join(parser_errors(trt, parser)[:3])}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-    flavour.set_targets(trt, config, tuple(settings.gpu_targets))
-    if not typed:
-        flavour.set_precision_flags(trt, config, settings.precision or "fp16")
+    builder, network, config, parser = _parsed_network(trt, flavour, settings, onnx_path, typed)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         inp = network.get_input(i)
