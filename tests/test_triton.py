@@ -152,6 +152,34 @@ def test_engine_given_makes_a_tensorrt_plan_repository_and_a_bad_profile_is_one_
                                   max_batch_size=8)
 
 
+def test_serve_runs_the_second_stage_on_either_runtime_as_the_torch_module_does(tmp_path):
+    """What ``rtseg serve`` binds as ``<model>_stage2`` (no server needed): the stage-2 ONNX on
+    ONNX Runtime and the torch module give the local torch stage 2's outputs, and the tensor specs
+    have K as -1."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from rtseg.families.base import TorchStage2
+    from rtseg.segmenter import Segmenter
+    from rtseg.serve import ServeSettings, _make_stage2, dynamic_batch_onnx
+
+    seg = Segmenter(STAGE2_MODEL)
+    module = seg.family.stage2(seg.net, seg.config)
+    torch.manual_seed(0)
+    feats = torch.randn(3, 64, 14, 14)
+    class_ids = torch.tensor([0, 2, 1])
+    expected = TorchStage2(module)({"roi_feats": feats, "class_ids": class_ids})
+    onnx_path = dynamic_batch_onnx(seg, str(tmp_path))
+    for runtime, path in (("onnxruntime", onnx_path), ("torch", None)):
+        served = _make_stage2(ServeSettings(STAGE2_MODEL, runtime=runtime), seg, path)
+        assert served.inputs == (("roi_feats", np.float32, (-1, 64, 14, 14)), ("class_ids", np.int64, (-1,)))
+        assert served.outputs == (("mask_probs", np.float32, (-1, 28, 28)), ("maskiou", np.float32, (-1,)))
+        got = served.run({"roi_feats": feats.numpy(), "class_ids": class_ids.numpy()})
+        for name, value in expected.items():
+            assert got[name].dtype == np.float32
+            np.testing.assert_allclose(got[name], value.numpy(), atol=1e-5, err_msg=f"{runtime} {name}")
+
+
 # -- the real server -------------------------------------------------------------------------
 class Server:
     """``rtseg serve`` in its own process group (so SIGKILL takes tritonserver and its stubs too)."""

@@ -510,7 +510,8 @@ class TritonStage2:
         except backend._error_type as exc:
             backend._handle_error(exc, generation, model=self.model)
             raise  # not reached: _handle_error always raises
-        self.requests += 1
+        with backend.stats.lock:
+            self.requests += 1
         # np.array: owned and writable (the response's bytes are read-only, torch warns on them)
         return {n: torch.from_numpy(np.array(result.as_numpy(n), dtype=np.float32)).to(self.device)
                 for n in self.output_names}
