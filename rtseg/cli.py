@@ -429,7 +429,9 @@ def _export_triton_repo(args: argparse.Namespace, profile: tuple[int, int, int] 
                               instances=args.triton_instances, opset=args.opset, half=args.half,
                               plan_path=args.triton_plan)
     print(f"wrote Triton model repository {os.path.dirname(repo.model_dir) or '.'}: {repo.config_path} "
-          f"(platform {repo.platform}), {repo.model_path}, {repo.manifest_path}")
+          f"(platform {repo.platform}), {repo.model_path}, {repo.manifest_path}"
+          + (f"; second stage {repo.stage2.config_path} (platform {repo.stage2.platform}), {repo.stage2.model_path}"
+             if repo.stage2 is not None else ""))
     return 0
 
 

@@ -186,9 +186,13 @@ class Segmenter:
             h, w = self.input_size
             with torch.inference_mode():  # the head outputs (names, per-image shapes) the server must return
                 example = self.net(torch.zeros(1, 3, h, w, device=self.device))
-            return TritonBackend(backend, model=self.model_name, expected_input=(3, h, w),
-                                 expected_outputs={n: tuple(t.shape[1:]) for n, t in example.items()},
-                                 device=self.device)
+            backend_ = TritonBackend(backend, model=self.model_name, expected_input=(3, h, w),
+                                     expected_outputs={n: tuple(t.shape[1:]) for n, t in example.items()},
+                                     device=self.device)
+            module = self.family.stage2(self.net, self.config)
+            if module is not None:  # the second stage runs on the server too (model <MODEL>_stage2)
+                self.stage2 = self._triton_stage2(backend_, module)
+            return backend_
         if backend == "onnxruntime":
             from rtseg.backends.onnxruntime_backend import OnnxRuntimeBackend
             from rtseg.export.cache import cached_onnx
@@ -217,6 +221,25 @@ class Segmenter:
 
             self.stage2 = TensorRTStage2(stage2_engine_path_for(engine), model=self.model_name, device=self.device)
         return backend_
+
+    def _triton_stage2(self, backend: Backend, module: torch.nn.Module) -> Stage2:
+        """The server's ``<MODEL>_stage2``, checked against the local stage-2 module's tensors
+        (names, dtypes, shapes with ``-1`` for ``K``) from a run on two example RoIs."""
+        from rtseg.backends.triton_backend import _STAGE2_DTYPES, TritonStage2
+        from rtseg.families.base import TorchStage2
+
+        example = dict(zip(module.input_names, module.example_inputs(2, self.device)))
+        out = TorchStage2(module)(example)
+
+        def spec(tensors: dict[str, torch.Tensor], float_out: bool = False) -> dict:
+            return {n: ("FP32" if float_out else _STAGE2_DTYPES[t.dtype], (-1, *t.shape[1:])) for n, t in tensors.items()}
+
+        try:
+            return TritonStage2(backend, expected_inputs=spec(example),
+                                expected_outputs=spec({n: out[n] for n in module.output_names}, float_out=True))
+        except EngineError:
+            backend.close()
+            raise
 
     def _onnxruntime_stage2(self, path: str, manifest: dict) -> Stage2:
         """The second stage exported beside the stage-1 graph ``path``, refused when missing or

@@ -7,6 +7,11 @@ dynamic-batch export, cached like ``--backend onnxruntime``'s) or on torch, and 
 named head outputs. Clients are rtseg pipelines with ``--backend triton://HOST:PORT/MODEL``
 (:mod:`rtseg.backends.triton_backend`) or anything speaking Triton's gRPC / HTTP protocols.
 
+- A family with a second stage (CenterMask's RoI heads, YOLACT++'s mask re-scoring) is served
+  as a second model, ``<model>_stage2`` (:func:`rtseg.export.triton_repo.stage2_model_name`), on
+  the same runtime: the ``<stem>.stage2.onnx`` exported beside the dynamic-batch graph, or the
+  torch module. Batching is off for it (max_batch_size 0, ``K`` as a ``-1`` dimension): the
+  first axis of its tensors is one frame's ``K`` RoIs, each request is run on its own.
 - Binds ``127.0.0.1`` unless ``--host`` says otherwise. gRPC on ``--port``, HTTP on
   ``--http-port`` (default port + 1) and Prometheus metrics on ``--metrics-port``
   (default port + 2); a port already taken is one error line before anything starts.
@@ -50,6 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtseg.errors import ConfigError, EngineError
+from rtseg.export.triton_repo import stage2_model_name as stage2_name
 
 log = logging.getLogger("rtseg.serve")
 
@@ -165,7 +171,8 @@ def _point_pytriton_at(env: str) -> None:
 
 def _make_infer(settings: ServeSettings):
     """The network as ``images float32[B, 3, H, W] numpy -> {name: float32 numpy}`` plus the
-    (input shape, {output name: shape}) without the batch dimension."""
+    (input shape, {output name: shape}) without the batch dimension, and the family's second
+    stage (:class:`Stage2Serving`, ``None`` where it has none)."""
     import torch
 
     from rtseg.backends import TorchBackend
@@ -177,9 +184,10 @@ def _make_infer(settings: ServeSettings):
     if settings.runtime == "onnxruntime":
         from rtseg.backends.onnxruntime_backend import OnnxRuntimeBackend
 
-        backend = OnnxRuntimeBackend(dynamic_batch_onnx(seg, settings.cache_dir), model=settings.model,
-                                     device=torch.device("cpu"))
+        onnx_path = dynamic_batch_onnx(seg, settings.cache_dir)
+        backend = OnnxRuntimeBackend(onnx_path, model=settings.model, device=torch.device("cpu"))
     else:
+        onnx_path = None
         backend = TorchBackend(seg.net)
     with torch.inference_mode():
         example = backend(torch.zeros(1, 3, h, w))
@@ -190,7 +198,51 @@ def _make_infer(settings: ServeSettings):
             out = backend(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
         return {name: t.detach().to("cpu", torch.float32).numpy() for name, t in out.items()}
 
-    return run, (3, h, w), output_shapes
+    stage2 = None
+    if seg.family.stage2(seg.net, seg.config) is not None:
+        stage2 = _make_stage2(settings, seg, onnx_path)
+    return run, (3, h, w), output_shapes, stage2
+
+
+@dataclass(frozen=True)
+class Stage2Serving:
+    """The family's second stage as ``rtseg serve`` binds it (model ``<model>_stage2``): ``run``
+    takes and returns ``{name: numpy}`` whose first axis is the ``K`` RoIs / detections of one
+    frame; ``inputs`` / ``outputs`` are ``(name, numpy dtype, shape with -1 for K)``."""
+
+    run: object
+    inputs: tuple[tuple[str, type, tuple[int, ...]], ...]
+    outputs: tuple[tuple[str, type, tuple[int, ...]], ...]
+
+
+def _make_stage2(settings: ServeSettings, seg, onnx_path: str | None) -> Stage2Serving:
+    """Stage 2 on the same runtime as stage 1: the ``<stem>.stage2.onnx`` exported beside the
+    dynamic-batch graph (ONNX Runtime) or the torch module sharing ``seg.net``'s parameters."""
+    import torch
+
+    from rtseg.families.base import TorchStage2
+
+    module = seg.family.stage2(seg.net, seg.config)
+    if settings.runtime == "onnxruntime":
+        from rtseg.backends.onnxruntime_backend import OnnxRuntimeStage2
+        from rtseg.export.onnx_export import stage2_path_for
+
+        stage2 = OnnxRuntimeStage2(stage2_path_for(onnx_path), model=settings.model, device=torch.device("cpu"))
+    else:
+        stage2 = TorchStage2(module)
+    example = dict(zip(module.input_names, module.example_inputs(2, "cpu")))
+    with torch.inference_mode():
+        example_out = stage2(example)
+
+    def spec(tensors: dict) -> tuple:
+        return tuple((n, t.detach().cpu().numpy().dtype.type, (-1, *t.shape[1:])) for n, t in tensors.items())
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            out = stage2({n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in inputs.items()})
+        return {n: t.detach().to("cpu", torch.float32).numpy() for n, t in out.items()}
+
+    return Stage2Serving(run, spec(example), spec({n: example_out[n].float() for n in module.output_names}))
 
 
 def dynamic_batch_onnx(seg, cache_dir: str | None) -> str:
@@ -200,7 +252,12 @@ def dynamic_batch_onnx(seg, cache_dir: str | None) -> str:
 
     folder = cache_dir or default_cache_dir()
     path = os.path.join(folder, f"{seg.config.name}-{onnx_cache_key(seg.config, seg.weights_path)}-dynbatch.onnx")
-    if not (os.path.isfile(path) and os.path.isfile(os.path.splitext(path)[0] + ".json")):
+    from rtseg.export.onnx_export import stage2_path_for
+
+    wanted = [path, os.path.splitext(path)[0] + ".json"]
+    if seg.family.stage2(seg.net, seg.config) is not None:  # a cache from before stage 2 was exported lacks it
+        wanted.append(stage2_path_for(path))
+    if not all(os.path.isfile(p) for p in wanted):
         log.info("exporting %s with a dynamic batch to %s (once)", seg.config.name, path)
         export_onnx(seg.net, seg.config, path, dynamic_batch=True, weights=seg.weights_path)
     return path
@@ -222,13 +279,17 @@ def serve(settings: ServeSettings, *, on_ready=None) -> int:
         raise EngineError(f"rtseg serve needs PyTriton ({exc.name or exc}): pip install 'rtseg[triton]'") from None
     ports = settings.ports()
     check_ports_free(settings.host, ports)
-    run, input_shape, output_shapes = _make_infer(settings)
+    run, input_shape, output_shapes, stage2 = _make_infer(settings)
     libpython_env_fix()
     _point_pytriton_at(stub_env(settings.cache_dir))
 
     @batch
     def infer(images: np.ndarray) -> dict[str, np.ndarray]:
         return run(images)
+
+    def infer_stage2(requests) -> list[dict[str, np.ndarray]]:
+        # no @batch: each request is one frame's K RoIs, run on its own (see the bind below)
+        return [stage2.run({n: r[n] for n, _, _ in stage2.inputs}) for r in requests]
 
     restricted = ["model-repository", "trace", "logging"]
     if settings.host not in LOOPBACK:
@@ -255,7 +316,15 @@ def serve(settings: ServeSettings, *, on_ready=None) -> int:
                         config=ModelConfig(max_batch_size=settings.max_batch_size,
                                            batcher=DynamicBatcher(max_queue_delay_microseconds=settings.queue_delay_us)),
                         strict=True)
-            message = (f"serving {settings.model} ({settings.runtime}) on gRPC {settings.host}:{ports['gRPC']}, "
+            if stage2 is not None:
+                # batching off (max_batch_size 0, dims with K as -1): the first axis of a stage-2
+                # tensor is one frame's K RoIs, not a batch of frames, and K differs per frame
+                triton.bind(model_name=stage2_name(settings.model), infer_func=[infer_stage2] * settings.instances,
+                            inputs=[Tensor(name=n, dtype=d, shape=s) for n, d, s in stage2.inputs],
+                            outputs=[Tensor(name=n, dtype=d, shape=s) for n, d, s in stage2.outputs],
+                            config=ModelConfig(batching=False), strict=True)
+            served = settings.model + (f" and {stage2_name(settings.model)}" if stage2 is not None else "")
+            message = (f"serving {served} ({settings.runtime}) on gRPC {settings.host}:{ports['gRPC']}, "
                        f"HTTP {settings.host}:{ports['HTTP']}, metrics {settings.host}:{ports['metrics']}; "
                        f"clients: --backend triton://{settings.host}:{ports['gRPC']}/{settings.model}")
             print(f"rtseg: {message}", flush=True)

@@ -26,6 +26,8 @@ import pytest
 from cli_helpers import RTSEG, assert_one_line_error, free_port, run_cli
 
 MODEL = "yolact_resnet18_half_384"
+#: a built-in model with a second stage (CenterMask's RoI mask + MaskIoU heads)
+STAGE2_MODEL = "centermask_lite_vovnet19_quarter_384"
 
 
 # -- the exported repository (no server needed) ---------------------------------------------
@@ -55,6 +57,38 @@ def test_exported_repository_config_parses_with_tritonclient(tmp_path):
         assert [d if isinstance(d, int) else -1 for d in entry["shape"][1:]] == list(out.dims)
         assert not isinstance(entry["shape"][0], int)  # symbolic batch in the graph itself
     assert manifest["model"] == MODEL and manifest["triton"]["max_batch_size"] == 4
+    assert sorted(os.listdir(repo)) == [MODEL]  # YOLACT has no second stage: no <model>_stage2
+
+
+def test_a_second_stage_gets_its_own_unbatched_model_in_the_repository(tmp_path):
+    """CenterMask's RoI heads: ``<model>_stage2`` (ONNX Runtime, version 1 like stage 1) with
+    max_batch_size 0, K as -1 in dims, no dynamic batching; written beside a TensorRT stage 1 too."""
+    pytest.importorskip("tritonclient.grpc")
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from rtseg.export.onnx_export import read_manifest
+
+    repo = tmp_path / "repo"
+    proc = run_cli("export", "--model", STAGE2_MODEL, "--format", "triton-repo", str(repo), "--triton-instances", "2",
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    name = f"{STAGE2_MODEL}_stage2"
+    assert sorted(os.listdir(repo)) == [STAGE2_MODEL, name] and name in proc.stdout
+    config = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 0
+    assert not config.HasField("dynamic_batching")
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_AUTO)]
+    # the stage-2 graph's whole shapes, K first and symbolic (fpn_channels 64, pooler 14, mask 28)
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("roi_feats", model_config_pb2.TYPE_FP32, [-1, 64, 14, 14]), ("class_ids", model_config_pb2.TYPE_INT64, [-1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("mask_probs", model_config_pb2.TYPE_FP32, [-1, 28, 28]), ("maskiou", model_config_pb2.TYPE_FP32, [-1])]
+    stage1 = read_manifest(str(repo / STAGE2_MODEL / "1" / "model.onnx"))
+    stage2 = read_manifest(str(repo / name / "1" / "model.onnx"))
+    assert stage2["onnx_sha256"] == stage1["stage2"]["onnx_sha256"]  # the one exported with stage 1
+    assert stage2["triton"] == {"name": name, "platform": "onnxruntime_onnx", "max_batch_size": 0, "instances": 2,
+                                "stage1": STAGE2_MODEL}
 
 
 def test_symbolic_height_and_width_become_minus_one(tmp_path):
@@ -118,11 +152,40 @@ def test_engine_given_makes_a_tensorrt_plan_repository_and_a_bad_profile_is_one_
                                   max_batch_size=8)
 
 
+def test_serve_runs_the_second_stage_on_either_runtime_as_the_torch_module_does(tmp_path):
+    """What ``rtseg serve`` binds as ``<model>_stage2`` (no server needed): the stage-2 ONNX on
+    ONNX Runtime and the torch module give the local torch stage 2's outputs, and the tensor specs
+    have K as -1."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from rtseg.families.base import TorchStage2
+    from rtseg.segmenter import Segmenter
+    from rtseg.serve import ServeSettings, _make_stage2, dynamic_batch_onnx
+
+    seg = Segmenter(STAGE2_MODEL)
+    module = seg.family.stage2(seg.net, seg.config)
+    torch.manual_seed(0)
+    feats = torch.randn(3, 64, 14, 14)
+    class_ids = torch.tensor([0, 2, 1])
+    expected = TorchStage2(module)({"roi_feats": feats, "class_ids": class_ids})
+    onnx_path = dynamic_batch_onnx(seg, str(tmp_path))
+    for runtime, path in (("onnxruntime", onnx_path), ("torch", None)):
+        served = _make_stage2(ServeSettings(STAGE2_MODEL, runtime=runtime), seg, path)
+        assert served.inputs == (("roi_feats", np.float32, (-1, 64, 14, 14)), ("class_ids", np.int64, (-1,)))
+        assert served.outputs == (("mask_probs", np.float32, (-1, 28, 28)), ("maskiou", np.float32, (-1,)))
+        got = served.run({"roi_feats": feats.numpy(), "class_ids": class_ids.numpy()})
+        for name, value in expected.items():
+            assert got[name].dtype == np.float32
+            np.testing.assert_allclose(got[name], value.numpy(), atol=1e-5, err_msg=f"{runtime} {name}")
+
+
 # -- the real server -------------------------------------------------------------------------
 class Server:
     """``rtseg serve`` in its own process group (so SIGKILL takes tritonserver and its stubs too)."""
 
-    def __init__(self, cache: str, log_dir) -> None:
+    def __init__(self, cache: str, log_dir, model: str = MODEL) -> None:
+        self.model = model
         self.cache = cache
         self.log_dir = log_dir
         self.port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -132,7 +195,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"triton://127.0.0.1:{self.port}/{MODEL}"
+        return f"triton://127.0.0.1:{self.port}/{self.model}"
 
     def start(self, timeout: float = 240) -> None:
         import tritonclient.grpc as grpcclient
@@ -143,27 +206,28 @@ class Server:
         # PYTRITON_HOME: PyTriton's workspace (a copy of tritonserver) that a SIGKILL leaves goes
         # into a folder the fixture removes, not ~/.cache/pytriton (short: it holds unix sockets)
         env = {**os.environ, "RTSEG_CACHE": self.cache, "PYTRITON_HOME": self.pytriton_home}
-        self.proc = subprocess.Popen([*RTSEG, "serve", "--model", MODEL, "--port", str(self.port),
+        self.proc = subprocess.Popen([*RTSEG, "serve", "--model", self.model, "--port", str(self.port),
                                       "--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
                                       "--queue-delay-us", "20000"],
                                      stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.port}")
+        models = [self.model] + ([f"{self.model}_stage2"] if self.model == STAGE2_MODEL else [])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.log_dir / f"serve-{self.starts}.log").read_text()[-3000:]
             try:
-                if client.is_model_ready(MODEL, client_timeout=2):
+                if all(client.is_model_ready(m, client_timeout=2) for m in models):
                     return
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             time.sleep(0.5)
         raise AssertionError(f"rtseg serve not ready in {timeout} s")
 
-    def statistics(self) -> dict:
+    def statistics(self, model: str | None = None) -> dict:
         import tritonclient.grpc as grpcclient
 
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.port}")
-        return client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+        return client.get_inference_statistics(model or self.model, as_json=True)["model_stats"][0]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -198,12 +262,11 @@ def _mapped_shm() -> set[str]:
     return names
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _serve(tmp_path_factory, model: str = MODEL):
     pytest.importorskip("tritonclient.grpc")
     pytest.importorskip("pytriton.triton")
     base = tmp_path_factory.mktemp("triton")
-    srv = Server(str(base / "cache"), base)
+    srv = Server(str(base / "cache"), base, model)
     srv.start()
     yield srv
     srv.kill()
@@ -213,6 +276,11 @@ def server(tmp_path_factory):
             os.killpg(srv.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _serve(tmp_path_factory)
 
 
 def test_unreachable_server_is_one_line():
@@ -370,6 +438,61 @@ def test_a_stalled_server_drops_frames_after_the_timeout_instead_of_stalling_the
     assert summary["dropped_backend"] >= 2, summary  # at least one per worker during the 5 s stall
     assert summary["frames_read"] == summary["frames_processed"] + summary["dropped_backend"]
     assert "dropped by the backend" in out
+
+
+def test_a_server_without_the_second_stage_is_one_error_at_construction(server):
+    """What a CenterMask client meets on a server that serves only stage 1 (a repository from
+    before stage 2 was exported, an older rtseg serve): here the real server has no
+    ``<model>_stage2`` for the YOLACT model, and asking for it is one error line naming the fixes."""
+    from rtseg.backends.triton_backend import TritonStage2
+    from rtseg.errors import EngineError
+    from rtseg.segmenter import Segmenter
+
+    backend = Segmenter(MODEL, backend=server.url).backend
+    try:
+        with pytest.raises(EngineError) as info:
+            TritonStage2(backend, expected_inputs={"masks": ("FP32", (-1, 1, 96, 96))},
+                         expected_outputs={"maskiou": ("FP32", (-1,))})
+    finally:
+        backend.close()
+    message = str(info.value)
+    assert "\n" not in message and f"'{MODEL}_stage2'" in message
+    assert "--format triton-repo" in message and "rtseg serve" in message
+
+
+@pytest.fixture(scope="module")
+def stage2_server(tmp_path_factory):
+    yield from _serve(tmp_path_factory, STAGE2_MODEL)
+
+
+def test_the_second_stage_runs_on_the_server_and_matches_local_torch(stage2_server, tmp_path):
+    """CenterMask through ``rtseg serve``: stage 1 and the RoI heads (``<model>_stage2``) both on
+    the server; the Instances equal local torch's on a synthetic frame, and the server's own
+    statistics show the stage-2 model ran once per frame with detections."""
+    from rtseg.backends.triton_backend import TritonStage2
+    from rtseg.segmenter import Segmenter
+    from rtseg.synthetic import SyntheticVideo
+
+    remote = Segmenter(STAGE2_MODEL, backend=stage2_server.url)
+    local = Segmenter(STAGE2_MODEL)
+    assert isinstance(remote.stage2, TritonStage2)
+    before = int(stage2_server.statistics(f"{STAGE2_MODEL}_stage2").get("inference_count", 0))  # zero: left out
+    video = SyntheticVideo(seed=3)
+    with_detections = 0
+    for i in (0, 5):
+        image = video.frame(i).image
+        got, expected = remote(image), local(image)
+        with_detections += len(expected) > 0
+        assert got.class_ids.tolist() == expected.class_ids.tolist(), i
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
+        np.testing.assert_allclose(got.mask_scores, expected.mask_scores, atol=1e-4)
+        np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-2)
+        dense = got.masks_dense()
+        assert (dense != expected.masks_dense()).sum() <= 0.001 * max(dense.size, 1), i
+    assert with_detections >= 1  # stage 2 had RoIs to run on
+    stats = stage2_server.statistics(f"{STAGE2_MODEL}_stage2")
+    assert int(stats.get("inference_count", 0)) - before == with_detections == remote.stage2.requests
+    remote.backend.close()
 
 
 def test_serve_stops_cleanly_on_sigterm(server):

@@ -29,6 +29,10 @@ Before the first frame, the model's metadata is checked against the rtseg model'
 image input ``[-1 or B, 3, H, W]`` of FP32/FP16 and the head outputs it returns (names and
 per-image shapes, ``-1`` accepted). A server that cannot be reached, a model it does not
 have and a mismatch each end the run with one error line before any frame is read.
+
+A family with a second stage runs it on the same server too (:class:`TritonStage2`, model
+``<MODEL>_stage2``, one request per frame from post-processing); a server without that model is
+one error line at start-up saying what to do (re-export the repository, upgrade ``rtseg serve``).
 """
 
 from __future__ import annotations
@@ -388,7 +392,7 @@ class TritonBackend:
             out[name] = torch.from_numpy(np.asarray(array, dtype=np.float32)).to(self.device)
         return out
 
-    def _handle_error(self, exc, generation: int) -> None:
+    def _handle_error(self, exc, generation: int, model: str | None = None) -> None:
         message = _short(exc)
         if "DEADLINE_EXCEEDED" in str(exc.status()) or "Deadline Exceeded" in message:
             with self.stats.lock:
@@ -400,7 +404,8 @@ class TritonBackend:
                 self.stats.dropped_unavailable += 1
             self._mark_down(exc)
             raise FrameDropped(f"Triton server {self.url.address} unavailable: {message}") from None
-        raise EngineError(f"Triton server {self.url.address} refused the request for '{self.url.model}': {message}") from None
+        raise EngineError(f"Triton server {self.url.address} refused the request for '{model or self.url.model}': "
+                          f"{message}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -417,6 +422,99 @@ class TritonBackend:
             self.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+#: Triton datatypes of the stage-2 tensors (float32 feature maps / masks, int64 class ids)
+_STAGE2_DTYPES = {torch.float32: "FP32", torch.int64: "INT64"}
+
+
+class TritonStage2:
+    """A family's second stage served by the Triton server of ``backend`` as model
+    ``<model>_stage2`` (:func:`rtseg.export.triton_repo.stage2_model_name`; written by
+    ``rtseg export --format triton-repo`` and served by ``rtseg serve``): the
+    :data:`rtseg.families.base.Stage2` callable post-processing takes,
+    ``stage2({name: tensor}) -> {name: float32 tensor on device}``, as
+    :class:`rtseg.backends.onnxruntime_backend.OnnxRuntimeStage2`.
+
+    One gRPC request per frame, tensors inside the request (one frame's ``K`` RoIs: small). It
+    shares ``backend``'s connection and outage handling: a server gone or a request timed out
+    drops the frame (:class:`FrameDropped`) and ``backend`` reconnects.
+
+    Args:
+        backend: the stage-1 :class:`TritonBackend` (its server, client and options).
+        expected_inputs / expected_outputs: ``{name: (Triton datatype, shape with -1 for K)}`` of
+            the rtseg model's stage-2 module; the server's model metadata is checked against them
+            at construction (a server without the model is one :class:`EngineError` saying what to do).
+    """
+
+    name = "triton"
+
+    def __init__(self, backend: TritonBackend, *, expected_inputs: dict[str, tuple[str, tuple[int, ...]]],
+                 expected_outputs: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+        from rtseg.export.triton_repo import stage2_model_name
+
+        self.backend = backend
+        self.model = stage2_model_name(backend.url.model)
+        self.device = backend.device
+        self.input_names = tuple(expected_inputs)
+        self.output_names = tuple(expected_outputs)
+        self.expected_inputs = {k: (d, tuple(v)) for k, (d, v) in expected_inputs.items()}
+        self.expected_outputs = {k: (d, tuple(v)) for k, (d, v) in expected_outputs.items()}
+        self.requests = 0
+        self._check(backend.client)
+
+    def _check(self, client) -> None:
+        url = self.backend.url
+        where = f"Triton server at {url.address}"
+        rtseg_model = self.backend.rtseg_model
+        try:
+            metadata = client.get_model_metadata(self.model, as_json=True, client_timeout=url.timeout)
+            ready = client.is_model_ready(self.model, client_timeout=url.timeout)
+        except self.backend._error_type as exc:
+            raise EngineError(f"the {where} serves '{url.model}' but not its second stage '{self.model}' "
+                              f"({_short(exc)}), which {rtseg_model} needs: re-export the repository with 'rtseg export "
+                              f"--model {rtseg_model} --format triton-repo DIR' (it writes {self.model} beside {url.model}) "
+                              "or serve with an 'rtseg serve' that serves stage 2 (upgrade rtseg)") from None
+        if not ready:
+            raise EngineError(f"model '{self.model}' on the {where} is not ready (still loading, or failed to load)")
+        where = f"model '{self.model}' on {url.address}"
+        for kind, expected in (("inputs", self.expected_inputs), ("outputs", self.expected_outputs)):
+            found = {t.get("name"): t for t in metadata.get(kind, [])}
+            missing = [n for n in expected if n not in found]
+            if missing:
+                raise EngineError(f"{where} lacks the stage-2 {kind[:-1]}(s) {', '.join(missing)} of {rtseg_model} "
+                                  f"(it has {', '.join(map(str, found)) or 'none'}): is it the same model?")
+            for name, (dtype, shape) in expected.items():
+                got = [int(d) for d in found[name].get("shape", [])]
+                if found[name].get("datatype") != dtype or len(got) != len(shape) or any(
+                        g != -1 and w != -1 and g != w for g, w in zip(got, shape)):
+                    raise EngineError(f"{where} has '{name}' as {found[name].get('datatype')}{got}, {rtseg_model} "
+                                      f"expects {dtype}{list(shape)}: is it the same model?")
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise EngineError(f"stage 2 takes inputs {list(self.input_names)}, got {sorted(inputs)}")
+        backend = self.backend
+        backend._ensure_up()
+        client, generation = backend.client, backend._generation
+        try:
+            request = []
+            for name in self.input_names:
+                x = np.ascontiguousarray(inputs[name].detach().cpu().numpy())
+                inp = backend._grpc.InferInput(name, list(x.shape), self.expected_inputs[name][0])
+                inp.set_data_from_numpy(x)
+                request.append(inp)
+            result = client.infer(self.model, request, client_timeout=backend.url.timeout,
+                                  outputs=[backend._grpc.InferRequestedOutput(n) for n in self.output_names])
+        except backend._error_type as exc:
+            backend._handle_error(exc, generation, model=self.model)
+            raise  # not reached: _handle_error always raises
+        with backend.stats.lock:
+            self.requests += 1
+        # np.array: owned and writable (the response's bytes are read-only, torch warns on them)
+        return {n: torch.from_numpy(np.array(result.as_numpy(n), dtype=np.float32)).to(self.device)
+                for n in self.output_names}
 
 
 def _is_unavailable(exc) -> bool:

@@ -9,6 +9,18 @@ documents (triton-inference-server/server, ``docs/user_guide/model_repository.md
     DIR/<model>/1/model.onnx        (platform onnxruntime_onnx; the default_model_filename)
     DIR/<model>/1/model.plan        (platform tensorrt_plan, when an engine is given)
     DIR/<model>/1/model.json        (rtseg's manifest of the ONNX export, or of the engine)
+    DIR/<model>_stage2/config.pbtxt (a family with a second stage: its ``<stem>.stage2.onnx``)
+    DIR/<model>_stage2/1/model.onnx (platform onnxruntime_onnx, also beside a tensorrt_plan stage 1)
+    DIR/<model>_stage2/1/model.json
+
+The second stage (:func:`stage2_model_name`) is written with ``max_batch_size: 0`` and no
+dynamic batching: its tensors' first axis is the ``K`` RoIs / detections of **one** frame
+(``K`` a ``-1`` in ``dims``, the graph's symbolic ``rois``), not a batch of frames. Triton's
+batcher would concatenate requests along that axis, which for these per-RoI heads would give
+the same numbers, but it caps a batch at ``max_batch_size`` rows, so a frame with more RoIs
+than that would be refused, and it buys little: stage 2 is called once per frame from that
+frame's post-processing, on at most ``max_k`` small RoIs. With ``max_batch_size: 0`` every request
+is one execution with its own ``K``.
 
 Facts the generator relies on (same documents):
 
@@ -57,9 +69,19 @@ class TensorSpec:
     dims: tuple[int, ...]  #: ``-1`` where the graph's dimension is symbolic
 
 
+#: suffix of the second stage's model name in a repository / on ``rtseg serve``
+STAGE2_SUFFIX = "_stage2"
+
+
+def stage2_model_name(name: str) -> str:
+    """The Triton model serving the second stage of model ``name``: ``<name>_stage2``."""
+    return name + STAGE2_SUFFIX
+
+
 @dataclass(frozen=True)
 class TritonRepo:
-    """What :func:`write_triton_repo` wrote."""
+    """What :func:`write_triton_repo` wrote (``stage2``: the ``<model>_stage2`` folder, where the
+    family has a second stage)."""
 
     model_dir: str
     config_path: str
@@ -68,10 +90,13 @@ class TritonRepo:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    stage2: "TritonRepo | None" = None
 
 
-def graph_io(onnx_path: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The ONNX graph's inputs and outputs with the batch (first) dimension left out.
+def graph_io(onnx_path: str, *, batched: bool = True) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The ONNX graph's inputs and outputs with the batch (first) dimension left out
+    (``batched=False``: the whole shape, for ``max_batch_size: 0``; the first dimension must
+    still be symbolic: the stage-2 graph's ``K``).
 
     Raises :class:`EngineError` when a first dimension is fixed (Triton's batching needs it
     variable) or a data type has no Triton equivalent."""
@@ -84,13 +109,14 @@ def graph_io(onnx_path: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
         t = value_info.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
         if not dims or dims[0] != -1:
-            raise EngineError(f"'{onnx_path}': tensor '{value_info.name}' has shape {dims} with a fixed batch "
-                              "dimension; a Triton repository with max_batch_size > 0 needs it symbolic "
-                              "(export with a dynamic batch)")
+            raise EngineError(f"'{onnx_path}': tensor '{value_info.name}' has shape {dims} with a fixed "
+                              + ("batch dimension; a Triton repository with max_batch_size > 0 needs it symbolic "
+                                 "(export with a dynamic batch)" if batched else
+                                 "first dimension; a stage-2 graph has the number of RoIs K there, symbolic"))
         if t.elem_type not in _ONNX_TO_TRITON:
             raise EngineError(f"'{onnx_path}': tensor '{value_info.name}' has ONNX element type {t.elem_type}, "
                               f"expected one of {sorted(_ONNX_TO_TRITON)}")
-        return TensorSpec(value_info.name, _ONNX_TO_TRITON[t.elem_type], tuple(dims[1:]))
+        return TensorSpec(value_info.name, _ONNX_TO_TRITON[t.elem_type], tuple(dims[1:] if batched else dims))
 
     inputs = tuple(spec(v) for v in model.graph.input if v.name not in initializers)
     outputs = tuple(spec(v) for v in model.graph.output)
@@ -99,7 +125,8 @@ def graph_io(onnx_path: str) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
 
 def config_pbtxt(name: str, platform: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], *,
                  max_batch_size: int, queue_delay_us: int, instances: int, kind: str = "KIND_AUTO") -> str:
-    """``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``)."""
+    """``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``); no
+    ``dynamic_batching`` with ``max_batch_size: 0`` (a model without batching)."""
 
     def tensors(field: str, specs: tuple[TensorSpec, ...]) -> str:
         items = ",\n".join(f'  {{\n    name: "{s.name}"\n    data_type: {s.data_type}\n'
@@ -110,8 +137,8 @@ def config_pbtxt(name: str, platform: str, inputs: tuple[TensorSpec, ...], outpu
             f'platform: "{platform}"\n'
             f"max_batch_size: {max_batch_size}\n"
             + tensors("input", inputs) + tensors("output", outputs)
-            + f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n"
-            f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n")
+            + (f"dynamic_batching {{\n  max_queue_delay_microseconds: {queue_delay_us}\n}}\n" if max_batch_size > 0 else "")
+            + f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n")
 
 
 def write_triton_repo(repo_dir: str, name: str, onnx_path: str, *, plan_path: str | None = None,
@@ -124,6 +151,9 @@ def write_triton_repo(repo_dir: str, name: str, onnx_path: str, *, plan_path: st
     ``tensorrt_plan`` (``1/model.plan``); its optimisation profile must start at batch 1 and
     reach ``max_batch_size``. An engine only runs under the TensorRT version and GPU it was
     built with, so it must match the Triton server's (README, "Triton Inference Server").
+
+    A family with a second stage (the manifest names its ``<stem>.stage2.onnx``) also gets
+    ``repo_dir/<name>_stage2/`` (ONNX Runtime whatever stage 1's platform; the module docstring).
 
     The model's folder is replaced as a whole; other models in ``repo_dir`` are left alone.
     """
@@ -154,21 +184,57 @@ def write_triton_repo(repo_dir: str, name: str, onnx_path: str, *, plan_path: st
         platform, filename = "tensorrt_plan", "model.plan"
         source, source_manifest = plan_path, plan_manifest
 
+    triton = {"name": name, "platform": platform, "max_batch_size": max_batch_size,
+              "max_queue_delay_microseconds": queue_delay_us, "instances": instances}
+    config = config_pbtxt(name, platform, inputs, outputs, max_batch_size=max_batch_size,
+                          queue_delay_us=queue_delay_us, instances=instances)
+    stage2 = None
+    if manifest.get("stage2"):
+        stage2 = _write_stage2(repo_dir, name, onnx_path, instances)  # checked and written before stage 1 is replaced
+    model_dir = _write_model_dir(repo_dir, name, source, filename, {**source_manifest, "triton": triton}, config)
+    return TritonRepo(model_dir, os.path.join(model_dir, "config.pbtxt"), os.path.join(model_dir, "1", filename),
+                      os.path.join(model_dir, "1", "model.json"), platform, inputs, outputs, stage2)
+
+
+def _write_model_dir(repo_dir: str, name: str, source: str, filename: str, manifest: dict, config: str) -> str:
+    """``repo_dir/<name>/`` (version 1) replaced as a whole; returns its path."""
     model_dir = os.path.join(repo_dir, name)
     tmp_dir = model_dir + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(os.path.join(tmp_dir, "1"))
     shutil.copyfile(source, os.path.join(tmp_dir, "1", filename))
     with open(os.path.join(tmp_dir, "1", "model.json"), "w", encoding="utf-8") as f:
-        json.dump({**source_manifest, "triton": {"name": name, "platform": platform, "max_batch_size": max_batch_size,
-                                                 "max_queue_delay_microseconds": queue_delay_us,
-                                                 "instances": instances}}, f, indent=2)
+        json.dump(manifest, f, indent=2)
     with open(os.path.join(tmp_dir, "config.pbtxt"), "w", encoding="utf-8") as f:
-        f.write(config_pbtxt(name, platform, inputs, outputs, max_batch_size=max_batch_size,
-                             queue_delay_us=queue_delay_us, instances=instances))
+        f.write(config)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp_dir, model_dir)
-    return TritonRepo(model_dir, os.path.join(model_dir, "config.pbtxt"), os.path.join(model_dir, "1", filename),
+    return model_dir
+
+
+def _write_stage2(repo_dir: str, name: str, onnx_path: str, instances: int) -> TritonRepo:
+    """``repo_dir/<name>_stage2/`` from the ``<stem>.stage2.onnx`` exported beside ``onnx_path``
+    (ONNX Runtime, max_batch_size 0: see the module docstring)."""
+    from rtseg.export.onnx_export import STAGE2_SCHEMA, read_manifest, stage2_path_for
+
+    path = stage2_path_for(onnx_path)
+    rebuild = f"export both with: rtseg export --model {read_manifest(onnx_path)['model']} --format triton-repo DIR"
+    if not os.path.isfile(path):
+        raise EngineError(f"'{onnx_path}' names a second stage but '{path}' is missing beside it; {rebuild}")
+    manifest = read_manifest(path)
+    expected = read_manifest(onnx_path)["stage2"].get("onnx_sha256")
+    if manifest.get("schema") != STAGE2_SCHEMA or manifest.get("onnx_sha256") != expected:
+        raise EngineError(f"'{path}' is not the stage 2 exported with '{onnx_path}'; {rebuild}")
+    inputs, outputs = graph_io(path, batched=False)
+    model = stage2_model_name(name)
+    platform = "onnxruntime_onnx"
+    config = ("# the second stage of " + name + ": the first dimension of every tensor is the number of RoIs /\n"
+              "# detections K of one frame (-1), not a batch of frames, hence max_batch_size 0 and no\n"
+              "# dynamic batching (rtseg.export.triton_repo)\n"
+              + config_pbtxt(model, platform, inputs, outputs, max_batch_size=0, queue_delay_us=0, instances=instances))
+    triton = {"name": model, "platform": platform, "max_batch_size": 0, "instances": instances, "stage1": name}
+    model_dir = _write_model_dir(repo_dir, model, path, "model.onnx", {**manifest, "triton": triton}, config)
+    return TritonRepo(model_dir, os.path.join(model_dir, "config.pbtxt"), os.path.join(model_dir, "1", "model.onnx"),
                       os.path.join(model_dir, "1", "model.json"), platform, inputs, outputs)
 
 
@@ -176,7 +242,7 @@ def export_triton_repo(repo_dir: str | None, model: str, *, weights: str | None 
                        max_batch_size: int | None = None, queue_delay_us: int | None = None, instances: int = 1,
                        opset: int | None = None, half: bool = False, plan_path: str | None = None) -> TritonRepo:
     """``rtseg export --format triton-repo DIR``: export ``model`` (dynamic batch) and write
-    its repository folder ``DIR/<model>/``."""
+    its repository folder ``DIR/<model>/`` (and ``DIR/<model>_stage2/`` for a second stage)."""
     import tempfile
 
     from rtseg.export.onnx_export import DEFAULT_OPSET, export_onnx
