@@ -115,6 +115,39 @@ STAGE2_AXIS = "rois"
 STAGE2_SCHEMA = "rtseg.onnx.stage2/1"
 
 
+def _finish_graph(tmp: str, path: str, *, simplify: bool, graph: str, refused_by: str,
+                  skip_tensorrt_check: str | None = None) -> tuple[Any, str]:
+    """The exported graph at ``tmp`` simplified (onnxsim), checked against TensorRT's parser
+    (unless ``skip_tensorrt_check`` says why not), checked by ONNX and moved to ``path``:
+    ``(model, what checked it)``. ``tmp`` is removed on every refusal, each one
+    :class:`EngineError` line naming ``graph`` / ``refused_by``."""
+    import onnx
+
+    model = onnx.load(tmp)
+    if simplify:
+        try:
+            import onnxsim
+        except ImportError:
+            _remove(tmp)
+            raise EngineError("ONNX simplification needs 'onnxsim': pip install 'rtseg[onnx]' (or pass simplify=False)") from None
+        model, ok = onnxsim.simplify(model)
+        if not ok:
+            _remove(tmp)
+            raise EngineError(f"onnxsim could not validate the simplified {graph}")
+    if skip_tensorrt_check is not None:
+        checker = skip_tensorrt_check
+    else:
+        checker, problems = tensorrt_refusals(model)
+        if problems:
+            _remove(tmp)
+            raise EngineError(f"{refused_by}: the {checker} refuses the exported graph ({len(problems)} error(s)): "
+                              f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
+    onnx.checker.check_model(model)
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+    return model, checker
+
+
 def export_stage2_onnx(net: nn.Module, cfg: Any, path: str, *, opset: int = DEFAULT_OPSET,
                        weights: str | None = None, simplify: bool = True) -> OnnxExport | None:
     """Export the family's second stage of ``net`` (``Family.stage2(net, cfg)``) to ``path``, with
@@ -153,22 +186,8 @@ def export_stage2_onnx(net: nn.Module, cfg: Any, path: str, *, opset: int = DEFA
             raise EngineError(f"ONNX export of {cfg.name}'s stage 2 failed: {first[:300]}") from None
     finally:
         net.train(was_training)
-    model = onnx.load(tmp)
-    if simplify:
-        import onnxsim
-
-        model, ok = onnxsim.simplify(model)
-        if not ok:
-            _remove(tmp)
-            raise EngineError(f"onnxsim could not validate the simplified stage-2 graph of {cfg.name}")
-    checker, problems = tensorrt_refusals(model)
-    if problems:
-        _remove(tmp)
-        raise EngineError(f"{cfg.name} stage 2: the {checker} refuses the exported graph ({len(problems)} error(s)): "
-                          f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
-    onnx.checker.check_model(model)
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    model, checker = _finish_graph(tmp, path, simplify=simplify, graph=f"stage-2 graph of {cfg.name}",
+                                   refused_by=f"{cfg.name} stage 2")
     dtypes = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
 
     def describe(value_info) -> dict[str, Any]:
@@ -296,28 +315,10 @@ def _export(net: nn.Module, cfg: Any, path: str, *, batch: int, dynamic_batch: b
         _remove(tmp)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EngineError(f"ONNX export of {cfg.name} failed: {first[:300]}") from None
-    model = onnx.load(tmp)
-    if simplify:
-        try:
-            import onnxsim
-        except ImportError:
-            _remove(tmp)
-            raise EngineError("ONNX simplification needs 'onnxsim': pip install 'rtseg[onnx]' (or pass simplify=False)") from None
-        model, ok = onnxsim.simplify(model)
-        if not ok:
-            _remove(tmp)
-            raise EngineError(f"onnxsim could not validate the simplified graph of {cfg.name}")
-    if uses_dcn and dcn == "deformconv":  # for ONNX Runtime: no TensorRT parser takes DeformConv
-        checker = "skipped: DeformConv kept for ONNX Runtime"
-    else:
-        checker, problems = tensorrt_refusals(model)
-        if problems:
-            _remove(tmp)
-            raise EngineError(f"{cfg.name}: the {checker} refuses the exported graph ({len(problems)} error(s)): "
-                              f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}")
-    onnx.checker.check_model(model)
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    # for ONNX Runtime: no TensorRT parser takes DeformConv
+    skip = "skipped: DeformConv kept for ONNX Runtime" if uses_dcn and dcn == "deformconv" else None
+    model, checker = _finish_graph(tmp, path, simplify=simplify, graph=f"graph of {cfg.name}", refused_by=cfg.name,
+                                   skip_tensorrt_check=skip)
 
     def dims(value_info) -> list:
         return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
