@@ -33,11 +33,10 @@ import sys
 import time
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import torch
 
-from common import hardware
+from common import ellipse_masks, hardware
 
 from rtseg.postprocess import to_numpy_instances
 from rtseg.render import MASK_ALPHA, PALETTE_BGR, render
@@ -52,19 +51,7 @@ SIZES = {"720p": (720, 1280), "1080p": (1080, 1920)}
 def make_result(n: int, size: tuple[int, int], seed: int) -> SimpleNamespace:
     """What a family's post-processing returns, masks ``bool[N, H, W]`` still a tensor."""
     rng = np.random.default_rng(seed)
-    h, w = size
-    masks = np.zeros((n, h, w), np.bool_)
-    boxes = np.zeros((n, 4), np.float32)
-    for i in range(n):
-        area = rng.uniform(0.01, 0.10) * h * w
-        a = min(np.sqrt(area / np.pi * rng.uniform(0.5, 2.0)), w / 2 - 1)
-        b = min(area / np.pi / a, h / 2 - 1)
-        cx, cy = rng.uniform(a, w - a), rng.uniform(b, h - b)
-        m = np.zeros((h, w), np.uint8)
-        cv2.ellipse(m, (int(cx), int(cy)), (max(1, int(a)), max(1, int(b))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        masks[i] = m.astype(bool)
-        ys, xs = np.nonzero(masks[i])
-        boxes[i] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    masks, boxes = ellipse_masks(rng, n, size, (0.01, 0.10))
     scores = np.sort(rng.uniform(0.3, 1, n).astype(np.float32))[::-1].copy()
     return SimpleNamespace(boxes=torch.from_numpy(boxes), scores=torch.from_numpy(scores),
                            class_ids=torch.from_numpy(rng.integers(0, 80, n).astype(np.int64)),

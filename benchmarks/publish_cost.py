@@ -27,11 +27,10 @@ import statistics
 import sys
 import time
 
-import cv2
 import numpy as np
 import zmq
 
-from common import free_port, hardware
+from common import ellipse_masks, free_port, hardware
 
 from rtseg.wire import decode_message, encode_message
 from rtseg.structures import Frame, Instances
@@ -42,18 +41,7 @@ CLASS_NAMES = [f"class{i}" for i in range(80)]
 def make_frame(n: int, size: tuple[int, int], seed: int = 0) -> Frame:
     rng = np.random.default_rng(seed)
     h, w = size
-    masks = np.zeros((n, h, w), np.bool_)
-    boxes = np.zeros((n, 4), np.float32)
-    for i in range(n):
-        area = rng.uniform(0.02, 0.10) * h * w
-        a = np.sqrt(area / np.pi * rng.uniform(0.5, 2.0))
-        b = area / np.pi / a
-        cx, cy = rng.uniform(a, w - a), rng.uniform(b, h - b)
-        m = np.zeros((h, w), np.uint8)
-        cv2.ellipse(m, (int(cx), int(cy)), (max(1, int(a)), max(1, int(b))), float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        masks[i] = m.astype(bool)
-        ys, xs = np.nonzero(masks[i])
-        boxes[i] = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    masks, boxes = ellipse_masks(rng, n, size, (0.02, 0.10))
     inst = Instances(boxes=boxes, scores=np.sort(rng.uniform(0.3, 1, n).astype(np.float32))[::-1].copy(),
                      class_ids=rng.integers(0, 80, n).astype(np.int64), masks=masks, image_size=(h, w))
     return Frame(seq=1, source_id="bench", capture_time=time.time(), image=np.zeros((h, w, 3), np.uint8),
