@@ -409,14 +409,16 @@ def _process_group(seg: Any, source: Any, batch: int, publisher: Any,
     return [t1 - t0, *stages, t5 - t4, t6 - t5], len(frames), sum(len(f.instances) for f in frames)
 
 
-def write_video(path: str, size: tuple[int, int], frames: int) -> None:
-    """An MJPG file of ``frames`` frames of the synthetic video (seed 7), ``size = (H, W)``."""
+def write_video(path: str, size: tuple[int, int], frames: int, *, seed: int = 7, fps: float = 30.0) -> None:
+    """An MJPG file of ``frames`` frames of the synthetic video (``seed``), ``size = (H, W)``."""
     import cv2
 
     from rtseg.synthetic import SyntheticVideo
 
-    video = SyntheticVideo(seed=7, size=size)
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (size[1], size[0]))
+    video = SyntheticVideo(seed=seed, size=size)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (size[1], size[0]))
+    if not writer.isOpened():
+        raise ConfigError(f"cannot write the video '{path}': OpenCV's MJPG writer did not open it")
     for i in range(frames):
         writer.write(video.frame(i).image)
     writer.release()

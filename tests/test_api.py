@@ -6,12 +6,12 @@ import gc
 import importlib.util
 import threading
 
-import cv2
 import numpy as np
 import pytest
 
 import rtseg
 from rtseg.errors import ConfigError, SourceError
+from rtseg.bench import write_video
 from rtseg.segmenter import Segmenter
 from rtseg.structures import Frame, Instances
 from rtseg.synthetic import SyntheticVideo
@@ -27,13 +27,9 @@ def segmenter():
 
 @pytest.fixture(scope="module")
 def video_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("video") / "synthetic.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (W, H))
-    video = SyntheticVideo(seed=1, size=(H, W))
-    for i in range(N_FRAMES):
-        writer.write(video.frame(i).image)
-    writer.release()
-    return str(path)
+    path = str(tmp_path_factory.mktemp("video") / "synthetic.avi")
+    write_video(path, (H, W), N_FRAMES, seed=1, fps=25.0)
+    return path
 
 
 def _run_threads() -> set[threading.Thread]:

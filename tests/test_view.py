@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_one_line_error, run_cli
+from rtseg.bench import write_video
 from rtseg.errors import ConfigError
 from rtseg.pipeline import Pipeline
 from rtseg.render import render
@@ -44,14 +45,9 @@ def segmenter():
 @pytest.fixture(scope="module")
 def video_file(tmp_path_factory):
     """N_FRAMES synthetic frames (textured: ~60 KB JPEGs each, far more than socket buffers hold)."""
-    path = tmp_path_factory.mktemp("video") / "synthetic.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (W, H))
-    assert writer.isOpened()
-    video = SyntheticVideo(seed=3, size=(H, W))
-    for i in range(N_FRAMES):
-        writer.write(video.frame(i).image)
-    writer.release()
-    return str(path)
+    path = str(tmp_path_factory.mktemp("video") / "synthetic.avi")
+    write_video(path, (H, W), N_FRAMES, seed=3, fps=25.0)
+    return path
 
 
 def _wait_until(condition, what: str, limit_s: float = 120.0) -> None:
