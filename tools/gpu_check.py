@@ -511,6 +511,14 @@ def _note(row: dict) -> str:
     return note.replace("|", "/")
 
 
+def _table(lines: list[str], title: str, columns: list[tuple[str, str]], rows: list[list]) -> None:
+    """A titled Markdown table: ``columns`` (header, alignment) and a final ``note`` column; each row
+    gives one value per column, its note last."""
+    lines += ["", title, "", "| " + " | ".join(h for h, _ in columns) + " | note |",
+              "| " + " | ".join(a for _, a in columns) + " | --- |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+
+
 def markdown(report: Report, gpu: dict) -> None:
     d, lines = report.data, report.lines
     lines += [f"## GPU check {d['date']}: {gpu['name']} (compute capability {gpu['compute_capability']}, "
@@ -532,31 +540,30 @@ def markdown(report: Report, gpu: dict) -> None:
                      f"{'%.1e' % row['max_rel_err'] if 'max_rel_err' in row else ''} | {_note(row)} |")
     sync = (steps.get("hot-path syncs") or {}).get("result")
     if sync:
-        lines += ["", "Synchronisation on the hot path (pipeline, 2 streams x 2 workers; device-wide must be 0):", "",
-                  "| model | post | frames | device syncs | stream syncs / frame | sync-debug warnings / frame | FPS | note |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for r in sync["rows"]:
-            lines.append(f"| {r['model']} | {r['postprocess']} | {r.get('frames', '')} | {r.get('device_syncs', '')} | "
-                         f"{r.get('stream_syncs_per_frame', '')} | {r.get('sync_debug_per_frame', '')} | "
-                         f"{r.get('fps', '')} | {_note(r)} |")
+        _table(lines, "Synchronisation on the hot path (pipeline, 2 streams x 2 workers; device-wide must be 0):",
+               [("model", "---"), ("post", "---"), ("frames", "---:"), ("device syncs", "---:"),
+                ("stream syncs / frame", "---:"), ("sync-debug warnings / frame", "---:"), ("FPS", "---:")],
+               [[r["model"], r["postprocess"], r.get("frames", ""), r.get("device_syncs", ""),
+                 r.get("stream_syncs_per_frame", ""), r.get("sync_debug_per_frame", ""), r.get("fps", ""), _note(r)]
+                for r in sync["rows"]])
     eq = (steps.get("process_batch vs process") or {}).get("result")
     if eq:
-        lines += ["", "`process_batch` against `process` per image (CUDA):", "",
-                  "| model | post | batch of 1 bit-equal | batch of 3 same detections | max box err px | note |",
-                  "| --- | --- | --- | --- | ---: | --- |"]
-        for r in eq["rows"]:
-            lines.append(f"| {r['model']} | {r['postprocess']} | {r.get('batch_of_one_equal', '')} | "
-                         f"{r.get('batch_of_three_same', '')} | {r.get('batch_of_three_max_box_err_px', '')} | {_note(r)} |")
+        _table(lines, "`process_batch` against `process` per image (CUDA):",
+               [("model", "---"), ("post", "---"), ("batch of 1 bit-equal", "---"),
+                ("batch of 3 same detections", "---"), ("max box err px", "---:")],
+               [[r["model"], r["postprocess"], r.get("batch_of_one_equal", ""), r.get("batch_of_three_same", ""),
+                 r.get("batch_of_three_max_box_err_px", ""), _note(r)] for r in eq["rows"]])
     half = (steps.get("half") or {}).get("result")
     if half:
-        lines += ["", "`--half` (fp16 network) against fp32, 720p, median ms per stage:", "",
-                  "| model | instances fp32 / fp16 | same classes | max box err px | fp32 pre/inf/post | fp16 pre/inf/post | note |",
-                  "| --- | --- | --- | ---: | --- | --- | --- |"]
-        for r in half["rows"]:
-            st = lambda d: "/".join(str(d.get(k, "")) for k in ("preprocess_ms", "inference_ms", "postprocess_ms")) if d else ""  # noqa: E731
-            lines.append(f"| {r['model']} | {r.get('instances_fp32', '')} / {r.get('instances_fp16', '')} | "
-                         f"{r.get('same_classes', '')} | {r.get('max_box_err_px', '')} | {st(r.get('fp32'))} | "
-                         f"{st(r.get('fp16'))} | {_note(r)} |")
+        def stages(d: dict | None) -> str:
+            return "/".join(str(d.get(k, "")) for k in ("preprocess_ms", "inference_ms", "postprocess_ms")) if d else ""
+
+        _table(lines, "`--half` (fp16 network) against fp32, 720p, median ms per stage:",
+               [("model", "---"), ("instances fp32 / fp16", "---"), ("same classes", "---"), ("max box err px", "---:"),
+                ("fp32 pre/inf/post", "---"), ("fp16 pre/inf/post", "---")],
+               [[r["model"], f"{r.get('instances_fp32', '')} / {r.get('instances_fp16', '')}", r.get("same_classes", ""),
+                 r.get("max_box_err_px", ""), stages(r.get("fp32")), stages(r.get("fp16")), _note(r)]
+                for r in half["rows"]])
         cli = half.get("cli") or {}
         lines += ["", f"`{cli.get('command', '')}`: exit {cli.get('returncode')}"]
     ms = (steps.get("multistream") or {}).get("result")
