@@ -471,17 +471,15 @@ class Pipeline:
         return self.segmenter.process_batch(images)
 
     def _inference(self) -> None:
-        from contextlib import ExitStack
+        from contextlib import nullcontext
+
+        from rtseg.device import on_worker_stream
 
         try:
-            with ExitStack() as on_stream:
-                device = getattr(self.segmenter, "device", None)
-                if device is not None:
-                    from rtseg.device import on_worker_stream
-
-                    # CUDA: this worker's own stream for all it does (rtseg.device), so workers
-                    # overlap on the GPU instead of queueing on the default stream
-                    on_stream.enter_context(on_worker_stream(device))
+            device = getattr(self.segmenter, "device", None)  # a segmenter of the tests may have none
+            # CUDA: this worker's own stream for all it does (rtseg.device), so workers overlap on
+            # the GPU instead of queueing on the default stream; nothing on a CPU
+            with on_worker_stream(device) if device is not None else nullcontext():
                 self._inference_loop()
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)

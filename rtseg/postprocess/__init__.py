@@ -124,9 +124,8 @@ def _pack_where_they_are(masks: torch.Tensor, ops: PostprocessOps) -> tuple[np.n
         compact = CompactMasks.from_dense(masks.numpy())
         return compact.windows, compact.offsets, torch.from_numpy(compact.blob)
     if ops.encode_masks is not None and masks.device.type == "cuda":
-        encoded = ops.encode_masks(masks.contiguous())  # windows, offsets: on the host already
-        return (encoded.windows.cpu().numpy().astype(np.int32), encoded.offsets.cpu().numpy().astype(np.int64),
-                encoded.blob)
+        encoded = ops.encode_masks(masks.contiguous())
+        return (*_encoded_index(encoded), encoded.blob)
     return _pack_torch(masks)
 
 
@@ -149,11 +148,16 @@ def _pack_torch(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tens
     return windows, offsets, (bits * weights).sum(dim=1, dtype=torch.uint8)
 
 
+def _encoded_index(encoded: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The windows ``int32[N, 4]`` and offsets ``int64[N]`` of an
+    :class:`rtseg.kernels.masks.EncodedMasks` (on the host already) as :class:`CompactMasks` holds them."""
+    return encoded.windows.cpu().numpy().astype(np.int32), encoded.offsets.cpu().numpy().astype(np.int64)
+
+
 def compact_from_encoded(encoded: Any, image_size: tuple[int, int]) -> CompactMasks:
     """:class:`rtseg.kernels.masks.EncodedMasks` (windows, offsets on the host, blob on the
     device) -> :class:`CompactMasks`, copying only the blob to the host."""
-    return CompactMasks(encoded.windows.cpu().numpy().astype(np.int32), encoded.offsets.cpu().numpy().astype(np.int64),
-                        encoded.blob.cpu().numpy(), image_size)
+    return CompactMasks(*_encoded_index(encoded), encoded.blob.cpu().numpy(), image_size)
 
 
 def to_numpy_instances(result: TensorResult, image_size: tuple[int, int], ops: PostprocessOps = TORCH_OPS) -> Instances:
